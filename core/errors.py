@@ -1,0 +1,117 @@
+"""The exceptions llamalab raises, one small tree.
+
+Every message is one line that names the problem and says how to fix it, so a CLI,
+a Jupyter panel or a language server can show ``str(error)`` to a person as it is.
+Errors from third-party libraries (llama_cpp, httpx, huggingface_hub, OSError) are
+translated into these at the boundary where they happen.
+
+    LlamalabError
+     ├── ModelError
+     │    ├── ModelNotFoundError        unknown model name or missing file
+     │    ├── InvalidModelFileError     not GGUF, truncated, damaged
+     │    ├── UnsupportedModelError     an architecture llama.cpp cannot run
+     │    └── ModelLoadError            llama.cpp refused to load the file
+     ├── PullError
+     │    ├── ChecksumMismatchError     sha256 differs from the expected one
+     │    ├── InsufficientDiskSpaceError
+     │    └── SourceUnreachableError    the Hub, a URL or the package index cannot be reached
+     ├── EngineError
+     │    ├── ContextOverflowError      the prompt does not fit the context window
+     │    ├── ChatTemplateError         no usable chat template / bad message list
+     │    └── RemoteEngineError
+     │         ├── ServerUnreachableError
+     │         └── ServerResponseError  the server answered with an error
+     └── ConfigError                    a bad setting or argument
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LlamalabError",
+    "ModelError",
+    "ModelNotFoundError",
+    "InvalidModelFileError",
+    "UnsupportedModelError",
+    "ModelLoadError",
+    "PullError",
+    "ChecksumMismatchError",
+    "InsufficientDiskSpaceError",
+    "SourceUnreachableError",
+    "EngineError",
+    "ContextOverflowError",
+    "ChatTemplateError",
+    "RemoteEngineError",
+    "ServerUnreachableError",
+    "ServerResponseError",
+    "ConfigError",
+]
+
+
+class LlamalabError(Exception):
+    """Base of every error llamalab raises on purpose; its text is meant for a person."""
+
+
+class ModelError(LlamalabError):
+    pass
+
+
+class ModelNotFoundError(ModelError):
+    pass
+
+
+class InvalidModelFileError(ModelError):
+    pass
+
+
+class UnsupportedModelError(ModelError):
+    pass
+
+
+class ModelLoadError(ModelError):
+    pass
+
+
+class PullError(LlamalabError):
+    pass
+
+
+class ChecksumMismatchError(PullError):
+    pass
+
+
+class InsufficientDiskSpaceError(PullError):
+    pass
+
+
+class SourceUnreachableError(PullError):
+    pass
+
+
+class EngineError(LlamalabError):
+    pass
+
+
+class ContextOverflowError(EngineError):
+    pass
+
+
+class ChatTemplateError(EngineError):
+    pass
+
+
+class RemoteEngineError(EngineError):
+    pass
+
+
+class ServerUnreachableError(RemoteEngineError):
+    pass
+
+
+class ServerResponseError(RemoteEngineError):
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class ConfigError(LlamalabError):
+    pass
