@@ -1,1 +1,76 @@
-"""llamalab: run Meta's Llama-2 family locally, in JupyterLab and your editor, on llama.cpp."""
+"""llamalab: run Meta's Llama-2 family locally, in JupyterLab and your editor, on llama.cpp.
+
+The public API, used by the CLI, the Jupyter extension (``llamalab.extension``) and the
+language server (``llamalab.lsp``)::
+
+    from llamalab import LocalEngine, GenerationParams, locate
+    engine = LocalEngine(locate())            # the default model, pulled on first use
+    for piece in engine.chat([{"role": "user", "content": "Hi"}]):
+        print(piece, end="")
+
+Everything here is light to import: llama_cpp, gguf and huggingface_hub load on first use.
+"""
+
+from .catalog import CATALOG, DEFAULT_MODEL, CatalogEntry, resolve
+from .engine import (AsyncEngine, AsyncTokenStream, Engine, GenerationParams, GenerationResult,
+                     LocalEngine, ModelDescription, RemoteEngine, TokenStream)
+from .errors import (ChatTemplateError, ChecksumMismatchError, ConfigError, ContextOverflowError,
+                     EngineError, InsufficientDiskSpaceError, InvalidModelFileError, LlamalabError,
+                     ModelError, ModelLoadError, ModelNotFoundError, PullError, RemoteEngineError,
+                     ServerResponseError, ServerUnreachableError, SourceUnreachableError,
+                     UnsupportedModelError)
+from .gguf_info import GGUFInfo, read_gguf_info
+from .progress import Progress, ProgressCallback
+from .pull import default_model_name, locate, pull
+from .store import ModelStore, StoredModel
+from .templates import Message
+
+__version__ = "0.1.0"
+
+import logging as _logging
+
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())  # the application decides what is shown
+
+__all__ = [
+    "AsyncEngine",
+    "AsyncTokenStream",
+    "CATALOG",
+    "CatalogEntry",
+    "ChatTemplateError",
+    "ChecksumMismatchError",
+    "ConfigError",
+    "ContextOverflowError",
+    "DEFAULT_MODEL",
+    "Engine",
+    "EngineError",
+    "GGUFInfo",
+    "GenerationParams",
+    "GenerationResult",
+    "InsufficientDiskSpaceError",
+    "InvalidModelFileError",
+    "LlamalabError",
+    "LocalEngine",
+    "Message",
+    "ModelDescription",
+    "ModelError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "ModelStore",
+    "Progress",
+    "ProgressCallback",
+    "PullError",
+    "RemoteEngine",
+    "RemoteEngineError",
+    "ServerResponseError",
+    "ServerUnreachableError",
+    "SourceUnreachableError",
+    "StoredModel",
+    "TokenStream",
+    "UnsupportedModelError",
+    "__version__",
+    "default_model_name",
+    "locate",
+    "pull",
+    "read_gguf_info",
+    "resolve",
+]

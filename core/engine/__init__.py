@@ -1,1 +1,19 @@
-"""engine"""
+"""Engines: one model behind one interface, local (llama.cpp) or remote (OpenAI-compatible)."""
+
+from .aio import AsyncEngine, AsyncTokenStream
+from .base import Engine, FinishReason, GenerationParams, GenerationResult, ModelDescription, TokenStream
+from .local import LocalEngine
+from .remote import RemoteEngine
+
+__all__ = [
+    "AsyncEngine",
+    "AsyncTokenStream",
+    "Engine",
+    "FinishReason",
+    "GenerationParams",
+    "GenerationResult",
+    "LocalEngine",
+    "ModelDescription",
+    "RemoteEngine",
+    "TokenStream",
+]

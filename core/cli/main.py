@@ -1,0 +1,280 @@
+"""The ``llamalab`` command line.
+
+    llamalab models list|pull|info|rm|add|catalog
+    llamalab generate PROMPT          stream a completion
+    llamalab chat                     a terminal chat that streams
+    llamalab doctor                   the llama.cpp build, GPUs and what fits
+
+A user mistake prints one line starting with ``error:`` and exits 1 (2 for bad usage);
+``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from typing import Any, Optional
+
+import click
+
+from .. import __version__
+from ..errors import LlamalabError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class _Group(click.Group):
+    """Turns llamalab's errors into one line on stderr instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LlamalabError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "-V", "--version", prog_name="llamalab")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """Run Llama-2 family models locally with llama.cpp.
+
+    \b
+    Start here:
+      llamalab chat                       chat with the default model (pulled on first use)
+      llamalab models pull llama-2-7b-chat:q4_k_m
+      llamalab chat -m llama-2-7b-chat:q4_k_m
+      llamalab doctor                     what your GPU can hold
+
+    Models live in ~/.cache/llamalab (set LLAMALAB_HOME to move them).
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+# -- models ----------------------------------------------------------------------------
+@cli.group(cls=_Group, context_settings=CONTEXT_SETTINGS)
+def models() -> None:
+    """List, pull, inspect, add and remove models in the store."""
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return str(n)
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def models_list(as_json: bool) -> None:
+    """The models in the store."""
+    from ..store import ModelStore
+
+    entries = ModelStore().list()
+    if as_json:
+        click.echo(json.dumps([{k: v for k, v in asdict(m).items() if k != "chat_template"} for m in entries],
+                              indent=2))
+        return
+    if not entries:
+        click.echo("No models yet. Try `llamalab models pull default` or `llamalab models catalog`.")
+        return
+    click.echo(f"{'NAME':34} {'QUANT':8} {'SIZE':>9} {'CTX':>6}  ARCH")
+    for m in entries:
+        missing = "" if m.file.is_file() else "  (file missing)"
+        click.echo(f"{m.name:34} {m.quantization:8} {_size(m.size_bytes):>9} {m.context_length:>6}  "
+                   f"{m.architecture}{missing}")
+
+
+@models.command("catalog")
+def models_catalog() -> None:
+    """Named models that `models pull NAME[:QUANT]` knows."""
+    from ..catalog import CATALOG
+
+    for entry in CATALOG:
+        aliases = f" (alias: {', '.join(entry.aliases)})" if entry.aliases else ""
+        click.echo(f"{entry.name}{aliases}\n  {entry.description}; {entry.parameters}; "
+                   f"licence {entry.license} <{entry.license_url}>\n"
+                   f"  quantizations: {', '.join(entry.quantizations)} (default {entry.default_quant})")
+
+
+@models.command("pull")
+@click.argument("ref")
+@click.option("--force", is_flag=True, help="Download again even if the model is already in the store.")
+def models_pull(ref: str, force: bool) -> None:
+    """Download REF into the store.
+
+    \b
+    REF is one of:
+      default | smollm2-135m-instruct     the embedded default (98 MB)
+      llama-2-7b-chat:q4_k_m               a catalog name and quantization (see `models catalog`)
+      hf:OWNER/REPO/FILE.gguf[@REV]         any GGUF file on the Hugging Face Hub (HF_TOKEN for gated repos)
+      https://host/path/model.gguf         any GGUF over HTTP(S); an interrupted pull resumes
+    """
+    from ..pull import pull
+    from .progress_bar import TqdmProgress
+
+    with TqdmProgress() as bar:
+        model = pull(ref, progress=bar, force=force)
+    click.echo(f"{model.name}: {_size(model.size_bytes)}, {model.quantization}, sha256 {model.sha256[:16]}...")
+
+
+@models.command("info")
+@click.argument("name")
+def models_info(name: str) -> None:
+    """Everything the store knows about NAME."""
+    from ..store import ModelStore
+
+    model = ModelStore().get(name)
+    for key, value in asdict(model).items():
+        if key == "chat_template":
+            value = "yes" if value else "no"
+        click.echo(f"{key:15} {value}")
+
+
+@models.command("rm")
+@click.argument("name")
+@click.option("--keep-file", is_flag=True, help="Forget the model but leave its file on disk.")
+def models_rm(name: str, keep_file: bool) -> None:
+    """Remove NAME from the store (and its file, if the store downloaded it)."""
+    from ..store import ModelStore
+
+    model = ModelStore().remove(name, delete_file=not keep_file)
+    deleted = model.owned and not keep_file
+    click.echo(f"removed {name}" + (f" and deleted {model.path}" if deleted else f"; {model.path} was kept"))
+
+
+@models.command("add")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--name", help="Name in the store (default: the file name without .gguf).")
+def models_add(path: str, name: Optional[str]) -> None:
+    """Register a local GGUF file (it stays where it is)."""
+    from pathlib import Path
+
+    from ..catalog import _stem_name
+    from ..store import ModelStore
+    from .progress_bar import TqdmProgress
+
+    with TqdmProgress() as bar:
+        model = ModelStore().register(name or _stem_name(Path(path).name), Path(path),
+                                      source=f"file:{Path(path).resolve()}", progress=bar)
+    click.echo(f"added {model.name}: {model.architecture}, {model.quantization}, {_size(model.size_bytes)}")
+
+
+# -- running a model -------------------------------------------------------------------
+def _engine_options(func: Any) -> Any:
+    options = [
+        click.option("-m", "--model", "model", default=None,
+                     help="Store name, catalog name, or GGUF path (default: the embedded default model)."),
+        click.option("--ctx", "n_ctx", type=int, default=4096, show_default=True, help="Context window in tokens."),
+        click.option("--gpu-layers", default="auto", show_default=True,
+                     help="Layers to offload to the GPU: auto, a number, or -1 for all."),
+        click.option("--chat-format", type=click.Choice(["auto", "llama-2", "gguf"]), default="auto",
+                     show_default=True, help="Prompt format for chat models."),
+        click.option("--remote", default=None, metavar="URL",
+                     help="Use an OpenAI-compatible server (llama-server, vLLM, ...) instead of a local model."),
+        click.option("--api-key", envvar="LLAMALAB_API_KEY", default=None, help="Bearer token for --remote."),
+        click.option("-n", "--max-tokens", type=click.IntRange(1), default=512, show_default=True),
+        click.option("-t", "--temperature", type=click.FloatRange(0), default=0.7, show_default=True),
+        click.option("--seed", type=int, default=None, help="Sampling seed for repeatable output."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _open_engine(model: Optional[str], n_ctx: int, gpu_layers: str, chat_format: str,
+                 remote: Optional[str], api_key: Optional[str]) -> Any:
+    if remote:
+        from ..engine.remote import RemoteEngine
+
+        return RemoteEngine(remote, model=model, api_key=api_key)
+    from ..engine.local import LocalEngine
+    from ..pull import locate
+    from .progress_bar import TqdmProgress
+
+    layers: int | str = int(gpu_layers) if gpu_layers.lstrip("-").isdigit() else gpu_layers
+    with TqdmProgress() as bar:
+        path = locate(model, progress=bar, on_notice=lambda text: click.echo(text, err=True))
+    from ..pull import default_model_name
+
+    engine = LocalEngine(path, n_ctx=n_ctx, n_gpu_layers=layers, chat_format=chat_format,
+                         name=model or default_model_name())
+    for notice in engine.plan.notices:
+        click.echo(f"note: {notice}", err=True)
+    return engine
+
+
+def _params(max_tokens: int, temperature: float, seed: Optional[int]) -> Any:
+    from ..engine.base import GenerationParams
+
+    return GenerationParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
+
+
+@cli.command()
+@click.argument("prompt")
+@_engine_options
+def generate(prompt: str, model: Optional[str], n_ctx: int, gpu_layers: str, chat_format: str,
+             remote: Optional[str], api_key: Optional[str], max_tokens: int, temperature: float,
+             seed: Optional[int]) -> None:
+    """Continue PROMPT with the model, streaming the text (use `chat` for instructions)."""
+    with _open_engine(model, n_ctx, gpu_layers, chat_format, remote, api_key) as engine:
+        stream = engine.complete(prompt, _params(max_tokens, temperature, seed))
+        try:
+            for piece in stream:
+                click.echo(piece, nl=False)
+        except KeyboardInterrupt:
+            stream.close()
+            click.echo(" [stopped]")
+            return
+        click.echo()
+        if stream.result and stream.result.dropped_tokens:
+            click.echo(f"note: the first {stream.result.dropped_tokens} prompt tokens were cut to fit "
+                       "the context window", err=True)
+
+
+@cli.command()
+@click.option("--system", default=None, help="System prompt.")
+@_engine_options
+def chat(system: Optional[str], model: Optional[str], n_ctx: int, gpu_layers: str, chat_format: str,
+         remote: Optional[str], api_key: Optional[str], max_tokens: int, temperature: float,
+         seed: Optional[int]) -> None:
+    """Chat in the terminal; answers stream, Ctrl-C stops one, Ctrl-D quits."""
+    from .chat_repl import ChatSession, run_repl
+
+    with _open_engine(model, n_ctx, gpu_layers, chat_format, remote, api_key) as engine:
+        info = engine.describe()
+        where = ("remote " + info.location if info.backend == "remote"
+                 else f"{info.quantization}, {info.n_gpu_layers}/{info.total_layers} layers on GPU, "
+                      f"ctx {info.context_length}")
+        click.echo(f"llamalab chat with {info.name} ({where})", err=True)
+        run_repl(ChatSession(engine, _params(max_tokens, temperature, seed), system), sys.stdout)
+
+
+@cli.command()
+@click.option("--ctx", "n_ctx", type=int, default=4096, show_default=True,
+              help="Context window to size the KV cache for.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def doctor(n_ctx: int, as_json: bool) -> None:
+    """The llama.cpp build, the GPUs and their free memory, and what fits for each model."""
+    from ..doctor import build_report, format_report
+
+    report = build_report(n_ctx=n_ctx)
+    click.echo(json.dumps(asdict(report), indent=2, default=str) if as_json else format_report(report))
+
+
+def main() -> None:
+    cli(prog_name="llamalab")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

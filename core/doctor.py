@@ -1,0 +1,118 @@
+"""The ``doctor`` report: the llama.cpp build, the GPUs, and what fits for each stored model.
+
+``build_report`` gathers facts (no printing); ``format_report`` renders them as the text
+``llamalab doctor`` shows. The Jupyter extension serves the same report as JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from . import hardware
+from .errors import LlamalabError
+from .gguf_info import read_gguf_info
+from .store import ModelStore
+
+__all__ = ["DoctorReport", "ModelFit", "build_report", "format_report"]
+
+
+@dataclass(frozen=True)
+class ModelFit:
+    name: str
+    quantization: str
+    file_bytes: int
+    needed_bytes: int  # weights + KV cache + compute buffers, all layers on the GPU
+    n_gpu_layers: int  # what "auto" would choose here
+    total_layers: int
+    fits_fully: bool
+    problem: Optional[str] = None  # the file is missing or unreadable
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    llamalab_version: str
+    llama_cpp_version: Optional[str]
+    gpu_offload_supported: bool
+    system_info: str
+    gpus: list[hardware.GPU]
+    n_ctx: int
+    store_root: str
+    models: list[ModelFit] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+
+def _llama_cpp_build() -> tuple[Optional[str], str]:
+    try:
+        import llama_cpp
+    except ImportError:
+        return None, "llama_cpp is not installed: pip install llama-cpp-python"
+    info = llama_cpp.llama_print_system_info()
+    return llama_cpp.__version__, (info.decode() if isinstance(info, bytes) else str(info)).strip()
+
+
+def _fit(name: str, path: str, n_ctx: int, gpus: Sequence[hardware.GPU], supported: bool) -> ModelFit:
+    try:
+        info = read_gguf_info(path)
+    except LlamalabError as exc:
+        return ModelFit(name, "?", 0, 0, 0, 0, False, problem=str(exc))
+    ctx = min(n_ctx, info.context_length) if info.context_length else n_ctx
+    plan = hardware.plan_offload(info, ctx, "auto", gpus=gpus, offload_supported=supported)
+    return ModelFit(name=name, quantization=info.quantization, file_bytes=info.size_bytes,
+                    needed_bytes=plan.vram_needed_bytes, n_gpu_layers=plan.n_gpu_layers,
+                    total_layers=plan.total_layers, fits_fully=plan.fits_fully)
+
+
+def build_report(*, n_ctx: int = 4096, store: Optional[ModelStore] = None,
+                 gpus: Optional[Sequence[hardware.GPU]] = None,
+                 offload_supported: Optional[bool] = None) -> DoctorReport:
+    from . import __version__
+
+    store = store or ModelStore()
+    version, system_info = _llama_cpp_build()
+    supported = hardware.gpu_offload_supported() if offload_supported is None else offload_supported
+    found = list(hardware.detect_gpus() if gpus is None else gpus)
+    notices = []
+    if not supported:
+        notices.append("This llama.cpp build has no GPU support, so models run on the CPU. "
+                       f"For an NVIDIA GPU install the CUDA build: {hardware.CUDA_INSTALL_HINT}")
+    elif not found:
+        notices.append("llama.cpp can offload to a GPU but no NVIDIA GPU was found (nvidia-smi/NVML).")
+    fits = [_fit(m.name, m.path, n_ctx, found, supported) for m in store.list()]
+    return DoctorReport(llamalab_version=__version__, llama_cpp_version=version,
+                        gpu_offload_supported=supported, system_info=system_info, gpus=found,
+                        n_ctx=n_ctx, store_root=str(store.root), models=fits, notices=notices)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+def format_report(report: DoctorReport) -> str:
+    lines = [
+        f"llamalab {report.llamalab_version}",
+        f"llama-cpp-python {report.llama_cpp_version or 'missing'}; GPU offload: "
+        f"{'yes' if report.gpu_offload_supported else 'no (CPU-only build)'}",
+        f"build: {report.system_info}",
+        "",
+    ]
+    if report.gpus:
+        lines.append("GPUs:")
+        lines += [f"  [{g.index}] {g.name}: {_gb(g.free_bytes)} free of {_gb(g.total_bytes)}" for g in report.gpus]
+    else:
+        lines.append("GPUs: none found")
+    lines += ["", f"Models in {report.store_root} (context {report.n_ctx} tokens):"]
+    if not report.models:
+        lines.append("  none yet: `llamalab models pull default`")
+    for m in report.models:
+        if m.problem:
+            lines.append(f"  {m.name}: {m.problem}")
+            continue
+        where = ("all on GPU" if m.fits_fully
+                 else f"{m.n_gpu_layers}/{m.total_layers} layers on GPU" if m.n_gpu_layers else "CPU only")
+        lines.append(f"  {m.name:34} {m.quantization:8} file {_gb(m.file_bytes):>8}  needs {_gb(m.needed_bytes):>8}"
+                     f"  -> {where}")
+    if report.notices:
+        lines.append("")
+        lines += [f"note: {n}" for n in report.notices]
+    return "\n".join(lines)

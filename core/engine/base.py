@@ -1,0 +1,172 @@
+"""The Engine interface every face of llamalab talks to, and the types it speaks.
+
+An ``Engine`` streams a completion or a chat as a ``TokenStream`` (an iterator of text
+pieces whose ``result`` holds the finish reason, token counts and any trimming once it
+ends), tokenizes, describes its model and cancels. ``LocalEngine`` runs llama.cpp in this
+process; ``RemoteEngine`` speaks to an OpenAI-compatible server.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Generator, Iterator, Literal, Optional, Sequence
+
+from ..errors import ConfigError
+from ..templates import Message
+
+__all__ = [
+    "Engine",
+    "GenerationParams",
+    "GenerationResult",
+    "ModelDescription",
+    "TokenStream",
+    "FinishReason",
+]
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling settings; ``temperature=0`` is greedy and deterministic."""
+
+    max_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    stop: tuple[str, ...] = ()
+    seed: Optional[int] = None
+    overflow: Literal["trim", "error"] = "trim"
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ConfigError(f"max_tokens must be at least 1, got {self.max_tokens}.")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be 0 or more, got {self.temperature}.")
+        if self.overflow not in ("trim", "error"):
+            raise ConfigError(f"overflow must be 'trim' or 'error', got {self.overflow!r}.")
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    dropped_messages: int = 0  # chat turns left out so the prompt fits the context window
+    dropped_tokens: int = 0  # prompt tokens cut from the front of a completion prompt
+    time_to_first_token_s: Optional[float] = None
+    duration_s: float = 0.0
+
+    @property
+    def trimmed(self) -> bool:
+        return bool(self.dropped_messages or self.dropped_tokens)
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    name: str
+    backend: Literal["local", "remote"]
+    location: str  # file path or server URL
+    architecture: Optional[str] = None
+    quantization: Optional[str] = None
+    context_length: Optional[int] = None  # the n_ctx in use
+    train_context_length: Optional[int] = None
+    n_gpu_layers: Optional[int] = None
+    total_layers: Optional[int] = None
+    chat_format: Optional[str] = None
+    notices: tuple[str, ...] = field(default=())
+
+
+class TokenStream(Iterator[str]):
+    """Text pieces as they are generated. ``result`` is set once the stream ends;
+    ``cancel()`` stops it early from any thread (the stream then ends with
+    ``finish_reason == "cancelled"``). Use it as a context manager to cancel on exit."""
+
+    def __init__(self, pieces: Generator[str, None, GenerationResult],
+                 on_cancel: Callable[[], None]) -> None:
+        self._pieces = pieces
+        self._on_cancel = on_cancel
+        self._parts: list[str] = []
+        self._lock = threading.Lock()
+        self.result: Optional[GenerationResult] = None
+
+    def __iter__(self) -> "TokenStream":
+        return self
+
+    def __next__(self) -> str:
+        if self.result is not None:
+            raise StopIteration
+        try:
+            piece = next(self._pieces)
+        except StopIteration as stop:
+            self.result = stop.value
+            raise
+        self._parts.append(piece)
+        return piece
+
+    @property
+    def text(self) -> str:
+        """Everything streamed so far."""
+        return "".join(self._parts)
+
+    def cancel(self) -> None:
+        self._on_cancel()
+
+    def collect(self) -> GenerationResult:
+        """Consume the rest of the stream and return its result."""
+        for _ in self:
+            pass
+        assert self.result is not None
+        return self.result
+
+    def close(self) -> None:
+        if self.result is None:
+            self.cancel()
+            self._pieces.close()
+
+    def __enter__(self) -> "TokenStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Engine(abc.ABC):
+    """One model behind one small interface."""
+
+    @abc.abstractmethod
+    def complete(self, prompt: str, params: Optional[GenerationParams] = None) -> TokenStream:
+        """Stream a plain continuation of ``prompt``."""
+
+    @abc.abstractmethod
+    def chat(self, messages: Sequence[Message | dict], params: Optional[GenerationParams] = None) -> TokenStream:
+        """Stream the assistant's answer to ``messages`` (system, user, assistant, ..., user)."""
+
+    @abc.abstractmethod
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = False) -> list[int]:
+        """The model's token ids for ``text``."""
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    @abc.abstractmethod
+    def describe(self) -> ModelDescription:
+        """What is loaded, where, and how."""
+
+    @abc.abstractmethod
+    def cancel(self) -> None:
+        """Cancel every running and queued generation of this engine."""
+
+    def close(self) -> None:
+        """Release the model; the engine is unusable afterwards."""
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
