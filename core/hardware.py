@@ -381,7 +381,7 @@ def _q4_k_m_type(kind: str, i_layer: int, n_layer: int, is_70b: bool) -> str:
 
 
 def _llama2_layout(size: str) -> list[tuple[str, str, tuple[int, ...], int]]:
-    """(name, kind, GGUF shape, layer) of every tensor, in the order llama.cpp writes them."""
+    """(name, kind, GGUF shape, layer) of every tensor, named as llama.cpp names them."""
     n_embd, n_layer, n_head, n_head_kv, n_ff = _LLAMA2_SHAPES[size]
     n_embd_kv = n_embd // n_head * n_head_kv
     out = [("token_embd.weight", "token_embd", (n_embd, _LLAMA2_VOCAB), -1)]

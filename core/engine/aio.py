@@ -33,7 +33,10 @@ class AsyncTokenStream:
 
     def _run(self, loop: asyncio.AbstractEventLoop, out: "asyncio.Queue[Any]") -> None:
         def put(item: Any) -> None:
-            loop.call_soon_threadsafe(out.put_nowait, item)
+            try:
+                loop.call_soon_threadsafe(out.put_nowait, item)
+            except RuntimeError:  # the loop closed under us: nobody is listening any more
+                self.cancel()
 
         try:
             self._stream = self._start()

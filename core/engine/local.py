@@ -140,9 +140,7 @@ class LocalEngine(Engine):
         finish = "stop"
 
         def stop_when_cancelled(_ids: Any, _logits: Any) -> bool:
-            nonlocal sampled
-            sampled += 1
-            return job.cancelled.is_set()
+            return job.cancelled.is_set()  # checked after every sampled token
 
         if not job.cancelled.is_set():
             import llama_cpp
@@ -167,6 +165,9 @@ class LocalEngine(Engine):
                         break
             finally:
                 chunks.close()
+            # Every sampled token is evaluated before the next is sampled, except the last one
+            # (a length stop keeps it; an end-of-generation token is not part of the answer).
+            sampled = max(0, self._llama.n_tokens - len(job.prompt)) + (finish == "length")
         if job.cancelled.is_set():
             finish = "cancelled"
         return GenerationResult(
@@ -181,9 +182,12 @@ class LocalEngine(Engine):
         """Prompt tokens allowed: the window less the answer's room (at most half the window)."""
         return self.n_ctx - min(params.max_tokens, self.n_ctx // 2)
 
+    def _check_open(self) -> None:
+        if self._closed:  # the llama.cpp model is freed: touching it would crash the process
+            raise EngineError("this engine is closed; create a new one to use the model again.")
+
     def _submit(self, job: _Job) -> TokenStream:
-        if self._closed:
-            raise EngineError("this engine is closed; create a new one to generate again.")
+        self._check_open()
         with self._active_lock:
             if len(self._active) >= self._max_queued:
                 raise EngineError(f"{len(self._active)} requests are already queued on this model; "
@@ -225,6 +229,7 @@ class LocalEngine(Engine):
 
     def chat(self, messages: Sequence[Message | dict], params: Optional[GenerationParams] = None) -> TokenStream:
         params = params or GenerationParams()
+        self._check_open()
         fmt = self._require_chat_format()
         budget = self._reserve(params)
         if params.overflow == "error":
@@ -248,17 +253,20 @@ class LocalEngine(Engine):
 
     def format_chat(self, messages: Sequence[Message | dict]) -> list[int]:
         """The prompt tokens ``chat`` would send for ``messages`` (before any trimming)."""
+        self._check_open()
         return self._require_chat_format().format(messages)
 
     # -- the rest of the interface ----------------------------------------------------
     def tokenize(self, text: str, *, add_bos: bool = False, special: bool = False) -> list[int]:
         # Tokenizing only reads the vocabulary, so it need not wait behind a generation.
+        self._check_open()
         tokens = self.tokenizer.encode(text, special=special)
         if add_bos and self.tokenizer.bos_id is not None:
             tokens = [self.tokenizer.bos_id, *tokens]
         return tokens
 
     def detokenize(self, tokens: Sequence[int]) -> str:
+        self._check_open()
         return self._llama.detokenize(list(tokens)).decode("utf-8", errors="replace")
 
     def describe(self) -> ModelDescription:

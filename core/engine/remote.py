@@ -8,7 +8,13 @@ the server's non-standard route when it has one (``/tokenize`` of llama-server,
 ``/extras/tokenize`` of llama-cpp-python's server).
 
 httpx errors are translated here: a refused or timed-out connection becomes
-``ServerUnreachableError``, an error status or an error event ``ServerResponseError``.
+``ServerUnreachableError``, an error status, an error event, an unreadable answer or a
+stream that breaks off without finishing ``ServerResponseError``.
+
+What the server does not report stays unknown: ``prompt_tokens`` is 0 unless the server
+sends usage (``stream_options.include_usage`` is asked for; llama-cpp-python's server
+ignores it), and prompts are not trimmed to the context window (``overflow`` is the
+server's business: it answers an error for a prompt that does not fit).
 """
 
 from __future__ import annotations
@@ -18,11 +24,17 @@ import threading
 import time
 from typing import Any, Generator, Iterator, Optional, Sequence
 
-from ..errors import EngineError, ServerResponseError, ServerUnreachableError
+from ..errors import ConfigError, EngineError, ServerResponseError, ServerUnreachableError
 from ..templates import Message, _coerce
 from .base import Engine, GenerationParams, GenerationResult, ModelDescription, TokenStream
 
 __all__ = ["RemoteEngine"]
+
+_HINTS = {
+    401: "pass the server's key as api_key",
+    403: "pass the server's key as api_key",
+    404: "check the base URL (it should point at the server's root or its /v1)",
+}
 
 
 class _Cancel:
@@ -42,6 +54,18 @@ class _Cancel:
                 pass
 
 
+class _Progress:
+    """What one stream has received so far."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.events = 0
+        self.finish: Optional[str] = None
+        self.done = False  # saw ``data: [DONE]``
+        self.usage: dict[str, Any] = {}
+        self.first: Optional[float] = None
+
+
 class RemoteEngine(Engine):
     """A model served elsewhere over the OpenAI-compatible API."""
 
@@ -49,7 +73,10 @@ class RemoteEngine(Engine):
                  timeout: float = 120.0, connect_timeout: float = 5.0) -> None:
         import httpx
 
-        url = base_url.rstrip("/")
+        url = base_url.strip().rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"the server URL {base_url!r} must start with http:// or https://, "
+                              "e.g. http://127.0.0.1:8000/v1.")
         self.base_url = url if url.endswith("/v1") else url + "/v1"
         self.root_url = self.base_url[: -len("/v1")]
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -59,11 +86,13 @@ class RemoteEngine(Engine):
         self._streams: set[_Cancel] = set()
         self._lock = threading.Lock()
         self._tokenize_route: Optional[str] = None
+        self._auto_prefix: Optional[list[int]] = None
 
     # -- HTTP helpers -----------------------------------------------------------------
     def _unreachable(self, exc: Exception) -> ServerUnreachableError:
+        detail = " ".join(str(exc).split()) or "no details"
         return ServerUnreachableError(
-            f"cannot reach the model server at {self.root_url} ({type(exc).__name__}: {exc}); "
+            f"cannot reach the model server at {self.root_url} ({type(exc).__name__}: {detail}); "
             "check that it is running and the URL is right."
         )
 
@@ -72,20 +101,23 @@ class RemoteEngine(Engine):
         try:
             data = json.loads(body)
         except ValueError:
-            return body.strip()[:300] or "no details"
+            data = body
         error = data.get("error", data) if isinstance(data, dict) else data
         if isinstance(error, dict):
-            return str(error.get("message") or error.get("detail") or error)[:300]
-        return str(error)[:300]
+            error = error.get("message") or error.get("detail") or error
+        return " ".join(str(error).split())[:300] or "no details"
 
     def _raise_for_status(self, response: Any, route: str) -> None:
         if response.status_code >= 400:
             response.read()
+            hint = _HINTS.get(response.status_code)
             raise ServerResponseError(
                 f"{self.root_url}{route} answered HTTP {response.status_code}: "
-                f"{self._error_text(response.text)}", status_code=response.status_code)
+                f"{self._error_text(response.text)}" + (f"; {hint}." if hint else ""),
+                status_code=response.status_code)
 
     def _request(self, method: str, route: str, **kwargs: Any) -> Any:
+        """The JSON answer to one plain (not streamed) request."""
         import httpx
 
         try:
@@ -93,14 +125,25 @@ class RemoteEngine(Engine):
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
         self._raise_for_status(response, route)
-        return response
+        try:
+            return response.json()
+        except ValueError:
+            raise ServerResponseError(
+                f"{self.root_url}{route} answered something that is not JSON; "
+                "check that the URL points at an OpenAI-compatible server.",
+                status_code=response.status_code) from None
+
+    def _models(self) -> list[dict[str, Any]]:
+        data = self._request("GET", "/v1/models")
+        entries = data.get("data") if isinstance(data, dict) else None
+        if not entries:
+            raise ServerResponseError(f"{self.root_url} serves no model (/v1/models is empty); "
+                                      "load a model on the server.")
+        return [e for e in entries if isinstance(e, dict)]
 
     def model_name(self) -> str:
         if self._model is None:
-            data = self._request("GET", "/v1/models").json().get("data") or []
-            if not data:
-                raise ServerResponseError(f"{self.root_url} serves no model (/v1/models is empty).")
-            self._model = str(data[0]["id"])
+            self._model = str(self._models()[0]["id"])
         return self._model
 
     # -- streaming --------------------------------------------------------------------
@@ -109,7 +152,7 @@ class RemoteEngine(Engine):
         body: dict[str, Any] = {
             "max_tokens": params.max_tokens, "temperature": params.temperature, "top_p": params.top_p,
             "top_k": params.top_k, "min_p": params.min_p, "repeat_penalty": params.repeat_penalty,
-            "stream": True,
+            "stream": True, "stream_options": {"include_usage": True},
         }
         if params.stop:
             body["stop"] = list(params.stop)
@@ -117,45 +160,72 @@ class RemoteEngine(Engine):
             body["seed"] = params.seed
         return body
 
-    def _events(self, response: Any) -> Iterator[dict[str, Any]]:
+    def _events(self, response: Any, progress: _Progress) -> Iterator[dict[str, Any]]:
         for line in response.iter_lines():
             if not line.startswith("data:"):
-                continue
+                continue  # blank separators, ``event:`` lines and ``: ping`` comments
             data = line[len("data:"):].strip()
             if data == "[DONE]":
+                progress.done = True
                 return
-            event = json.loads(data)
+            try:
+                event = json.loads(data)
+            except ValueError:
+                raise ServerResponseError(f"{self.root_url} sent an event that is not JSON "
+                                          f"({data[:80]!r}); is it an OpenAI-compatible server?") from None
             if isinstance(event, dict) and "error" in event:
                 raise ServerResponseError(f"{self.root_url} reported: {self._error_text(data)}")
-            yield event
+            if isinstance(event, dict):
+                progress.events += 1
+                yield event
+
+    def _read(self, response: Any, progress: _Progress, cancel: _Cancel,
+              start: float) -> Generator[str, None, None]:
+        for event in self._events(response, progress):
+            choice = (event.get("choices") or [{}])[0]
+            text = choice.get("text")
+            if text is None:
+                text = (choice.get("delta") or {}).get("content") or ""
+            if text:
+                if progress.first is None:
+                    progress.first = time.perf_counter() - start
+                progress.parts.append(text)
+                yield text
+            progress.finish = choice.get("finish_reason") or progress.finish
+            progress.usage = event.get("usage") or progress.usage
+            if cancel.event.is_set():
+                return
+
+    def _broken_off(self, route: str, body: dict[str, Any], progress: _Progress) -> ServerResponseError:
+        """The error for a stream that ended without a finish reason or ``[DONE]``.
+
+        Some servers (llama-cpp-python's) fail a streamed request after answering 200, e.g.
+        for a prompt longer than the context window, and just close the stream. When nothing
+        came, the same request unstreamed with one new token gets the server's own error."""
+        if progress.events == 0:
+            plain = {k: v for k, v in body.items() if k != "stream_options"}
+            self._request("POST", route, json={**plain, "stream": False, "max_tokens": 1})
+        return ServerResponseError(
+            f"{self.root_url}{route} ended the stream without finishing it "
+            f"(after {len(progress.parts)} pieces); see the server's log.")
 
     def _stream(self, route: str, body: dict[str, Any], cancel: _Cancel) -> Generator[str, None, GenerationResult]:
         import httpx
 
         start = time.perf_counter()
-        first: Optional[float] = None
-        parts: list[str] = []
-        finish, usage, chunks = "stop", {}, 0
+        progress = _Progress()
         with self._lock:
             self._streams.add(cancel)
         try:
-            with self._client.stream("POST", self.root_url + route, json=body) as response:
-                cancel.response = response
-                self._raise_for_status(response, route)
-                for event in self._events(response):
-                    choice = (event.get("choices") or [{}])[0]
-                    text = choice.get("text")
-                    if text is None:
-                        text = (choice.get("delta") or {}).get("content") or ""
-                    if text:
-                        first = first if first is not None else time.perf_counter() - start
-                        parts.append(text)
-                        chunks += 1
-                        yield text
-                    finish = choice.get("finish_reason") or finish
-                    usage = event.get("usage") or usage
-                    if cancel.event.is_set():
-                        break
+            if not cancel.event.is_set():
+                # A connection of its own (not kept alive): a stream the server breaks off
+                # or the client cancels must not leave a dead connection in the pool.
+                with self._client.stream("POST", self.root_url + route, json=body,
+                                         headers={"Connection": "close"}) as response:
+                    cancel.response = response
+                    self._raise_for_status(response, route)
+                    if not cancel.event.is_set():
+                        yield from self._read(response, progress, cancel, start)
         except (httpx.TransportError, httpx.StreamError) as exc:
             if not cancel.event.is_set():
                 raise self._unreachable(exc) from None
@@ -164,11 +234,16 @@ class RemoteEngine(Engine):
                 self._streams.discard(cancel)
         if cancel.event.is_set():
             finish = "cancelled"
+        elif progress.finish is None and not progress.done:
+            raise self._broken_off(route, body, progress)
+        else:
+            finish = progress.finish if progress.finish in ("stop", "length") else "stop"
+        usage = progress.usage
         return GenerationResult(
-            text="".join(parts), finish_reason=finish if finish in ("stop", "length", "cancelled") else "stop",
+            text="".join(progress.parts), finish_reason=finish,  # type: ignore[arg-type]
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
-            completion_tokens=int(usage.get("completion_tokens", chunks)),
-            time_to_first_token_s=first, duration_s=time.perf_counter() - start,
+            completion_tokens=int(usage.get("completion_tokens", len(progress.parts))),
+            time_to_first_token_s=progress.first, duration_s=time.perf_counter() - start,
         )
 
     def complete(self, prompt: str, params: Optional[GenerationParams] = None) -> TokenStream:
@@ -183,32 +258,53 @@ class RemoteEngine(Engine):
         return TokenStream(self._stream("/v1/chat/completions", body, cancel), cancel)
 
     # -- the rest of the interface ----------------------------------------------------
-    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = False) -> list[int]:
-        attempts = {
-            "/tokenize": {"content": text, "add_special": add_bos, "parse_special": special},
-            "/extras/tokenize": {"input": text},
-        }
-        routes = [self._tokenize_route] if self._tokenize_route else list(attempts)
-        for route in routes:
+    def _tokens(self, route: str, payload: dict[str, Any]) -> list[int]:
+        data = self._request("POST", route, json=payload)
+        try:
+            return [int(t) for t in data["tokens"]]
+        except (KeyError, TypeError, ValueError):
+            raise ServerResponseError(f"{self.root_url}{route} answered without a token list; "
+                                      "count tokens with a local engine instead.") from None
+
+    def _find_tokenize_route(self) -> None:
+        """Try llama-server's route, then llama-cpp-python's, on the empty text; remember the
+        one that answers, and for llama-cpp-python what it adds to every text ([] or [BOS])."""
+        for route, payload in (("/tokenize", {"content": ""}), ("/extras/tokenize", {"input": ""})):
             try:
-                response = self._request("POST", route, json=attempts[route])
+                prefix = self._tokens(route, payload)
             except ServerResponseError as exc:
                 if exc.status_code in (404, 405):
                     continue
                 raise
-            self._tokenize_route = route
-            return [int(t) for t in response.json()["tokens"]]
+            self._tokenize_route, self._auto_prefix = route, prefix
+            return
         raise EngineError(f"{self.root_url} offers no tokenize route (it is not a llama.cpp server); "
                           "count tokens with a local engine instead.")
 
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = False) -> list[int]:
+        """The server's token ids for ``text``.
+
+        llama-server honours ``add_bos`` and ``special``. llama-cpp-python's server always
+        parses special tokens (``special`` cannot be turned off there) and adds BOS when the
+        model's metadata says so; that BOS is removed unless ``add_bos`` is set (a model whose
+        metadata adds none gets none, as the server never says which id BOS is)."""
+        if self._tokenize_route is None:
+            self._find_tokenize_route()
+        if self._tokenize_route == "/tokenize":
+            return self._tokens("/tokenize", {"content": text, "add_special": add_bos, "parse_special": special})
+        tokens = self._tokens("/extras/tokenize", {"input": text})
+        prefix = self._auto_prefix or []
+        if prefix and not add_bos and tokens[:len(prefix)] == prefix:
+            tokens = tokens[len(prefix):]
+        return tokens
+
     def describe(self) -> ModelDescription:
-        data = self._request("GET", "/v1/models").json().get("data") or [{}]
-        entry = data[0]
+        entries = self._models()
+        entry = next((e for e in entries if e.get("id") == self._model), entries[0])
         meta = entry.get("meta") or {}
         return ModelDescription(
             name=str(entry.get("id", self._model or "unknown")), backend="remote", location=self.root_url,
-            context_length=meta.get("n_ctx") or meta.get("n_ctx_train"),
-            train_context_length=meta.get("n_ctx_train"),
+            context_length=meta.get("n_ctx"), train_context_length=meta.get("n_ctx_train"),
         )
 
     def cancel(self) -> None:
