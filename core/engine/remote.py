@@ -45,8 +45,7 @@ class _Cancel:
         self.response: Any = None
 
     def __call__(self) -> None:
-        self.event.set()
-        response = self.response
+        response = None
         if response is not None:
             try:
                 response.close()
