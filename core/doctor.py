@@ -11,10 +11,10 @@ from typing import Optional, Sequence
 
 from . import hardware
 from .errors import LlamalabError
-from .gguf_info import read_gguf_info
+from .gguf_info import GGUFInfo, read_gguf_info
 from .store import ModelStore
 
-__all__ = ["DoctorReport", "ModelFit", "build_report", "format_report"]
+__all__ = ["DoctorReport", "ModelFit", "build_report", "fit_model", "format_report"]
 
 
 @dataclass(frozen=True)
@@ -51,16 +51,21 @@ def _llama_cpp_build() -> tuple[Optional[str], str]:
     return llama_cpp.__version__, (info.decode() if isinstance(info, bytes) else str(info)).strip()
 
 
-def _fit(name: str, path: str, n_ctx: int, gpus: Sequence[hardware.GPU], supported: bool) -> ModelFit:
-    try:
-        info = read_gguf_info(path)
-    except LlamalabError as exc:
-        return ModelFit(name, "?", 0, 0, 0, 0, False, problem=str(exc))
+def fit_model(name: str, info: GGUFInfo, n_ctx: int, gpus: Sequence[hardware.GPU], supported: bool) -> ModelFit:
+    """What ``auto`` offload would do with ``info`` on these GPUs at context ``n_ctx``."""
     ctx = min(n_ctx, info.context_length) if info.context_length else n_ctx
     plan = hardware.plan_offload(info, ctx, "auto", gpus=gpus, offload_supported=supported)
     return ModelFit(name=name, quantization=info.quantization, file_bytes=info.size_bytes,
                     needed_bytes=plan.vram_needed_bytes, n_gpu_layers=plan.n_gpu_layers,
                     total_layers=plan.total_layers, fits_fully=plan.fits_fully)
+
+
+def _fit_stored(name: str, path: str, n_ctx: int, gpus: Sequence[hardware.GPU], supported: bool) -> ModelFit:
+    try:
+        info = read_gguf_info(path)
+    except LlamalabError as exc:
+        return ModelFit(name, "?", 0, 0, 0, 0, False, problem=str(exc))
+    return fit_model(name, info, n_ctx, gpus, supported)
 
 
 def build_report(*, n_ctx: int = 4096, store: Optional[ModelStore] = None,
@@ -78,7 +83,7 @@ def build_report(*, n_ctx: int = 4096, store: Optional[ModelStore] = None,
                        f"For an NVIDIA GPU install the CUDA build: {hardware.CUDA_INSTALL_HINT}")
     elif not found:
         notices.append("llama.cpp can offload to a GPU but no NVIDIA GPU was found (nvidia-smi/NVML).")
-    fits = [_fit(m.name, m.path, n_ctx, found, supported) for m in store.list()]
+    fits = [_fit_stored(m.name, m.path, n_ctx, found, supported) for m in store.list()]
     return DoctorReport(llamalab_version=__version__, llama_cpp_version=version,
                         gpu_offload_supported=supported, system_info=system_info, gpus=found,
                         n_ctx=n_ctx, store_root=str(store.root), models=fits, notices=notices)
@@ -104,13 +109,14 @@ def format_report(report: DoctorReport) -> str:
     lines += ["", f"Models in {report.store_root} (context {report.n_ctx} tokens):"]
     if not report.models:
         lines.append("  none yet: `llamalab models pull default`")
+    width = max((len(m.name) for m in report.models), default=0)
     for m in report.models:
         if m.problem:
             lines.append(f"  {m.name}: {m.problem}")
             continue
         where = ("all on GPU" if m.fits_fully
                  else f"{m.n_gpu_layers}/{m.total_layers} layers on GPU" if m.n_gpu_layers else "CPU only")
-        lines.append(f"  {m.name:34} {m.quantization:8} file {_gb(m.file_bytes):>8}  needs {_gb(m.needed_bytes):>8}"
+        lines.append(f"  {m.name:{width}}  {m.quantization:8} file {_gb(m.file_bytes):>8}  needs {_gb(m.needed_bytes):>8}"
                      f"  -> {where}")
     if report.notices:
         lines.append("")

@@ -24,5 +24,4 @@ target="$root"
 if ! "$venv/bin/python" -c 'import llama_cpp' 2>/dev/null; then
   echo "==> building llama-cpp-python (first time only: 6-12 minutes on two cores)"
 fi
-"$venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip
 "$venv/bin/python" -m pip install --disable-pip-version-check -q -e "$target"
