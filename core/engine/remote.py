@@ -45,7 +45,8 @@ class _Cancel:
         self.response: Any = None
 
     def __call__(self) -> None:
-        response = None
+        self.event.set()
+        response = self.response
         if response is not None:
             try:
                 response.close()
@@ -76,7 +77,7 @@ class RemoteEngine(Engine):
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"the server URL {base_url!r} must start with http:// or https://, "
                               "e.g. http://127.0.0.1:8000/v1.")
-        self.base_url = url if url.endswith("/v1") else url + "/v1"
+        self.base_url = url + "/v1"
         self.root_url = self.base_url[: -len("/v1")]
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(headers=headers,

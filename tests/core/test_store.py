@@ -32,6 +32,21 @@ def test_gguf_info_of_demo_model(demo_model):
     assert {t.ggml_type for t in info.tensors} >= {"Q4_1", "F32"}
 
 
+def test_header_reader_agrees_with_gguf_reader(demo_model):
+    """Our one-pass header parser against the gguf package's own GGUFReader."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(demo_model))
+    info = read_gguf_info(demo_model)
+    theirs = [(t.name, gguf.GGMLQuantizationType(t.tensor_type).name, tuple(int(x) for x in t.shape),
+               int(t.n_bytes)) for t in reader.tensors]
+    assert [(t.name, t.ggml_type, t.shape, t.n_bytes) for t in info.tensors] == theirs
+    assert info.chat_template == reader.fields["tokenizer.chat_template"].contents()
+    assert info.context_length == reader.fields["llama.context_length"].contents()
+    assert info.vocab_size == len(reader.fields["tokenizer.ggml.tokens"].data)
+    assert info.bos_token_id == reader.fields["tokenizer.ggml.bos_token_id"].contents()
+
+
 def test_remove_keeps_files_it_does_not_own(tmp_store, demo_model, tmp_path):
     copy = tmp_path / "mine.gguf"
     shutil.copy(demo_model, copy)
