@@ -33,6 +33,10 @@ import gc
 import json
 import os
 import platform
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None  # type: ignore[assignment]
 import statistics
 import sys
 import time
@@ -60,22 +64,30 @@ class Sample:
     pieces: int  # non-empty text pieces seen by the caller
     finish_reason: Optional[str]
     total_s: float
+    cpu_s: Optional[float]  # user + system CPU of this whole process during the run, all threads
     text: str = field(repr=False)
     engine_completion_tokens: Optional[int] = None  # LocalEngine's own GenerationResult fields
     engine_ttft_s: Optional[float] = None
     engine_duration_s: Optional[float] = None
 
 
-def _default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
+def _default_threads() -> tuple[int, int]:
+    from llamalab.engine.local import default_threads
+
+    return default_threads()
 
 
-def _timed(iterate: Callable[[], Any]) -> tuple[float, list[float], list[str], Any]:
+def _cpu_s() -> Optional[float]:
+    if resource is None:
+        return None
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed(iterate: Callable[[], Any]) -> tuple[float, list[float], list[str], float, Optional[float]]:
     """Run ``iterate`` (returns an iterator of text pieces); time every non-empty piece."""
     gc.collect()
+    c0 = _cpu_s()
     t0 = time.perf_counter()
     stamps: list[float] = []
     texts: list[str] = []
@@ -85,17 +97,18 @@ def _timed(iterate: Callable[[], Any]) -> tuple[float, list[float], list[str], A
             stamps.append(time.perf_counter())
             texts.append(piece)
     t_end = time.perf_counter()
-    return t0, stamps, texts, t_end
+    c1 = _cpu_s()
+    return t0, stamps, texts, t_end, (c1 - c0 if c0 is not None and c1 is not None else None)
 
 
 def _sample(side: str, run: int, t0: float, stamps: list[float], texts: list[str], t_end: float,
-            finish: Optional[str], **extra: Any) -> Sample:
+            cpu_s: Optional[float], finish: Optional[str], **extra: Any) -> Sample:
     if not stamps:
         raise SystemExit(f"{side}: the model produced no text; choose another --prompt.")
     span = stamps[-1] - stamps[0]
     rate = (len(stamps) - 1) / span if span > 0 else float("nan")
     return Sample(side=side, run=run, ttft_s=stamps[0] - t0, decode_tok_s=rate, pieces=len(stamps),
-                  finish_reason=finish, total_s=t_end - t0, text="".join(texts), **extra)
+                  finish_reason=finish, total_s=t_end - t0, cpu_s=cpu_s, text="".join(texts), **extra)
 
 
 class EngineSide:
@@ -117,9 +130,9 @@ class EngineSide:
             holder["stream"] = stream = self.engine.complete(self.prompt, self.params)
             return stream
 
-        t0, stamps, texts, t_end = _timed(iterate)
+        t0, stamps, texts, t_end, cpu = _timed(iterate)
         result = holder["stream"].result
-        return _sample(self.name, index, t0, stamps, texts, t_end, result.finish_reason,
+        return _sample(self.name, index, t0, stamps, texts, t_end, cpu, result.finish_reason,
                        engine_completion_tokens=result.completion_tokens,
                        engine_ttft_s=result.time_to_first_token_s, engine_duration_s=result.duration_s)
 
@@ -156,8 +169,8 @@ class DirectSide:
                 self.finish = choice.get("finish_reason") or self.finish
                 yield choice["text"]
 
-        t0, stamps, texts, t_end = _timed(pieces)
-        return _sample(self.name, index, t0, stamps, texts, t_end, self.finish)
+        t0, stamps, texts, t_end, cpu = _timed(pieces)
+        return _sample(self.name, index, t0, stamps, texts, t_end, cpu, self.finish)
 
 
 # ------------------------------------------------------------------------------ setup
@@ -171,8 +184,10 @@ def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                     "(default: $LLAMALAB_HOME or the user's store)")
     ap.add_argument("--runs", type=int, help="timed runs per side (default 7; 3 with --quick)")
     ap.add_argument("--max-tokens", type=int, help="tokens per run (default 128; 32 with --quick)")
-    ap.add_argument("--threads", type=int, default=_default_threads(),
-                    help="llama.cpp threads, for both eval and batch (default: all usable cores, %(default)s)")
+    ap.add_argument("--threads", type=int, default=_default_threads()[0],
+                    help="llama.cpp decode threads (default: LocalEngine's, %(default)s)")
+    ap.add_argument("--threads-batch", type=int, default=_default_threads()[1],
+                    help="llama.cpp prompt-evaluation threads (default: LocalEngine's, %(default)s)")
     ap.add_argument("--n-ctx", type=int, default=2048, help="context window (default %(default)s)")
     ap.add_argument("--n-batch", type=int, default=512, help="prompt batch size (default %(default)s)")
     ap.add_argument("--gpu-layers", default="auto",
@@ -208,13 +223,13 @@ def _gpu_layers(value: str) -> Any:
         return value
 
 
-def _direct_llama(engine: Any, threads: int, n_batch: int) -> Any:
+def _direct_llama(engine: Any, threads: int, threads_batch: int, n_batch: int) -> Any:
     """A second Llama with exactly the arguments LocalEngine._load passes to its own."""
     import llama_cpp
 
     return llama_cpp.Llama(
         model_path=str(engine.info.path), n_ctx=engine.n_ctx, n_gpu_layers=engine.plan.n_gpu_layers,
-        n_threads=threads, n_threads_batch=threads, n_batch=n_batch, seed=0, verbose=False,
+        n_threads=threads, n_threads_batch=threads_batch, n_batch=n_batch, seed=0, verbose=False,
     )
 
 
@@ -227,6 +242,7 @@ def _median(values: list[float]) -> float:
 
 def _summary(samples: list[Sample]) -> dict[str, Any]:
     timed = [s for s in samples if s.run >= 0]
+    cpu = [s.cpu_s / s.pieces * 1e3 for s in timed if s.cpu_s is not None]
     return {
         "runs": len(timed),
         "median_decode_tok_s": _median([s.decode_tok_s for s in timed]),
@@ -235,8 +251,30 @@ def _summary(samples: list[Sample]) -> dict[str, Any]:
         "max_decode_tok_s": max(s.decode_tok_s for s in timed),
         "min_ttft_ms": min(s.ttft_s * 1e3 for s in timed),
         "max_ttft_ms": max(s.ttft_s * 1e3 for s in timed),
+        "median_cpu_ms_per_token": _median(cpu) if cpu else None,
         "pieces": sorted({s.pieces for s in timed}),
         "finish_reasons": sorted({str(s.finish_reason) for s in timed}),
+    }
+
+
+def _compare(timed: dict[str, list[Sample]], sums: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    ours, direct = sums["llamalab"], sums["direct"]
+    pairs = list(zip(timed["llamalab"], timed["direct"]))  # run i of each side, back to back
+    handoff = [(s.ttft_s - s.engine_ttft_s) * 1e3 for s in timed["llamalab"] if s.engine_ttft_s is not None]
+    ratio = ours["median_decode_tok_s"] / direct["median_decode_tok_s"]
+    ttft_diff = ours["median_ttft_ms"] - direct["median_ttft_ms"]
+    return {
+        "throughput_ratio": ratio,
+        "ttft_diff_ms": ttft_diff,
+        "throughput_pass": ratio >= THROUGHPUT_TARGET,
+        "ttft_pass": ttft_diff <= TTFT_TARGET_MS,
+        "paired_throughput_ratio": _median([a.decode_tok_s / b.decode_tok_s for a, b in pairs]),
+        "paired_ttft_diff_ms": _median([(a.ttft_s - b.ttft_s) * 1e3 for a, b in pairs]),
+        # The part of LocalEngine's TTFT spent outside llama.cpp: tokenizing, the job queue,
+        # and handing the first piece back from the worker thread.
+        "engine_first_token_handoff_ms": _median(handoff) if handoff else None,
+        "engine_completion_tokens": sorted({s.engine_completion_tokens for s in timed["llamalab"]
+                                            if s.engine_completion_tokens is not None}),
     }
 
 
@@ -244,46 +282,49 @@ def _verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def _print_table(args: argparse.Namespace, sums: dict[str, dict[str, Any]],
-                 ratio: float, paired_ratio: float, ttft_diff: float, paired_diff: float,
-                 engine_tokens: list[int]) -> tuple[bool, bool]:
-    def tokens(s: dict[str, Any]) -> str:
-        return "/".join(str(n) for n in s["pieces"])
-
+def _print_table(sums: dict[str, dict[str, Any]], cmp: dict[str, Any]) -> None:
     rows = [("side", "runs", "tokens", "decode tok/s", "(min-max)", "TTFT ms", "(min-max)")]
     for side in ("llamalab", "direct"):
         s = sums[side]
-        rows.append((side, str(s["runs"]), tokens(s), f"{s['median_decode_tok_s']:.1f}",
-                     f"{s['min_decode_tok_s']:.1f}-{s['max_decode_tok_s']:.1f}",
+        rows.append((side, str(s["runs"]), "/".join(str(n) for n in s["pieces"]),
+                     f"{s['median_decode_tok_s']:.1f}", f"{s['min_decode_tok_s']:.1f}-{s['max_decode_tok_s']:.1f}",
                      f"{s['median_ttft_ms']:.1f}", f"{s['min_ttft_ms']:.1f}-{s['max_ttft_ms']:.1f}"))
-    tput_ok = ratio >= THROUGHPUT_TARGET
-    ttft_ok = ttft_diff <= TTFT_TARGET_MS
-    rows.append(("llamalab/direct", "", "", f"x{ratio:.3f}", f">= {THROUGHPUT_TARGET} {_verdict(tput_ok)}",
-                 f"{ttft_diff:+.1f}", f"<= {TTFT_TARGET_MS:g} {_verdict(ttft_ok)}"))
+    rows.append(("llamalab/direct", "", "", f"x{cmp['throughput_ratio']:.3f}",
+                 f">= {THROUGHPUT_TARGET} {_verdict(cmp['throughput_pass'])}",
+                 f"{cmp['ttft_diff_ms']:+.1f}", f"<= {TTFT_TARGET_MS:g} {_verdict(cmp['ttft_pass'])}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
         if n == 0 or n == len(rows) - 2:
             print("  ".join("-" * w for w in widths))
-    print(f"paired per round: throughput ratio median x{paired_ratio:.3f}, TTFT difference median "
-          f"{paired_diff:+.1f} ms; tokens = streamed pieces per run "
-          f"(finish: llamalab {'/'.join(sums['llamalab']['finish_reasons'])}, "
-          f"direct {'/'.join(sums['direct']['finish_reasons'])}; "
-          f"LocalEngine's completion_tokens: {'/'.join(str(n) for n in sorted(set(engine_tokens)))})")
-    return tput_ok, ttft_ok
+    print(f"\npaired by round: throughput ratio median x{cmp['paired_throughput_ratio']:.3f}, "
+          f"TTFT difference median {cmp['paired_ttft_diff_ms']:+.1f} ms")
+    if cmp["engine_first_token_handoff_ms"] is not None:
+        print(f"LocalEngine's TTFT outside llama.cpp (caller's TTFT - worker's TTFT): median "
+              f"{cmp['engine_first_token_handoff_ms']:.2f} ms")
+    cpu = {k: v["median_cpu_ms_per_token"] for k, v in sums.items()}
+    if None not in cpu.values():
+        print(f"process CPU per token (all threads): llamalab {cpu['llamalab']:.2f} ms, direct {cpu['direct']:.2f} ms")
+    print(f"tokens = streamed pieces per run; finish: llamalab {'/'.join(sums['llamalab']['finish_reasons'])}, "
+          f"direct {'/'.join(sums['direct']['finish_reasons'])}; LocalEngine's completion_tokens: "
+          f"{'/'.join(str(n) for n in cmp['engine_completion_tokens'])}")
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    args = _parse_args(argv)
+def _measure(args: argparse.Namespace, path: Path) -> tuple[dict[str, list[Sample]], dict[str, Any]]:
+    """Warm up each side once, then alternate them ``args.runs`` times."""
     import llama_cpp
 
     from llamalab import GenerationParams, LocalEngine
 
-    path = _model_path(args)
     params = GenerationParams(max_tokens=args.max_tokens, temperature=0)
     engine = LocalEngine(path, n_ctx=args.n_ctx, n_gpu_layers=_gpu_layers(args.gpu_layers),
-                         n_threads=args.threads, n_batch=args.n_batch, seed=0, name="bench")
-    llama = _direct_llama(engine, args.threads, args.n_batch)
+                         n_threads=args.threads, n_threads_batch=args.threads_batch, n_batch=args.n_batch,
+                         seed=0, name="bench")
+    try:
+        llama = _direct_llama(engine, args.threads, args.threads_batch, args.n_batch)
+    except BaseException:
+        engine.close()
+        raise
     try:
         ours = engine.tokenize(args.prompt, add_bos=bool(engine.info.add_bos_token), special=True)
         theirs = llama.tokenize(args.prompt.encode("utf-8"), special=True)
@@ -291,50 +332,53 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"warning: the prompt tokenizes differently ({len(ours)} tokens in llamalab, "
                   f"{len(theirs)} in llama-cpp-python); the sides do not see the same input.",
                   file=sys.stderr)
-        print(f"model {path.name} | llama-cpp-python {llama_cpp.__version__} | threads {args.threads} | "
-              f"n_ctx {engine.n_ctx} | n_gpu_layers {engine.plan.n_gpu_layers}/{engine.plan.total_layers} | "
-              f"prompt {len(ours)} tokens | max_tokens {args.max_tokens} | runs {args.runs} + 1 warm-up")
+        env = {"llama_cpp": llama_cpp.__version__, "python": platform.python_version(),
+               "machine": platform.machine(), "cpus": os.cpu_count(), "model": str(path),
+               "threads": args.threads, "n_ctx": engine.n_ctx, "n_gpu_layers": engine.plan.n_gpu_layers,
+               "total_layers": engine.plan.total_layers, "prompt_tokens": len(ours)}
+        print(f"model {path.name} | llama-cpp-python {env['llama_cpp']} | threads {args.threads} | "
+              f"n_ctx {env['n_ctx']} | n_gpu_layers {env['n_gpu_layers']}/{env['total_layers']} | "
+              f"prompt {len(ours)} tokens | max_tokens {args.max_tokens} | runs {args.runs} + 1 warm-up",
+              flush=True)
         sides = {"llamalab": EngineSide(engine, args.prompt, params), "direct": DirectSide(llama, args.prompt, params)}
         samples: dict[str, list[Sample]] = {name: [side.run(-1)] for name, side in sides.items()}  # warm-up
         for i in range(args.runs):
-            order = ("llamalab", "direct") if i % 2 == 0 else ("direct", "llamalab")
-            for name in order:
+            # Alternate, and swap which side goes first every round, so that neither side
+            # always runs right after the other (caches, CPU frequency, a neighbour's load).
+            for name in (("llamalab", "direct") if i % 2 == 0 else ("direct", "llamalab")):
                 samples[name].append(sides[name].run(i))
     finally:
         engine.close()
         llama.close()
+    return samples, env
 
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parse_args(argv)
+    path = _model_path(args)
+    samples, env = _measure(args, path)
     timed = {name: [s for s in ss if s.run >= 0] for name, ss in samples.items()}
     texts = {s.text for ss in timed.values() for s in ss}
     if len(texts) != 1:
         print("warning: the runs did not all produce the same text; the comparison is not like for like.",
               file=sys.stderr)
     sums = {name: _summary(ss) for name, ss in samples.items()}
-    ratio = sums["llamalab"]["median_decode_tok_s"] / sums["direct"]["median_decode_tok_s"]
-    ttft_diff = sums["llamalab"]["median_ttft_ms"] - sums["direct"]["median_ttft_ms"]
-    pairs = list(zip(timed["llamalab"], timed["direct"]))
-    paired_ratio = _median([a.decode_tok_s / b.decode_tok_s for a, b in pairs])
-    paired_diff = _median([(a.ttft_s - b.ttft_s) * 1e3 for a, b in pairs])
-    engine_tokens = [s.engine_completion_tokens for s in timed["llamalab"] if s.engine_completion_tokens is not None]
+    cmp = _compare(timed, sums)
     print()
-    tput_ok, ttft_ok = _print_table(args, sums, ratio, paired_ratio, ttft_diff, paired_diff, engine_tokens)
-
+    _print_table(sums, cmp)
     if args.json:
         report = {
-            "config": {k: v for k, v in vars(args).items() if k not in ("json",)},
-            "environment": {"llama_cpp": llama_cpp.__version__, "python": platform.python_version(),
-                            "machine": platform.machine(), "cpus": os.cpu_count(), "model": str(path),
-                            "n_ctx": engine.n_ctx, "n_gpu_layers": engine.plan.n_gpu_layers},
+            "config": {k: v for k, v in vars(args).items() if k != "json"},
+            "environment": env,
             "targets": {"throughput_ratio_min": THROUGHPUT_TARGET, "ttft_added_ms_max": TTFT_TARGET_MS},
-            "summary": {**sums, "throughput_ratio": ratio, "ttft_diff_ms": ttft_diff,
-                        "paired_throughput_ratio": paired_ratio, "paired_ttft_diff_ms": paired_diff,
-                        "throughput_pass": tput_ok, "ttft_pass": ttft_ok},
+            "summary": {**sums, **cmp},
             "samples": [{k: v for k, v in asdict(s).items() if k != "text"} for ss in samples.values() for s in ss],
             "text": next(iter(texts)) if len(texts) == 1 else sorted(texts),
         }
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"raw numbers written to {args.json}")
-    return 1 if args.strict and not (tput_ok and ttft_ok) else 0
+    missed = not (cmp["throughput_pass"] and cmp["ttft_pass"])
+    return 1 if args.strict and missed else 0
 
 
 if __name__ == "__main__":

@@ -65,11 +65,19 @@ class _LlamaTokenizer:
         return self._llama._model.token_get_text(token_id)
 
 
-def _default_threads() -> int:
+def _cpu_count() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
         return max(1, os.cpu_count() or 1)
+
+
+def default_threads() -> tuple[int, int]:
+    """(decode threads, prompt threads): decoding is memory-bound and slows down on
+    hyper-threads, so it uses about the physical cores; prompt evaluation uses them all
+    (llama-cpp-python's own defaults)."""
+    cpus = _cpu_count()
+    return max(1, cpus // 2), cpus
 
 
 class LocalEngine(Engine):
@@ -77,7 +85,7 @@ class LocalEngine(Engine):
 
     def __init__(self, model_path: Union[str, os.PathLike[str]], *, n_ctx: int = 4096,
                  n_gpu_layers: Union[int, str] = "auto", n_threads: Optional[int] = None,
-                 n_batch: int = 512, chat_format: str = "auto", seed: int = 0,
+                 n_threads_batch: Optional[int] = None, n_batch: int = 512, chat_format: str = "auto", seed: int = 0,
                  name: Optional[str] = None, max_queued: int = 64) -> None:
         from .. import hardware
 
@@ -90,8 +98,8 @@ class LocalEngine(Engine):
             log.info(notice)
         self.name = name or self.info.name
         self._max_queued = max_queued
-        threads = n_threads or _default_threads()
-        self._llama = self._load(threads, n_batch, seed)
+        decode_threads, prompt_threads = default_threads()
+        self._llama = self._load(n_threads or decode_threads, n_threads_batch or prompt_threads, n_batch, seed)
         self.tokenizer = _LlamaTokenizer(self._llama)
         self.chat_format: Optional[ChatFormat] = choose_chat_format(
             chat_format, model_name=self.name, chat_template=self.info.chat_template,
@@ -103,13 +111,13 @@ class LocalEngine(Engine):
         self._worker = threading.Thread(target=self._serve, name=f"llamalab-engine-{self.name}", daemon=True)
         self._worker.start()
 
-    def _load(self, threads: int, n_batch: int, seed: int) -> Any:
+    def _load(self, threads: int, threads_batch: int, n_batch: int, seed: int) -> Any:
         import llama_cpp
 
         try:
             return llama_cpp.Llama(
                 model_path=str(self.info.path), n_ctx=self.n_ctx, n_gpu_layers=self.plan.n_gpu_layers,
-                n_threads=threads, n_threads_batch=threads, n_batch=n_batch, seed=seed, verbose=False,
+                n_threads=threads, n_threads_batch=threads_batch, n_batch=n_batch, seed=seed, verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(

@@ -77,7 +77,7 @@ class RemoteEngine(Engine):
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"the server URL {base_url!r} must start with http:// or https://, "
                               "e.g. http://127.0.0.1:8000/v1.")
-        self.base_url = url + "/v1"
+        self.base_url = url if url.endswith("/v1") else url + "/v1"
         self.root_url = self.base_url[: -len("/v1")]
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(headers=headers,
@@ -209,7 +209,8 @@ class RemoteEngine(Engine):
             f"{self.root_url}{route} ended the stream without finishing it "
             f"(after {len(progress.parts)} pieces); see the server's log.")
 
-    def _stream(self, route: str, body: dict[str, Any], cancel: _Cancel) -> Generator[str, None, GenerationResult]:
+    def _stream(self, route: str, body: dict[str, Any],
+                cancel: _Cancel) -> Generator[str, None, GenerationResult]:
         import httpx
 
         start = time.perf_counter()
@@ -241,8 +242,8 @@ class RemoteEngine(Engine):
         usage = progress.usage
         return GenerationResult(
             text="".join(progress.parts), finish_reason=finish,  # type: ignore[arg-type]
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
-            completion_tokens=int(usage.get("completion_tokens", len(progress.parts))),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or len(progress.parts)),
             time_to_first_token_s=progress.first, duration_s=time.perf_counter() - start,
         )
 
@@ -291,7 +292,8 @@ class RemoteEngine(Engine):
         if self._tokenize_route is None:
             self._find_tokenize_route()
         if self._tokenize_route == "/tokenize":
-            return self._tokens("/tokenize", {"content": text, "add_special": add_bos, "parse_special": special})
+            return self._tokens("/tokenize", {"content": text, "add_special": add_bos,
+                                              "parse_special": special})
         tokens = self._tokens("/extras/tokenize", {"input": text})
         prefix = self._auto_prefix or []
         if prefix and not add_bos and tokens[:len(prefix)] == prefix:

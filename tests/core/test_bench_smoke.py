@@ -1,0 +1,21 @@
+"""The engine benchmark must keep running (a smoke run, no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_engine_benchmark_quick_run_prints_its_table(demo_model, tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "bench_engine.py"), "--quick", "--runs", "1",
+                             "--max-tokens", "8", "--model", str(demo_model), "--json", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "llamalab/direct" in result.stdout and "decode tok/s" in result.stdout
+    data = json.loads(out.read_text())
+    runs = data["runs"] if "runs" in data else data
+    assert runs, data
