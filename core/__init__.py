@@ -14,11 +14,12 @@ Everything here is light to import: llama_cpp, gguf and huggingface_hub load on 
 from .catalog import CATALOG, DEFAULT_MODEL, CatalogEntry, resolve
 from .engine import (AsyncEngine, AsyncTokenStream, Engine, GenerationParams, GenerationResult,
                      LocalEngine, ModelDescription, RemoteEngine, TokenStream)
-from .errors import (ChatTemplateError, ChecksumMismatchError, ConfigError, ContextOverflowError,
-                     EngineError, InsufficientDiskSpaceError, InvalidModelFileError, LlamalabError,
-                     ModelError, ModelLoadError, ModelNotFoundError, PullError, RemoteEngineError,
-                     ServerResponseError, ServerUnreachableError, SourceUnreachableError,
-                     UnsupportedModelError)
+from .errors import (ChatTemplateError, CheckpointError, ChecksumMismatchError, ConfigError,
+                     ContextOverflowError, ConversionError, EngineError, InsufficientDiskSpaceError,
+                     InvalidModelFileError, LicenseNotAcceptedError, LlamalabError, ModelError,
+                     ModelLoadError, ModelNotFoundError, PullError, QuantizeError, RemoteEngineError,
+                     ServerResponseError, ServerUnreachableError, SignedUrlExpiredError,
+                     SourceUnreachableError, UnsafeCheckpointError, UnsupportedModelError)
 from .gguf_info import GGUFInfo, read_gguf_info
 from .progress import Progress, ProgressCallback
 from .pull import default_model_name, locate, pull
@@ -37,6 +38,12 @@ __all__ = [
     "CATALOG",
     "CatalogEntry",
     "ChatTemplateError",
+    "UnsafeCheckpointError",
+    "SignedUrlExpiredError",
+    "QuantizeError",
+    "LicenseNotAcceptedError",
+    "ConversionError",
+    "CheckpointError",
     "ChecksumMismatchError",
     "ConfigError",
     "ContextOverflowError",

@@ -14,7 +14,13 @@ translated into these at the boundary where they happen.
      ├── PullError
      │    ├── ChecksumMismatchError     sha256 differs from the expected one
      │    ├── InsufficientDiskSpaceError
-     │    └── SourceUnreachableError    the Hub, a URL or the package index cannot be reached
+     │    ├── SourceUnreachableError    the Hub, a URL or the package index cannot be reached
+     │    └── SignedUrlExpiredError     Meta's signed URL expired or was used too often (HTTP 403)
+     ├── LicenseNotAcceptedError        the model's licence must be accepted first
+     ├── ConversionError
+     │    ├── CheckpointError           missing/extra shard, params.json contradicting shapes, truncated .pth
+     │    └── UnsafeCheckpointError     a pickle that tries to run code or load an unknown class
+     ├── QuantizeError                  llama.cpp's quantizer failed or the type is unknown
      ├── EngineError
      │    ├── ContextOverflowError      the prompt does not fit the context window
      │    ├── ChatTemplateError         no usable chat template / bad message list
@@ -37,6 +43,12 @@ __all__ = [
     "ChecksumMismatchError",
     "InsufficientDiskSpaceError",
     "SourceUnreachableError",
+    "SignedUrlExpiredError",
+    "LicenseNotAcceptedError",
+    "ConversionError",
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "QuantizeError",
     "EngineError",
     "ContextOverflowError",
     "ChatTemplateError",
@@ -84,6 +96,30 @@ class InsufficientDiskSpaceError(PullError):
 
 
 class SourceUnreachableError(PullError):
+    pass
+
+
+class SignedUrlExpiredError(PullError):
+    pass
+
+
+class LicenseNotAcceptedError(LlamalabError):
+    pass
+
+
+class ConversionError(LlamalabError):
+    pass
+
+
+class CheckpointError(ConversionError):
+    pass
+
+
+class UnsafeCheckpointError(ConversionError):
+    pass
+
+
+class QuantizeError(LlamalabError):
     pass
 
 

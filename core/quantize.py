@@ -1,0 +1,101 @@
+"""Quantizing a GGUF with llama.cpp's own quantizer, and checking the result runs.
+
+``quantize_gguf(src, dst, "Q4_K_M")`` calls ``llama_cpp.llama_model_quantize`` (the code
+behind llama.cpp's ``llama-quantize``) into ``dst.part``, checks its return code and the
+output's header, and renames it only then. ``QUANT_TYPES`` lists every type llama.cpp
+offers for a full model. ``smoke_test(path)`` loads a model and generates a few tokens.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from .errors import LlamalabError, QuantizeError
+from .fetch import ensure_free_space, part_path
+from .gguf_info import read_gguf_info
+from .progress import ProgressCallback, report
+
+__all__ = ["QUANT_TYPES", "quantize_gguf", "normalize_quant_type", "smoke_test"]
+
+# llama.cpp's llama_ftype values (include/llama.h); the ones llama-quantize offers for whole models.
+QUANT_TYPES: dict[str, int] = {
+    "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
+    "Q2_K": 10, "Q3_K_S": 11, "Q3_K_M": 12, "Q3_K_L": 13, "Q4_K_S": 14, "Q4_K_M": 15,
+    "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "IQ2_XXS": 19, "IQ2_XS": 20, "Q2_K_S": 21,
+    "IQ3_XS": 22, "IQ3_XXS": 23, "IQ1_S": 24, "IQ4_NL": 25, "IQ3_S": 26, "IQ3_M": 27,
+    "IQ2_S": 28, "IQ2_M": 29, "IQ4_XS": 30, "IQ1_M": 31, "BF16": 32, "TQ1_0": 36, "TQ2_0": 37,
+}
+# The i-quants below 4 bits need an importance matrix to give usable models.
+NEEDS_IMATRIX = {"IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S", "IQ1_M"}
+
+
+def normalize_quant_type(name: str) -> str:
+    """``q4_k_m`` -> ``Q4_K_M``; a one-line error listing the choices otherwise."""
+    key = name.strip().upper()
+    if key not in QUANT_TYPES:
+        raise QuantizeError(f"unknown quantization type '{name}'; choose one of: {', '.join(QUANT_TYPES)}.")
+    if key in NEEDS_IMATRIX:
+        raise QuantizeError(f"{key} needs an importance matrix, which llamalab does not compute; "
+                            "use Q2_K, IQ3_S or a 4-bit type instead.")
+    return key
+
+
+def quantize_gguf(src: os.PathLike[str] | str, dst: os.PathLike[str] | str, qtype: str, *,
+                  n_threads: Optional[int] = None, progress: Optional[ProgressCallback] = None) -> Path:
+    """Quantize ``src`` to ``dst`` as ``qtype``; ``dst`` appears only when it is complete and valid."""
+    import logging
+
+    import llama_cpp
+
+    quiet = logging.getLogger("llama-cpp-python")  # llama-cpp-python routes llama.cpp's log here
+    if quiet.level == logging.NOTSET:
+        quiet.setLevel(logging.ERROR)
+    key = normalize_quant_type(qtype)
+    src, dst = Path(src), Path(dst)
+    info = read_gguf_info(src)
+    if src.resolve() == dst.resolve():
+        raise QuantizeError(f"the output would overwrite the input {src.name}; choose another --out path.")
+    ensure_free_space(dst.parent, info.size_bytes)  # the result is never larger than the input
+    part = part_path(dst)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = QUANT_TYPES[key]
+    params.nthread = n_threads or 0  # 0: all hardware threads
+    started = time.perf_counter()
+    report(progress, f"quantizing to {key}", 0, None, unit="it")
+    try:
+        code = llama_cpp.llama_model_quantize(str(src).encode(), str(part).encode(), ctypes.byref(params))
+        if code != 0 or not part.exists():
+            raise QuantizeError(f"llama.cpp's quantizer failed on {src.name} (return code {code}); "
+                                "check that the input is an F32/F16/BF16 GGUF and the disk has room.")
+        out = read_gguf_info(part)
+        if len(out.tensors) != len(info.tensors):
+            raise QuantizeError(f"the quantized file has {len(out.tensors)} tensors, the input "
+                                f"{len(info.tensors)}; the output was deleted.")
+        os.replace(part, dst)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    report(progress, f"quantizing to {key}", 1, 1, unit="it",
+           message=f"{time.perf_counter() - started:.1f} s")
+    return dst
+
+
+def smoke_test(path: os.PathLike[str] | str, prompt: str = "Hello", n_tokens: int = 4) -> str:
+    """Load ``path`` with llama.cpp and generate ``n_tokens``; raise a clear error if it cannot."""
+    from .engine.base import GenerationParams
+    from .engine.local import LocalEngine
+
+    try:
+        with LocalEngine(path, n_ctx=256, n_gpu_layers=0, chat_format="auto") as engine:
+            result = engine.complete(prompt, GenerationParams(max_tokens=n_tokens, temperature=0)).collect()
+    except LlamalabError:
+        raise
+    except Exception as exc:  # llama.cpp failing on a file it wrote is a conversion bug, say so
+        raise QuantizeError(f"{Path(path).name} does not run ({exc}); the conversion is faulty.") from None
+    if result.completion_tokens < 1:
+        raise QuantizeError(f"{Path(path).name} loaded but generated nothing; the conversion is faulty.")
+    return result.text
