@@ -22,7 +22,7 @@ from .errors import (ChatTemplateError, CheckpointError, ChecksumMismatchError, 
                      SourceUnreachableError, UnsafeCheckpointError, UnsupportedModelError)
 from .gguf_info import GGUFInfo, read_gguf_info
 from .progress import Progress, ProgressCallback
-from .pull import default_model_name, locate, pull
+from .pulls import default_model_name, locate, pull
 from .store import ModelStore, StoredModel
 from .templates import Message
 

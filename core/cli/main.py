@@ -107,10 +107,24 @@ def models_catalog() -> None:
                    f"  quantizations: {', '.join(entry.quantizations)} (default {entry.default_quant})")
 
 
+def confirm_license(license_id: Optional[str], accept_flag: bool) -> bool:
+    """Show the licence and ask, when needed and possible; return whether to accept it now."""
+    from ..license import LICENSES, accepted_at, license_notice
+
+    if accept_flag or not license_id or license_id not in LICENSES or accepted_at(license_id) is not None:
+        return accept_flag
+    if not sys.stdin.isatty():
+        return False  # the library then explains --accept-license in one line
+    click.echo(license_notice(license_id), err=True)
+    return click.confirm("Do you accept these terms?", default=False, err=True)
+
+
 @models.command("pull")
 @click.argument("ref")
 @click.option("--force", is_flag=True, help="Download again even if the model is already in the store.")
-def models_pull(ref: str, force: bool) -> None:
+@click.option("--accept-license", is_flag=True,
+              help="Accept the model's licence (e.g. the Llama 2 Community License) without asking.")
+def models_pull(ref: str, force: bool, accept_license: bool) -> None:
     """Download REF into the store.
 
     \b
@@ -119,12 +133,19 @@ def models_pull(ref: str, force: bool) -> None:
       llama-2-7b-chat:q4_k_m               a catalog name and quantization (see `models catalog`)
       hf:OWNER/REPO/FILE.gguf[@REV]         any GGUF file on the Hugging Face Hub (HF_TOKEN for gated repos)
       https://host/path/model.gguf         any GGUF over HTTP(S); an interrupted pull resumes
+
+    Llama 2 and Code Llama weights need the Llama 2 Community License accepted once
+    (asked interactively, or --accept-license).
     """
-    from ..pull import pull
+    from ..pulls import pull
     from .progress_bar import TqdmProgress
 
+    from ..catalog import resolve
+    from ..pulls import _license_of
+
+    accept = confirm_license(_license_of(resolve(ref)), accept_license)
     with TqdmProgress() as bar:
-        model = pull(ref, progress=bar, force=force)
+        model = pull(ref, progress=bar, force=force, accept_license=accept)
     click.echo(f"{model.name}: {_size(model.size_bytes)}, {model.quantization}, sha256 {model.sha256[:16]}...")
 
 
@@ -199,13 +220,13 @@ def _open_engine(model: Optional[str], n_ctx: int, gpu_layers: str, chat_format:
 
         return RemoteEngine(remote, model=model, api_key=api_key)
     from ..engine.local import LocalEngine
-    from ..pull import locate
+    from ..pulls import locate
     from .progress_bar import TqdmProgress
 
     layers: int | str = int(gpu_layers) if gpu_layers.lstrip("-").isdigit() else gpu_layers
     with TqdmProgress() as bar:
         path = locate(model, progress=bar, on_notice=lambda text: click.echo(text, err=True))
-    from ..pull import default_model_name
+    from ..pulls import default_model_name
 
     engine = LocalEngine(path, n_ctx=n_ctx, n_gpu_layers=layers, chat_format=chat_format,
                          name=model or default_model_name())

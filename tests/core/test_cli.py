@@ -69,7 +69,8 @@ def test_user_mistakes_are_one_line_errors(cli_env, tmp_path):
 
 def test_unreachable_hub_is_explained(cli_env):
     env = dict(cli_env, HF_HUB_OFFLINE="1")
-    assert_one_line_error(run(["models", "pull", "llama-2-7b-chat:q4_k_m"], env),
+    assert_one_line_error(run(["models", "pull", "llama-2-7b-chat:q4_k_m"], env), "--accept-license")
+    assert_one_line_error(run(["models", "pull", "llama-2-7b-chat:q4_k_m", "--accept-license"], env),
                           "cannot reach the Hugging Face Hub")
 
 

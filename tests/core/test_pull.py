@@ -199,3 +199,37 @@ def test_pull_of_present_model_does_not_download_again(tmp_store, gguf_bytes):
         assert len(server.ranges) == requests and again.sha256 == first.sha256
         shutil.rmtree(first.file.parent)  # the file vanished: a pull fetches it again
         assert pull(f"{server.url}/m.gguf", store=tmp_store).file.read_bytes() == gguf_bytes
+
+
+# -- the licence gate --------------------------------------------------------------------
+def test_llama_weights_need_the_licence_before_any_download(tmp_store, monkeypatch):
+    from llamalab import LicenseNotAcceptedError
+    from llamalab.license import accepted_at
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the gate must stop the pull before any download")
+
+    monkeypatch.setattr("llamalab.pulls.fetch_hub", no_network)
+    for ref in ("llama-2-7b-chat:q4_k_m", "hf:meta-llama/Llama-2-7b-chat-hf/model.gguf"):
+        with pytest.raises(LicenseNotAcceptedError, match="--accept-license"):
+            pull(ref, store=tmp_store)
+    assert accepted_at("llama2", tmp_store) is None
+
+
+def test_accepting_the_licence_is_recorded_once(tmp_store, monkeypatch):
+    from llamalab.license import accepted_at
+
+    calls = []
+
+    def offline(source, progress=None):
+        calls.append(source)
+        raise SourceUnreachableError("offline")
+
+    monkeypatch.setattr("llamalab.pulls.fetch_hub", offline)
+    with pytest.raises(SourceUnreachableError):
+        pull("llama-2-13b-chat:q4_k_m", store=tmp_store, accept_license=True)
+    assert accepted_at("llama2", tmp_store) is not None and len(calls) == 1
+    with pytest.raises(SourceUnreachableError):  # no flag needed any more
+        pull("codellama-7b", store=tmp_store)
+    assert len(calls) == 2
+    assert "700 million" in (tmp_store.root / "licenses.json").read_text()

