@@ -53,6 +53,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
       llamalab models pull llama-2-7b-chat:q4_k_m
       llamalab chat -m llama-2-7b-chat:q4_k_m
       llamalab doctor                     what your GPU can hold
+    \b
+    From Meta's download to a quantized model:
+      llamalab convert llama-2-7b-chat --quant Q4_K_M
+      llamalab chat -m llama-2-7b-chat:q4_k_m
 
     Models live in ~/.cache/llamalab (set LLAMALAB_HOME to move them).
     """
@@ -291,6 +295,16 @@ def doctor(n_ctx: int, as_json: bool) -> None:
 
     report = build_report(n_ctx=n_ctx)
     click.echo(json.dumps(asdict(report), indent=2, default=str) if as_json else format_report(report))
+
+
+def _register_commands() -> None:
+    from .convert_cmd import convert, quantize
+
+    cli.add_command(convert)
+    cli.add_command(quantize)
+
+
+_register_commands()
 
 
 def main() -> None:

@@ -19,3 +19,16 @@ def test_engine_benchmark_quick_run_prints_its_table(demo_model, tmp_path):
     data = json.loads(out.read_text())
     runs = data["runs"] if "runs" in data else data
     assert runs, data
+
+
+def test_conversion_benchmark_dry_run(tmp_path):
+    """bench_convert.py --quick: tiny checkpoints through both converters, table printed."""
+    out = tmp_path / "runs.json"
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "bench_convert.py"), "--quick",
+                             "--work", str(tmp_path / "work"), "--json", str(out)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "speed x" in result.stdout and "legacy GB/s" in result.stdout
+    runs = json.loads(out.read_text())
+    assert {r["side"] for r in runs} == {"llamalab", "legacy"}
+    assert all(r["returncode"] == 0 and r["output_bytes"] > 0 for r in runs)

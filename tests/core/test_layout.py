@@ -89,6 +89,10 @@ def test_wheel_builds_and_imports_in_a_fresh_virtualenv(tmp_path):
     for expected in ("llamalab/__init__.py", "llamalab/engine/local.py", "llamalab/cli/main.py",
                      "llamalab/extension/__init__.py", "llamalab/lsp/__init__.py", "llamalab/py.typed"):
         assert expected in names
+    # Every source file of the three folders ships, so no subpackage is forgotten in pyproject.
+    for folder, package in (("core", "llamalab"), ("extension", "llamalab/extension"), ("lsp", "llamalab/lsp")):
+        for source in (REPO / folder).rglob("*.py"):
+            assert f"{package}/{source.relative_to(REPO / folder).as_posix()}" in names, source
     assert not any(n.startswith(("core/", "extension/", "lsp/", "tests/")) for n in names)
 
     venv = tmp_path / "venv"

@@ -1,0 +1,224 @@
+"""Tensors of a checkpoint file, memory-mapped, and their conversion to GGUF's float types.
+
+A ``MappedFile`` maps one checkpoint file (a ``.pth`` zip or a ``.safetensors`` file)
+read-only; a ``SourceTensor`` is a typed, shaped window onto it that costs nothing until
+it is read. ``fill`` copies a source tensor into (a slice of) an output array in row
+blocks, converting bf16/f16/f32 to the output type as it goes, so the only full-size
+array a conversion holds is the merged output tensor itself. After a tensor has been
+written, ``SourceTensor.release`` tells the kernel its pages are no longer needed, so
+resident memory does not grow with the model either.
+
+bf16 is kept as its raw 16 bits (``uint16``) because numpy has no bf16 type.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import CheckpointError
+
+__all__ = ["MappedFile", "SourceTensor", "SOURCE_DTYPES", "OUT_TYPES", "fill", "convert_block",
+           "conversion_threads"]
+
+# Source dtypes llamalab converts, by name, with the numpy type their raw bytes are viewed as.
+SOURCE_DTYPES: dict[str, np.dtype] = {
+    "BF16": np.dtype("<u2"),
+    "F16": np.dtype("<f2"),
+    "F32": np.dtype("<f4"),
+}
+# Output types: numpy dtype of the array handed to the GGUF writer.
+OUT_TYPES: dict[str, np.dtype] = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+
+_BLOCK_ELEMENTS = 1 << 20  # 1M elements (4 MB as f32) converted at a time
+
+
+class MappedFile:
+    """One checkpoint file mapped read-only; ``close`` unmaps it once no view is alive."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.size = self.path.stat().st_size
+        self._handle = open(self.path, "rb")
+        try:
+            self._map: Optional[mmap.mmap] = (
+                mmap.mmap(self._handle.fileno(), 0, access=mmap.ACCESS_READ) if self.size else None)
+        except (OSError, ValueError) as exc:
+            self._handle.close()
+            raise CheckpointError(f"cannot map {self.path.name} ({exc}); check the file.") from None
+
+    def view(self, offset: int, count: int, dtype: np.dtype) -> np.ndarray:
+        """``count`` items of ``dtype`` from byte ``offset``, without copying."""
+        end = offset + count * dtype.itemsize
+        if self._map is None or offset < 0 or end > self.size:
+            raise CheckpointError(
+                f"{self.path.name} is truncated: a tensor ends at byte {end:,} but the file has "
+                f"{self.size:,}; download it again.")
+        return np.frombuffer(self._map, dtype=dtype, count=count, offset=offset)
+
+    def release(self, offset: int, nbytes: int) -> None:
+        """Drop the pages of a byte range from this process's resident memory (the data
+        stays in the page cache and on disk)."""
+        if self._map is None or not hasattr(self._map, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        start = offset // page * page
+        end = min(self.size, -(-(offset + nbytes) // page) * page)
+        if end > start:
+            try:
+                self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
+            except (OSError, ValueError):
+                pass
+
+    def close(self) -> None:
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # a view is still alive somewhere; the GC unmaps it later
+                pass
+            self._map = None
+        self._handle.close()
+
+    def __enter__(self) -> "MappedFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class SourceTensor:
+    """A tensor stored in a ``MappedFile``: ``shape`` and ``strides`` in elements."""
+
+    file: MappedFile
+    offset: int  # byte offset of element [0, 0, ...]
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    dtype: str  # a SOURCE_DTYPES key
+    origin: str  # "consolidated.00.pth: layers.0.attention.wq.weight", for messages
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def is_contiguous(self) -> bool:
+        expected, step = [], 1
+        for d in reversed(self.shape):
+            expected.append(step)
+            step *= d
+        return all(s == e for s, e, d in zip(self.strides, reversed(expected), self.shape) if d > 1)
+
+    @property
+    def span(self) -> int:
+        """Elements from the first to one past the last element it touches."""
+        if self.numel == 0:
+            return 0
+        return 1 + sum((d - 1) * s for d, s in zip(self.shape, self.strides))
+
+    def raw(self) -> np.ndarray:
+        """The stored values as a read-only numpy view (``uint16`` bits for bf16)."""
+        dtype = SOURCE_DTYPES[self.dtype]
+        flat = self.file.view(self.offset, self.span, dtype)
+        if self.is_contiguous:
+            return flat.reshape(self.shape)
+        return np.lib.stride_tricks.as_strided(
+            flat, shape=self.shape, strides=tuple(s * dtype.itemsize for s in self.strides), writeable=False)
+
+    def release(self) -> None:
+        self.file.release(self.offset, self.span * SOURCE_DTYPES[self.dtype].itemsize)
+
+
+def _bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
+    wide = bits.astype(np.uint32)
+    wide <<= 16  # in place: one temporary, not two
+    return wide.view(np.float32)
+
+
+def _f32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
+    """Round to nearest even, as torch does; NaNs stay NaNs."""
+    u = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = ((u + (0x7FFF + ((u >> 16) & 1))) >> 16).astype(np.uint16)
+    nan = np.isnan(values)
+    if nan.any():
+        rounded[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)
+    return rounded
+
+
+def convert_block(raw: np.ndarray, src: str, out: str) -> np.ndarray:
+    """Values of ``raw`` (stored as ``src``) in output type ``out`` (a new array or ``raw``)."""
+    if src == out:
+        return raw
+    if src == "BF16":
+        as_f32 = _bf16_bits_to_f32(raw)
+        return as_f32 if out == "F32" else as_f32.astype(OUT_TYPES[out])
+    if out == "BF16":
+        return _f32_to_bf16_bits(raw.astype(np.float32))
+    return raw.astype(OUT_TYPES[out])
+
+
+def conversion_threads() -> int:
+    """Threads converting blocks in parallel (numpy releases the GIL while casting)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+_local = threading.local()
+_pool: Optional[ThreadPoolExecutor] = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=conversion_threads(), thread_name_prefix="llamalab-convert")
+        return _pool
+
+
+def _scratch(n: int) -> np.ndarray:
+    """A per-thread uint32 buffer of at least ``n`` items, reused from block to block."""
+    buffer = getattr(_local, "buffer", None)
+    if buffer is None or buffer.size < n:
+        buffer = _local.buffer = np.empty(max(n, _BLOCK_ELEMENTS), dtype=np.uint32)
+    return buffer[:n]
+
+
+def _convert_into(dest: np.ndarray, raw: np.ndarray, src: str, out: str) -> None:
+    """``dest[...] = raw`` converted from ``src`` to ``out``, with at most one scratch buffer."""
+    if src == out:
+        np.copyto(dest, raw)
+    elif src == "BF16":
+        wide = _scratch(raw.size).reshape(raw.shape)
+        np.copyto(wide, raw, casting="unsafe")
+        wide <<= 16
+        np.copyto(dest, wide.view(np.float32), casting="same_kind")  # the cast writes straight into dest
+    elif out == "BF16":
+        np.copyto(dest, _f32_to_bf16_bits(raw.astype(np.float32)))
+    else:
+        np.copyto(dest, raw, casting="same_kind")
+
+
+def fill(dest: np.ndarray, tensor: SourceTensor, out_type: str) -> None:
+    """Copy ``tensor`` into ``dest`` (same shape, a view into the output) converting to
+    ``out_type``, in blocks of rows spread over a few threads, so temporaries stay small."""
+    raw = tensor.raw()
+    if raw.shape != dest.shape:
+        raise CheckpointError(f"{tensor.origin} has shape {raw.shape}, expected {dest.shape}.")
+    if raw.ndim < 2 or raw.size <= _BLOCK_ELEMENTS:
+        _convert_into(dest, raw, tensor.dtype, out_type)
+        return
+    step = max(1, _BLOCK_ELEMENTS // max(1, raw[0].size))
+    jobs = [_executor().submit(_convert_into, dest[i:i + step], raw[i:i + step], tensor.dtype, out_type)
+            for i in range(0, raw.shape[0], step)]
+    for job in jobs:
+        job.result()
