@@ -12,17 +12,11 @@ from typing import Any, Callable, Optional
 
 import click
 
+from .formatting import human_size
+
 __all__ = ["convert", "quantize"]
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
 
 
 def _with_licence_prompt(run: Callable[[bool], Any], accept: bool) -> Any:
@@ -42,7 +36,7 @@ def _with_licence_prompt(run: Callable[[bool], Any], accept: bool) -> Any:
 
 
 def _report(model: Any) -> None:
-    click.echo(f"{model.name}: {model.quantization}, {_size(model.size_bytes)}, {model.path}")
+    click.echo(f"{model.name}: {model.quantization}, {human_size(model.size_bytes)}, {model.path}")
     click.echo(f"chat with it: llamalab chat -m {model.name}")
 
 

@@ -20,6 +20,7 @@ import click
 
 from .. import __version__
 from ..errors import LlamalabError
+from .formatting import human_size
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -70,14 +71,6 @@ def models() -> None:
     """List, pull, inspect, add and remove models in the store."""
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return str(n)
-
-
 @models.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def models_list(as_json: bool) -> None:
@@ -95,7 +88,7 @@ def models_list(as_json: bool) -> None:
     click.echo(f"{'NAME':34} {'QUANT':8} {'SIZE':>9} {'CTX':>6}  ARCH")
     for m in entries:
         missing = "" if m.file.is_file() else "  (file missing)"
-        click.echo(f"{m.name:34} {m.quantization:8} {_size(m.size_bytes):>9} {m.context_length:>6}  "
+        click.echo(f"{m.name:34} {m.quantization:8} {human_size(m.size_bytes):>9} {m.context_length:>6}  "
                    f"{m.architecture}{missing}")
 
 
@@ -150,7 +143,7 @@ def models_pull(ref: str, force: bool, accept_license: bool) -> None:
     accept = confirm_license(_license_of(resolve(ref)), accept_license)
     with TqdmProgress() as bar:
         model = pull(ref, progress=bar, force=force, accept_license=accept)
-    click.echo(f"{model.name}: {_size(model.size_bytes)}, {model.quantization}, sha256 {model.sha256[:16]}...")
+    click.echo(f"{model.name}: {human_size(model.size_bytes)}, {model.quantization}, sha256 {model.sha256[:16]}...")
 
 
 @models.command("info")
@@ -192,7 +185,7 @@ def models_add(path: str, name: Optional[str]) -> None:
     with TqdmProgress() as bar:
         model = ModelStore().register(name or _stem_name(Path(path).name), Path(path),
                                       source=f"file:{Path(path).resolve()}", progress=bar)
-    click.echo(f"added {model.name}: {model.architecture}, {model.quantization}, {_size(model.size_bytes)}")
+    click.echo(f"added {model.name}: {model.architecture}, {model.quantization}, {human_size(model.size_bytes)}")
 
 
 # -- running a model -------------------------------------------------------------------
