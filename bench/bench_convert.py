@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # for tests.fixtures.meta_checkpoint, which builds the checkpoints
 
 
 @dataclass
@@ -70,29 +69,38 @@ def legacy_converter(cache: Path) -> Path:
 
 
 def build_checkpoint(folder: Path, dim: int, n_layers: int, n_heads: int) -> tuple[int, int]:
-    """A Meta-format checkpoint; returns (input bytes, bytes of the largest tensor as f16)."""
-    from tests.fixtures.meta_checkpoint import Spec, make_weights, train_tokenizer, write_meta_checkpoint
-
-    tokenizer = train_tokenizer(folder.parent / "tokenizer", vocab_size=512)
-    spec = Spec(dim=dim, n_layers=n_layers, n_heads=n_heads, multiple_of=256)
-    weights = make_weights(spec, n_vocab=512)
-    largest = max(w.size for w in weights.values()) * 2
-    write_meta_checkpoint(folder, weights, spec, n_shards=1, tokenizer=tokenizer)
-    del weights
+    """A Meta-format checkpoint, built in a child process so this one stays small; returns
+    (input bytes, bytes of the largest tensor as f16)."""
+    code = ("import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]);"
+            "from tests.fixtures.meta_checkpoint import Spec, make_weights, train_tokenizer, write_meta_checkpoint;"
+            "folder = Path(sys.argv[2]); dim, layers, heads = map(int, sys.argv[3:6]);"
+            "tok = train_tokenizer(folder.parent / 'tokenizer', vocab_size=512);"
+            "spec = Spec(dim=dim, n_layers=layers, n_heads=heads, multiple_of=256);"
+            "w = make_weights(spec, n_vocab=512);"
+            "print(json.dumps(max(v.size for v in w.values()) * 2));"
+            "write_meta_checkpoint(folder, w, spec, n_shards=1, tokenizer=tok)")
+    result = subprocess.run([sys.executable, "-c", code, str(REPO), str(folder), str(dim), str(n_layers),
+                             str(n_heads)], capture_output=True, text=True, check=True)
+    largest = int(result.stdout.strip().splitlines()[-1])
     return sum(p.stat().st_size for p in folder.glob("consolidated.*.pth")), largest
 
 
-def run_child(command: list[str], env: dict[str, str]) -> tuple[float, int, int]:
-    """Wall seconds, peak RSS bytes and return code of one child process."""
+def run_child(command: list[str], env: dict[str, str], log: Path) -> tuple[float, int, int]:
+    """Wall seconds, peak RSS bytes and exit code of one child process.
+
+    The child is started with posix_spawn (vfork semantics), not fork: a forked child's
+    ``ru_maxrss`` would start at the parent's resident size and hide the converter's own peak.
+    """
     started = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    with open(log, "wb") as out:
+        actions = [(os.POSIX_SPAWN_DUP2, out.fileno(), 1), (os.POSIX_SPAWN_DUP2, out.fileno(), 2)]
+        pid = os.posix_spawn(command[0], command, env, file_actions=actions)
+        _, status, usage = os.wait4(pid, 0)
     seconds = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr.read().decode(errors="replace")[-2000:])
-    proc.stderr.close()
-    return seconds, usage.ru_maxrss * 1024, proc.returncode
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        sys.stderr.write(log.read_text(errors="replace")[-2000:])
+    return seconds, usage.ru_maxrss * 1024, code
 
 
 def convert_with(side: str, folder: Path, out: Path, legacy: Path, home: Path) -> tuple[float, int, int]:
@@ -104,7 +112,7 @@ def convert_with(side: str, folder: Path, out: Path, legacy: Path, home: Path) -
     else:
         command = [sys.executable, str(legacy), str(folder), "--outtype", "f16", "--outfile", str(out)]
     out.unlink(missing_ok=True)
-    return run_child(command, env)
+    return run_child(command, env, out.with_suffix(".log"))
 
 
 def _gb(n: float) -> str:

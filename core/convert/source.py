@@ -193,8 +193,34 @@ def _scratch(n: int) -> np.ndarray:
     return buffer[:n]
 
 
+def _convert_with_ggml(dest: np.ndarray, raw: np.ndarray, src: str, out: str) -> bool:
+    """The fast path through llama.cpp's SIMD row converters; False when it does not apply."""
+    from .ggml_rows import converters
+
+    rows = converters()
+    if rows is None or not dest.flags.c_contiguous or (src, out) not in _GGML_PAIRS:
+        return False
+    flat_dest = dest.reshape(-1)
+    flat_raw = np.ascontiguousarray(raw).reshape(-1)
+    if (src, out) == ("BF16", "F32"):
+        rows.bf16_to_f32(flat_raw, flat_dest)
+    elif (src, out) == ("BF16", "F16"):
+        wide = _scratch(flat_raw.size).view(np.float32)
+        rows.bf16_to_f32(flat_raw, wide)
+        rows.f32_to_f16(wide, flat_dest)
+    else:
+        rows.f32_to_f16(flat_raw, flat_dest)
+    return True
+
+
+# F16 -> F32 stays with numpy: ggml's version turns f16 NaNs into zeros.
+_GGML_PAIRS = {("BF16", "F32"), ("BF16", "F16"), ("F32", "F16")}
+
+
 def _convert_into(dest: np.ndarray, raw: np.ndarray, src: str, out: str) -> None:
     """``dest[...] = raw`` converted from ``src`` to ``out``, with at most one scratch buffer."""
+    if src != out and _convert_with_ggml(dest, raw, src, out):
+        return
     if src == out:
         np.copyto(dest, raw)
     elif src == "BF16":
