@@ -12,6 +12,7 @@ Everything here is light to import: llama_cpp, gguf and huggingface_hub load on 
 """
 
 from .catalog import CATALOG, DEFAULT_MODEL, CatalogEntry, resolve
+from .doctor import DoctorReport, build_report, format_report
 from .engine import (AsyncEngine, AsyncTokenStream, Engine, GenerationParams, GenerationResult,
                      LocalEngine, ModelDescription, RemoteEngine, TokenStream)
 from .errors import (ChatTemplateError, CheckpointError, ChecksumMismatchError, ConfigError,
@@ -32,6 +33,22 @@ import logging as _logging
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())  # the application decides what is shown
 
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext llamalab``: register the ``%llama`` magics (needs the ``jupyter`` extra)."""
+    import importlib
+
+    importlib.import_module("llamalab.extension").load_ipython_extension(ipython)
+
+
+def chat(*args: object, **kwargs: object) -> object:
+    """An ipywidgets chat with a model, for notebooks (needs the ``jupyter`` extra);
+    see ``llamalab.extension.chat`` for the arguments."""
+    import importlib
+
+    return importlib.import_module("llamalab.extension").chat(*args, **kwargs)
+
+
 __all__ = [
     "AsyncEngine",
     "AsyncTokenStream",
@@ -48,6 +65,7 @@ __all__ = [
     "ConfigError",
     "ContextOverflowError",
     "DEFAULT_MODEL",
+    "DoctorReport",
     "Engine",
     "EngineError",
     "GGUFInfo",
@@ -75,7 +93,10 @@ __all__ = [
     "TokenStream",
     "UnsupportedModelError",
     "__version__",
+    "build_report",
+    "chat",
     "default_model_name",
+    "format_report",
     "locate",
     "pull",
     "read_gguf_info",

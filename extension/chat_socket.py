@@ -1,0 +1,220 @@
+"""The chat WebSocket, ``/llamalab/chat``: many conversations over one connection.
+
+A connection opens with a ``hello`` (protocol version, the loaded model). Each ``chat``
+request streams ``token`` messages and ends with ``done`` (or ``error``), all carrying the
+request's ``id``; conversations are independent, so several can stream at once (they queue
+FIFO on the one model), while a conversation answers one request at a time. ``cancel``
+and ``reset`` are acknowledged at once and the cancelled generation still ends with its
+``done`` (``finish_reason == "cancelled"``). Anything malformed gets an ``error`` reply and
+the connection stays open. ``model_changed`` and ``pull_progress`` events are pushed to
+every connection.
+
+Authentication is Jupyter's (token or login cookie); the origin is checked as for
+Jupyter's own kernel WebSockets, and the user must be authorized to ``execute`` on the
+``llamalab`` resource.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from typing import Any, Optional, Union
+
+from jupyter_core.utils import ensure_async
+from jupyter_server.auth.decorator import ws_authenticated
+from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.base.websocket import WebSocketMixin
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from tornado import web
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from .errors import BusyError, error_message, validation_message
+from .handlers import AUTH_RESOURCE
+from .manager import EngineManager, Generation
+from .messages import (CLIENT_TYPES, AckMessage, CancelRequest, ChatRequest, ChatTurn, ClientMessage, DoneMessage,
+                       ErrorMessage, HelloMessage, HistoryMessage, HistoryRequest, ResetRequest, TokenMessage, Usage)
+
+__all__ = ["ChatSocket"]
+
+_CLIENT = TypeAdapter(ClientMessage)
+MAX_CONVERSATIONS = 32
+MAX_TURNS = 200  # history kept per conversation; the engine trims what does not fit the context
+
+
+@dataclasses.dataclass
+class Conversation:
+    system: Optional[str] = None
+    turns: list[ChatTurn] = dataclasses.field(default_factory=list)
+    running: Optional[str] = None  # the id of the request answering now
+
+    def messages(self, content: str, default_system: str) -> list[dict[str, str]]:
+        system = self.system if self.system is not None else default_system
+        head = [{"role": "system", "content": system}] if system else []
+        return head + [t.model_dump() for t in self.turns] + [{"role": "user", "content": content}]
+
+    def record(self, question: str, answer: str) -> None:
+        self.turns += [ChatTurn(role="user", content=question), ChatTurn(role="assistant", content=answer)]
+        del self.turns[:-MAX_TURNS]
+
+
+@dataclasses.dataclass
+class Running:
+    conversation_id: str
+    generation: Optional[Generation] = None
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.generation is not None:
+            self.generation.cancel()
+
+
+class ChatSocket(WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, JupyterHandler):  # type: ignore[misc]
+    auth_resource = AUTH_RESOURCE
+
+    def set_default_headers(self) -> None:
+        """No HTML security headers on a WebSocket upgrade (as Jupyter's kernel sockets)."""
+
+    @property
+    def manager(self) -> EngineManager:
+        return self.settings["llamalab_manager"]
+
+    @ws_authenticated
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        allowed = await ensure_async(self.authorizer.is_authorized(self, self.current_user, "execute",
+                                                                   AUTH_RESOURCE))
+        if not allowed:
+            raise web.HTTPError(403, "not authorized to use llamalab")
+        await super().get(*args, **kwargs)
+
+    # -- connection -------------------------------------------------------------------
+    def open(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().open(*args, **kwargs)  # starts Jupyter's keep-alive pings
+        self._conversations: dict[str, Conversation] = {}
+        self._running: dict[str, Running] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._unsubscribe = [self.manager.add_listener(self.send),
+                             self.settings["llamalab_jobs"].add_listener(self.send)]
+        self.send(HelloMessage(model=self.manager.loaded, default_model=self.manager.default_model()))
+
+    def on_close(self) -> None:
+        for remove in getattr(self, "_unsubscribe", []):
+            remove()
+        for running in getattr(self, "_running", {}).values():
+            running.cancel()
+
+    def send(self, message: BaseModel) -> None:
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return
+        try:
+            self.write_message(message.model_dump_json())
+        except WebSocketClosedError:
+            pass
+
+    # -- dispatch -----------------------------------------------------------------------
+    def on_message(self, raw: Union[str, bytes]) -> None:
+        request_id: Optional[str] = None
+        try:
+            data = json.loads(raw)
+            if isinstance(data, dict) and isinstance(data.get("id"), str):
+                request_id = data["id"]
+            if isinstance(data, dict) and data.get("type") not in CLIENT_TYPES:
+                self.send(ErrorMessage(id=request_id, code="unknown_type",
+                                       message=f"unknown message type {data.get('type')!r}; "
+                                       f"expected one of: {', '.join(CLIENT_TYPES)}."))
+                return
+            message = _CLIENT.validate_python(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            if isinstance(exc, ValidationError):
+                self.send(validation_message(exc, request_id))
+            else:
+                self.send(ErrorMessage(id=request_id, code="bad_request",
+                                       message=f"the message is not JSON ({exc})."))
+            return
+        try:
+            if isinstance(message, ChatRequest):
+                self._chat(message)
+            elif isinstance(message, CancelRequest):
+                self._cancel(message)
+            elif isinstance(message, ResetRequest):
+                self._reset(message)
+            elif isinstance(message, HistoryRequest):
+                turns = self._conversations.get(message.conversation_id, Conversation()).turns
+                self.send(HistoryMessage(id=message.id, conversation_id=message.conversation_id, messages=turns))
+        except Exception as exc:  # every request gets a reply
+            self.send(error_message(exc, message.id, log=self.log))
+
+    def _chat(self, request: ChatRequest) -> None:
+        if request.id in self._running:
+            raise BusyError(f"a request with id '{request.id}' is still running; use a new id.")
+        conversation = self._conversations.get(request.conversation_id)
+        if conversation is None:
+            if len(self._conversations) >= MAX_CONVERSATIONS:
+                raise BusyError(f"this connection already has {MAX_CONVERSATIONS} conversations; "
+                                "reset some or open another connection.")
+            conversation = self._conversations[request.conversation_id] = Conversation()
+        if conversation.running is not None:
+            raise BusyError(f"conversation '{request.conversation_id}' is still answering request "
+                            f"'{conversation.running}'; wait for it or cancel it.")
+        params = self.manager.params(request.params)  # ConfigError for impossible values
+        if request.system is not None:
+            conversation.system = request.system
+        messages = conversation.messages(request.content, self.manager.config.system_prompt)
+        conversation.running = request.id
+        self._running[request.id] = Running(request.conversation_id)
+        task = asyncio.ensure_future(self._stream(request, conversation, messages, params))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _stream(self, request: ChatRequest, conversation: Conversation, messages: list[dict[str, str]],
+                      params: Any) -> None:
+        running = self._running[request.id]
+        generation: Optional[Generation] = None
+        try:
+            generation = await self.manager.chat(messages, params, request.model)
+            running.generation = generation
+            if running.cancelled:
+                generation.cancel()
+            async for piece in generation:
+                self.send(TokenMessage(id=request.id, conversation_id=request.conversation_id, text=piece))
+            result = generation.result
+            assert result is not None
+            conversation.record(request.content, result.text)
+            notice = (f"{result.dropped_messages} earlier messages were left out to fit the context window."
+                      if result.dropped_messages else None)
+            self.send(DoneMessage(
+                id=request.id, conversation_id=request.conversation_id, model=generation.model, text=result.text,
+                finish_reason=result.finish_reason, notice=notice,
+                usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                            dropped_messages=result.dropped_messages,
+                            time_to_first_token_s=result.time_to_first_token_s, duration_s=result.duration_s)))
+        except Exception as exc:
+            self.send(error_message(exc, request.id, log=self.log))
+        finally:
+            if generation is not None:
+                await generation.aclose()
+            if conversation.running == request.id:
+                conversation.running = None
+            self._running.pop(request.id, None)
+
+    def _cancel(self, request: CancelRequest) -> None:
+        cancelled = []
+        for request_id, running in list(self._running.items()):
+            if request.target is not None and request_id != request.target:
+                continue
+            if request.conversation_id is not None and running.conversation_id != request.conversation_id:
+                continue
+            running.cancel()
+            cancelled.append(request_id)
+        self.send(AckMessage(id=request.id, of="cancel", cancelled=cancelled))
+
+    def _reset(self, request: ResetRequest) -> None:
+        cancelled = []
+        for request_id, running in list(self._running.items()):
+            if running.conversation_id == request.conversation_id:
+                running.cancel()
+                cancelled.append(request_id)
+        self._conversations.pop(request.conversation_id, None)  # a running answer records into the old one
+        self.send(AckMessage(id=request.id, of="reset", cancelled=cancelled))

@@ -1,0 +1,339 @@
+"""``%llama`` and ``%%llama``: ask a model from a notebook cell, the answer streaming in.
+
+    %load_ext llamalab
+    %llama What is a llama?                      the prompt on the line
+    %%llama -f code -t 0.2                       or in the cell (options on the line)
+    Write a function that parses {filename}.     {name} takes a variable's value
+
+Options: ``-m MODEL``, ``-s/--system TEXT``, ``-t TEMPERATURE``, ``-n MAX_TOKENS``,
+``-f markdown|code|text|json`` (``code`` also offers the code as the next cell),
+``--no-history`` (neither use nor extend the conversation). Commands: ``%llama reset``
+(forget the conversation), ``%llama explain`` (explain the last error), ``%llama models``,
+``%llama pull NAME [--accept-license]``, ``%llama chat`` (a chat widget), ``%llama help``.
+
+The conversation is remembered across cells. Interrupting the kernel stops the answer.
+Settings for every call go through IPython's config: ``%config LlamaMagics.temperature = 0.2``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.display import display
+from traitlets import Enum, Float, Int, TraitError, Unicode, Union as UnionTrait, validate
+
+from llamalab import (CATALOG, GenerationParams, LlamalabError, ModelStore, Progress, TokenStream,
+                      default_model_name, pull)
+
+from .kernel import BackendSettings, gpu_layers, kernel_backend
+
+__all__ = ["LlamaMagics", "parse_line", "interpolate", "extract_code"]
+
+FORMATS = ("markdown", "code", "text", "json")
+_VALUE_FLAGS = {"-m": "model", "--model": "model", "-s": "system", "--system": "system",
+                "-t": "temperature", "--temperature": "temperature", "-n": "max_tokens",
+                "--max-tokens": "max_tokens", "-f": "format", "--format": "format"}
+_BOOL_FLAGS = {"--no-history": "no_history", "--accept-license": "accept_license", "--force": "force"}
+_COMMANDS = {"reset", "explain", "models", "chat", "help"}
+
+
+@dataclass
+class Call:
+    """One ``%llama`` line, parsed."""
+
+    command: Optional[str] = None  # None: a prompt
+    prompt: str = ""
+    args: list[str] = field(default_factory=list)
+    model: Optional[str] = None
+    system: Optional[str] = None
+    temperature: Optional[float] = None
+    max_tokens: Optional[int] = None
+    format: str = "markdown"
+    no_history: bool = False
+    accept_license: bool = False
+    force: bool = False
+
+
+def parse_line(line: str) -> Call:
+    """Leading options, then the prompt (kept exactly as written) or a command, whose own
+    options and arguments may follow it (``%llama pull NAME --accept-license``)."""
+    call = Call()
+    rest = _options(call, line.strip())
+    word = rest.split(maxsplit=1)[0] if rest else ""
+    if word in _COMMANDS or word == "pull":
+        command = Call(**{**call.__dict__, "args": []})
+        command.command = word
+        tail = rest[len(word):].strip()
+        while tail:
+            tail = _options(command, tail)
+            if tail:
+                arg, _, tail = tail.partition(" ")
+                command.args.append(arg)
+                tail = tail.strip()
+        if word == "pull" or not command.args:  # "%llama models are cool" is a prompt
+            return command
+    call.prompt = rest
+    return call
+
+
+def _options(call: Call, rest: str) -> str:
+    """Set the options ``rest`` starts with on ``call``; return what follows them."""
+    while rest.startswith("-"):
+        if rest == "--" or rest.startswith(("-- ", "--\n")):  # the prompt itself starts with "-"
+            return rest[2:].strip()
+        try:
+            tokens = shlex.split(rest, posix=True)
+        except ValueError as exc:
+            raise UsageError(f"%llama: {exc} in the options") from None
+        flag = tokens[0]
+        if flag in _BOOL_FLAGS:
+            setattr(call, _BOOL_FLAGS[flag], True)
+            rest = _after(rest, 1)
+            continue
+        if flag not in _VALUE_FLAGS:
+            raise UsageError(f"%llama: unknown option {flag}; see %llama help.")
+        if len(tokens) < 2:
+            raise UsageError(f"%llama: {flag} needs a value.")
+        _set_option(call, _VALUE_FLAGS[flag], tokens[1])
+        rest = _after(rest, 2)
+    return rest
+
+
+def _after(text: str, count: int) -> str:
+    """``text`` less its first ``count`` shell words."""
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace_split = True
+    for _ in range(count):
+        lexer.get_token()
+    return lexer.instream.read().strip()
+
+
+def _set_option(call: Call, name: str, value: str) -> None:
+    try:
+        if name == "temperature":
+            call.temperature = float(value)
+        elif name == "max_tokens":
+            call.max_tokens = int(value)
+        elif name == "format":
+            if value not in FORMATS:
+                raise UsageError(f"%llama: -f must be one of {', '.join(FORMATS)}, not {value!r}.")
+            call.format = value
+        else:
+            setattr(call, name, value)
+    except ValueError:
+        raise UsageError(f"%llama: {value!r} is not a valid {name.replace('_', ' ')}.") from None
+
+
+_NAME = re.compile(r"(?<!\{)\{([A-Za-z_][A-Za-z0-9_]*)\}(?!\})")
+
+
+def interpolate(text: str, namespace: dict[str, Any]) -> str:
+    """Replace ``{name}`` by the variable's value; unknown names stay as written."""
+    return _NAME.sub(lambda m: str(namespace[m[1]]) if m[1] in namespace else m[0], text)
+
+
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
+
+
+def extract_code(text: str) -> tuple[str, str]:
+    """(language, code) from the first fenced block, or the whole text as Python."""
+    match = _FENCE.search(text)
+    if match:
+        return match[1] or "python", match[2].rstrip()
+    return "python", text.strip()
+
+
+def render(text: str, fmt: str, final: bool) -> dict[str, Any]:
+    """The display bundle for ``text`` in format ``fmt``."""
+    if fmt == "text":
+        return {"text/plain": text}
+    if fmt == "code":
+        language, code = extract_code(text)
+        return {"text/markdown": f"```{language}\n{code}\n```", "text/plain": code}
+    if fmt == "json" and final:
+        _, body = extract_code(text)
+        try:
+            value = json.loads(body)
+        except ValueError:
+            return {"text/plain": text + "\n\n(the answer is not valid JSON)"}
+        return {"application/json": value if isinstance(value, (dict, list)) else {"value": value},
+                "text/plain": json.dumps(value, indent=2)}
+    if fmt == "json":
+        return {"text/plain": text}
+    return {"text/markdown": text or "&#8230;", "text/plain": text}
+
+
+@magics_class
+class LlamaMagics(Magics):
+    backend = Enum(["auto", "server", "local"], "auto", config=True,
+                   help="auto: the Jupyter server's model when the kernel was started by one running "
+                        "llamalab (LLAMALAB_SERVER_URL is set), else a model loaded in the kernel.")
+    model = Unicode(None, allow_none=True, config=True, help="Model used when -m is not given.")
+    system_prompt = Unicode("", config=True, help="System prompt used when --system is not given.")
+    temperature = Float(0.7, config=True, help="Sampling temperature when -t is not given (0: greedy).")
+    max_tokens = Int(512, config=True, help="Longest answer, in tokens, when -n is not given.")
+    n_ctx = Int(4096, config=True, help="Context window of a model loaded in the kernel.")
+    n_gpu_layers = UnionTrait([Int(), Unicode()], default_value="auto", config=True,
+                              help='GPU layers of a model loaded in the kernel: "auto", -1 (all) or N.')
+    update_interval = Float(0.1, config=True, help="Seconds between display updates while streaming.")
+
+    @validate("n_gpu_layers")
+    def _valid_layers(self, proposal: Any) -> Any:
+        try:
+            return gpu_layers(proposal["value"])
+        except ValueError as exc:
+            raise TraitError(str(exc)) from None
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self.history: list[dict[str, str]] = []
+        self.last_answer: Optional[str] = None
+
+    # -- the entry point --------------------------------------------------------------
+    @line_cell_magic
+    def llama(self, line: str = "", cell: Optional[str] = None) -> None:
+        """Ask a model: %llama PROMPT, or %%llama [options] with the prompt in the cell; %llama help."""
+        call = parse_line(line)
+        if cell is not None:
+            if call.command is not None:
+                raise UsageError(f"%%llama takes options on its line, not the command {call.command!r}.")
+            call.prompt = (call.prompt + "\n" + cell).strip()
+        try:
+            if call.command is None:
+                if not call.prompt:
+                    raise UsageError("%llama needs a prompt; see %llama help.")
+                self.ask(interpolate(call.prompt, self.shell.user_ns), call)
+            else:
+                getattr(self, f"_cmd_{call.command}")(call)
+        except LlamalabError as exc:
+            raise UsageError(str(exc)) from None
+
+    def settings(self) -> BackendSettings:
+        return BackendSettings(mode=self.backend, n_ctx=self.n_ctx, n_gpu_layers=self.n_gpu_layers)
+
+    def ask(self, prompt: str, call: Call) -> str:
+        system = call.system if call.system is not None else self.system_prompt
+        messages = ([{"role": "system", "content": system}] if system else []) + \
+            ([] if call.no_history else self.history) + [{"role": "user", "content": prompt}]
+        params = GenerationParams(
+            max_tokens=call.max_tokens or self.max_tokens,
+            temperature=self.temperature if call.temperature is None else call.temperature)
+        engine = kernel_backend().engine(call.model or self.model, self.settings(), on_notice=print)
+        with engine.chat(messages, params) as stream:
+            answer = self._stream_into_cell(stream, call.format)
+        if not call.no_history:
+            self.history += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        self.last_answer = answer
+        if call.format == "code" and answer.strip():
+            self.shell.set_next_input(extract_code(answer)[1], replace=False)
+        return answer
+
+    def _stream_into_cell(self, stream: TokenStream, fmt: str) -> str:
+        handle = display(render("", fmt, final=False), raw=True, display_id=True)
+        text, last, note = "", 0.0, None
+        try:
+            for piece in stream:
+                text += piece
+                if time.monotonic() - last >= self.update_interval:
+                    handle.update(render(text, fmt, final=False), raw=True)
+                    last = time.monotonic()
+        except KeyboardInterrupt:
+            stream.cancel()
+            note = "stopped"
+        result = stream.result
+        meta: dict[str, Any] = {"finish_reason": result.finish_reason if result else "cancelled"}
+        if result is not None and result.dropped_messages:
+            note = f"{result.dropped_messages} earlier messages were left out to fit the context window"
+        bundle = render(text, fmt, final=True)
+        if note:
+            bundle["text/plain"] += f"\n[{note}]"
+            if "text/markdown" in bundle:
+                bundle["text/markdown"] += f"\n\n*[{note}]*"
+        handle.update(bundle, raw=True, metadata={"llamalab": meta})
+        return text
+
+    # -- commands -----------------------------------------------------------------------
+    def _cmd_help(self, call: Call) -> None:
+        print(__doc__)
+
+    def _cmd_reset(self, call: Call) -> None:
+        self.history.clear()
+        print("Conversation forgotten.")
+
+    def _cmd_explain(self, call: Call) -> None:
+        error = getattr(sys, "last_value", None)
+        if error is None:
+            raise UsageError("there is no error to explain yet: run the failing cell first.")
+        trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        trace = re.sub(r"\x1b\[[0-9;]*m", "", trace)[-6000:]
+        prompt = ("Explain this Python error in a few sentences, then show how to fix it.\n\n"
+                  f"```\n{trace.strip()}\n```")
+        self.ask(prompt, call)
+
+    def _cmd_models(self, call: Call) -> None:
+        store = ModelStore()
+        rows = ["| model | quantization | size | source |", "| --- | --- | --- | --- |"]
+        rows += [f"| {m.name} | {m.quantization} | {m.size_bytes / 1e9:.2f} GB | {m.source} |" for m in store.list()]
+        backend = kernel_backend().describe_choice(self.settings())
+        lines = [f"Models in {store.root} (the magics use {backend}; default "
+                 f"{self.model or default_model_name()}):", "", *rows, "",
+                 "Catalog (pull with `%llama pull NAME`): " + ", ".join(e.name for e in CATALOG)]
+        text = "\n".join(lines)
+        display({"text/markdown": text, "text/plain": text}, raw=True)
+
+    def _cmd_pull(self, call: Call) -> None:
+        if len(call.args) != 1:
+            raise UsageError("usage: %llama pull NAME [--accept-license] [--force]")
+        progress = _ProgressView(call.args[0])
+        stored = pull(call.args[0], progress=progress, accept_license=call.accept_license, force=call.force)
+        progress.finish(f"{stored.name}: {stored.size_bytes / 1e9:.2f} GB in the store")
+
+    def _cmd_chat(self, call: Call) -> None:
+        from .widgets import ChatWidget
+
+        display(ChatWidget(model=call.model or self.model, system=call.system or self.system_prompt or None,
+                           settings=self.settings()))
+
+
+class _ProgressView:
+    """A progress bar widget (text where ipywidgets is missing) fed by ``Progress`` events."""
+
+    def __init__(self, name: str) -> None:
+        self._last = 0.0
+        try:
+            import ipywidgets as w
+        except ImportError:
+            self._bar = None
+            self._handle = display({"text/plain": f"pulling {name}..."}, raw=True, display_id=True)
+            return
+        self._bar = w.FloatProgress(min=0.0, max=1.0, description="pull", layout=w.Layout(width="50%"))
+        self._label = w.Label(f"{name}: starting")
+        display(w.HBox([self._bar, self._label]))
+
+    def __call__(self, p: Progress) -> None:
+        if time.monotonic() - self._last < 0.1 and (p.total is None or p.done < p.total):
+            return
+        self._last = time.monotonic()
+        amount = f"{p.done / 1e6:.1f}" + (f" / {p.total / 1e6:.1f} MB" if p.total else " MB")
+        if self._bar is None:
+            self._handle.update({"text/plain": f"{p.stage}: {amount}"}, raw=True)
+        else:
+            self._bar.value = p.fraction or 0.0
+            self._label.value = f"{p.stage}: {amount}"
+
+    def finish(self, text: str) -> None:
+        if self._bar is None:
+            self._handle.update({"text/plain": text}, raw=True)
+        else:
+            self._bar.value = 1.0
+            self._bar.bar_style = "success"
+            self._label.value = text

@@ -1,0 +1,346 @@
+"""The wire messages of llamalab's Jupyter API, typed with pydantic and tagged by ``type``.
+
+Every message a client sends over the chat WebSocket carries an ``id``; every reply the
+server sends for it repeats that ``id`` (``token``, ``done``, ``ack``, ``history`` and
+``error``), so one connection can run several conversations at once. REST routes answer
+with the models below too, and errors everywhere are an ``ErrorMessage`` whose ``message``
+is one line for a person (``detail`` holds the rest, on demand).
+
+``llamalab.extension.schema`` dumps these models as JSON schema; the TypeScript front end
+generates its types from that file instead of copying them by hand.
+
+    client -> server (WebSocket /llamalab/chat)    server -> client
+    ----------------------------------------       ---------------------------------------
+    chat     {id, conversation_id, content, ...}    hello          on connect: model, protocol
+    cancel   {id, target?, conversation_id?}        token          {id, conversation_id, text}
+    reset    {id, conversation_id}                  done           {id, ..., finish_reason, usage}
+    history  {id, conversation_id}                  ack            {id, of, cancelled}
+                                                    history        {id, conversation_id, messages}
+                                                    error          {id?, code, message, detail?}
+                                                    model_changed  {model?}
+                                                    pull_progress  {job}
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = 1
+
+RequestId = Annotated[str, Field(min_length=1, max_length=128, description="chosen by the client, repeated in every reply")]
+ConversationId = Annotated[str, Field(min_length=1, max_length=128)]
+
+ErrorCode = Literal[
+    "bad_request",        # not JSON, a missing or wrong field
+    "forbidden",          # not logged in, a wrong token, a cross-site request
+    "unknown_type",       # a message type the server does not know
+    "not_found",          # no such pull job, conversation or route
+    "model_not_found",    # the model is not in the store or the catalog
+    "model_not_allowed",  # the server's allowed_models does not list it
+    "prompt_too_long",    # over the server's max_prompt_chars, or the context window
+    "busy",               # the queue is full, or the conversation is still answering
+    "license_required",   # the model's licence must be accepted first
+    "engine_error",       # the model failed to load or to generate
+    "internal",           # a bug: the server log has the traceback
+]
+
+
+class _Wire(BaseModel):
+    # Fields with defaults are still always sent, so the schema of what the server sends marks them required.
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
+
+
+# -- shared pieces -----------------------------------------------------------------------
+class SamplingParams(_Wire):
+    """Sampling settings; a field left out takes the server's default."""
+
+    max_tokens: Optional[int] = Field(None, ge=1)
+    temperature: Optional[float] = Field(None, ge=0, le=5)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    top_k: Optional[int] = Field(None, ge=0)
+    min_p: Optional[float] = Field(None, ge=0, le=1)
+    repeat_penalty: Optional[float] = Field(None, gt=0)
+    stop: list[str] = Field(default_factory=list, max_length=8)
+    seed: Optional[int] = None
+
+
+class ChatTurn(_Wire):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class LoadedModel(_Wire):
+    """The model the server has loaded (or, remote, the one it talks to)."""
+
+    name: str
+    backend: Literal["local", "remote"]
+    location: str
+    architecture: Optional[str] = None
+    quantization: Optional[str] = None
+    context_length: Optional[int] = None
+    n_gpu_layers: Optional[int] = None
+    total_layers: Optional[int] = None
+    chat_format: Optional[str] = None
+    notices: list[str] = Field(default_factory=list)
+
+
+class Usage(_Wire):
+    prompt_tokens: int
+    completion_tokens: int
+    dropped_messages: int = 0
+    time_to_first_token_s: Optional[float] = None
+    duration_s: float = 0.0
+
+
+# -- client -> server (WebSocket) --------------------------------------------------------
+class ChatRequest(_Wire):
+    """Send ``content`` as the user's next message in ``conversation_id``; the server keeps the
+    conversation's history for the life of the connection."""
+
+    type: Literal["chat"]
+    id: RequestId
+    conversation_id: ConversationId = "default"
+    content: str
+    system: Optional[str] = Field(None, description="replaces the conversation's system prompt")
+    model: Optional[str] = Field(None, description="a model name; omitted: the server's current model")
+    params: SamplingParams = Field(default_factory=SamplingParams)
+
+
+class CancelRequest(_Wire):
+    """Stop a generation: the request ``target``, or every one of ``conversation_id``, or
+    (neither given) every generation of this connection."""
+
+    type: Literal["cancel"]
+    id: RequestId
+    target: Optional[str] = None
+    conversation_id: Optional[ConversationId] = None
+
+
+class ResetRequest(_Wire):
+    """Forget a conversation's history (cancelling its generation, if any)."""
+
+    type: Literal["reset"]
+    id: RequestId
+    conversation_id: ConversationId = "default"
+
+
+class HistoryRequest(_Wire):
+    type: Literal["history"]
+    id: RequestId
+    conversation_id: ConversationId = "default"
+
+
+ClientMessage = Annotated[Union[ChatRequest, CancelRequest, ResetRequest, HistoryRequest],
+                          Field(discriminator="type")]
+CLIENT_TYPES = ("chat", "cancel", "reset", "history")
+
+
+# -- server -> client --------------------------------------------------------------------
+class HelloMessage(_Wire):
+    type: Literal["hello"] = "hello"
+    protocol: int = PROTOCOL_VERSION
+    model: Optional[LoadedModel] = Field(None, description="None until the first request loads it")
+    default_model: str = Field(description="what a request naming no model gets ('' : the remote server's choice)")
+
+
+class TokenMessage(_Wire):
+    type: Literal["token"] = "token"
+    id: str
+    conversation_id: str
+    text: str
+
+
+class DoneMessage(_Wire):
+    type: Literal["done"] = "done"
+    id: str
+    conversation_id: str
+    model: str
+    text: str
+    finish_reason: Literal["stop", "length", "cancelled"]
+    usage: Usage
+    notice: Optional[str] = Field(None, description="e.g. that old turns were left out to fit the context")
+
+
+class AckMessage(_Wire):
+    type: Literal["ack"] = "ack"
+    id: str
+    of: Literal["cancel", "reset"]
+    cancelled: list[str] = Field(default_factory=list, description="ids of the generations stopped")
+
+
+class HistoryMessage(_Wire):
+    type: Literal["history"] = "history"
+    id: str
+    conversation_id: str
+    messages: list[ChatTurn]
+
+
+class ErrorMessage(_Wire):
+    """An error reply, over the WebSocket and as the body of a failed REST request."""
+
+    type: Literal["error"] = "error"
+    id: Optional[str] = Field(None, description="the request's id, when it could be read")
+    code: ErrorCode
+    message: str = Field(description="one line for a person")
+    detail: Optional[Any] = None
+
+
+class ModelChangedMessage(_Wire):
+    type: Literal["model_changed"] = "model_changed"
+    model: Optional[LoadedModel] = Field(None, description="None: the model was unloaded")
+
+
+# -- REST --------------------------------------------------------------------------------
+class StoredModelInfo(_Wire):
+    name: str
+    path: str
+    size_bytes: int
+    architecture: str
+    quantization: str
+    context_length: int
+    license: Optional[str] = None
+    source: str
+    loaded: bool = False
+    allowed: bool = True
+
+
+class CatalogModelInfo(_Wire):
+    name: str
+    description: str
+    parameters: str
+    license: str
+    license_url: str
+    chat_format: str
+    quantizations: list[str]
+    default_quant: str
+    requires_license_acceptance: bool
+
+
+class ModelsReply(_Wire):
+    type: Literal["models"] = "models"
+    default_model: str
+    loaded: Optional[LoadedModel] = None
+    stored: list[StoredModelInfo]
+    catalog: list[CatalogModelInfo]
+
+
+class LoadRequest(_Wire):
+    """POST /llamalab/models/load: load (or switch to) a model now instead of on first use."""
+
+    model: Optional[str] = None
+
+
+class UnloadReply(_Wire):
+    type: Literal["unloaded"] = "unloaded"
+    model: Optional[str] = None
+
+
+class PullRequest(_Wire):
+    """POST /llamalab/pulls: pull a model into the store in the background."""
+
+    model: str = Field(min_length=1, max_length=1000)
+    accept_license: bool = False
+    force: bool = False
+
+
+class PullJob(_Wire):
+    type: Literal["pull_job"] = "pull_job"
+    id: str
+    model: str
+    state: Literal["running", "done", "failed"]
+    stage: str = ""
+    done: int = 0
+    total: Optional[int] = None
+    fraction: Optional[float] = None
+    message: str = ""
+    error: Optional[ErrorMessage] = None
+    stored_name: Optional[str] = None
+    started_at: float
+    finished_at: Optional[float] = None
+
+
+class PullJobList(_Wire):
+    type: Literal["pull_jobs"] = "pull_jobs"
+    jobs: list[PullJob]
+
+
+class PullProgressMessage(_Wire):
+    """Sent to every chat WebSocket, and on GET /llamalab/pulls/{id}/events as server-sent events."""
+
+    type: Literal["pull_progress"] = "pull_progress"
+    job: PullJob
+
+
+class GPUInfo(_Wire):
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
+
+
+class ModelFitInfo(_Wire):
+    name: str
+    quantization: str
+    file_bytes: int
+    needed_bytes: int
+    n_gpu_layers: int
+    total_layers: int
+    fits_fully: bool
+    problem: Optional[str] = None
+
+
+class HardwareReply(_Wire):
+    """The ``llamalab doctor`` report as JSON, plus its text form."""
+
+    type: Literal["hardware"] = "hardware"
+    llamalab_version: str
+    llama_cpp_version: Optional[str]
+    gpu_offload_supported: bool
+    system_info: str
+    gpus: list[GPUInfo]
+    n_ctx: int
+    store_root: str
+    models: list[ModelFitInfo]
+    notices: list[str]
+    text: str
+
+
+class SettingsReply(_Wire):
+    type: Literal["settings"] = "settings"
+    default_model: str
+    n_ctx: int
+    n_gpu_layers: Union[int, Literal["auto"]]
+    system_prompt: str
+    remote_url: Optional[str] = None
+    remote_api_key_set: bool = False
+    allowed_models: list[str]
+    max_queued: int
+    max_prompt_chars: int
+    max_tokens_limit: int
+    store_root: str
+    kernel_access: bool
+
+
+class SettingsUpdate(_Wire):
+    """PATCH /llamalab/settings: what a user may change at run time. Changing the model or
+    how it is loaded unloads the current one; the next request loads the new one. The
+    remote server, allowed models and limits are the administrator's (traitlets config)."""
+
+    default_model: Optional[str] = None
+    n_ctx: Optional[int] = Field(None, ge=128, le=1_048_576)
+    n_gpu_layers: Optional[Union[int, Literal["auto"]]] = None
+    system_prompt: Optional[str] = Field(None, max_length=100_000)
+
+
+ServerMessage = Annotated[
+    Union[HelloMessage, TokenMessage, DoneMessage, AckMessage, HistoryMessage, ErrorMessage,
+          ModelChangedMessage, PullProgressMessage],
+    Field(discriminator="type"),
+]
+
+REST_REQUESTS: tuple[type[BaseModel], ...] = (LoadRequest, PullRequest, SettingsUpdate)
+REST_REPLIES: tuple[type[BaseModel], ...] = (
+    ModelsReply, LoadedModel, UnloadReply, PullJob, PullJobList, HardwareReply, SettingsReply, ErrorMessage,
+)

@@ -1,0 +1,260 @@
+"""The OpenAI-compatible surface, so kernels, a local language server and any OpenAI
+client reuse the server's one model:
+
+    GET  /llamalab/v1/models             the default (or loaded) model first, then the others allowed
+    POST /llamalab/v1/completions        text completion; ``"stream": true`` for server-sent events
+    POST /llamalab/v1/chat/completions   chat completion; likewise
+    POST /llamalab/tokenize              llama-server's tokenize route ({"content"} -> {"tokens"})
+
+``llamalab.RemoteEngine("http://host:port/llamalab", api_key=...)`` speaks to it like to
+any other OpenAI-compatible server. Authentication is Jupyter's (``Authorization: token``
+or ``Bearer`` with the server's token, or a login cookie plus XSRF), and also the
+kernels' key (see ``kernel_access``). Errors follow OpenAI's shape,
+``{"error": {"message", "type", "code"}}``; a stream that fails after it started ends with
+such an error event. A client that disconnects cancels its generation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Callable, Literal, Optional, Union
+
+from jupyter_server.auth.decorator import authorized
+from pydantic import BaseModel, ConfigDict, Field
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from llamalab import GenerationParams, GenerationResult, LlamalabError
+
+from .errors import error_message, http_status
+from .handlers import BadRequest, LlamalabHandler
+from .kernel_access import KernelKeyIdentity
+from .manager import Generation
+from .messages import ErrorMessage
+
+__all__ = ["ChatCompletionRequest", "CompletionRequest", "handlers"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="allow")  # OpenAI clients send fields we do not use (user, logprobs, ...)
+
+    model: Optional[str] = None
+    max_tokens: Optional[int] = Field(None, ge=1)
+    temperature: Optional[float] = Field(None, ge=0, le=5)
+    top_p: Optional[float] = Field(None, gt=0, le=1)
+    top_k: Optional[int] = Field(None, ge=0)
+    min_p: Optional[float] = Field(None, ge=0, le=1)
+    repeat_penalty: Optional[float] = Field(None, gt=0)
+    stop: Union[str, list[str], None] = None
+    seed: Optional[int] = None
+    n: int = Field(1, ge=1, le=1, description="one choice per request")
+    stream: bool = False
+    stream_options: Optional[dict[str, Any]] = None
+
+    def include_usage(self) -> bool:
+        return bool((self.stream_options or {}).get("include_usage"))
+
+
+class CompletionRequest(_Request):
+    prompt: Union[str, list[str]]
+    suffix: Optional[str] = Field(None, max_length=0, description="fill-in-the-middle is not offered here")
+    echo: Literal[False] = False
+
+    def text(self) -> str:
+        if isinstance(self.prompt, str):
+            return self.prompt
+        if len(self.prompt) != 1:
+            raise BadRequest(ErrorMessage(code="bad_request", message="send one prompt per request."))
+        return self.prompt[0]
+
+
+class _Part(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[str, list[_Part], None] = None
+
+    def plain(self) -> dict[str, str]:
+        content = self.content if isinstance(self.content, str) else \
+            "".join(p.text for p in self.content or [])
+        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+
+
+class ChatCompletionRequest(_Request):
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1)
+
+
+class OpenAIHandler(LlamalabHandler):
+    """Jupyter's authentication plus the kernels' key; OpenAI-shaped errors."""
+
+    _gone = False
+    _generation: Optional[Generation] = None
+
+    @property
+    def identity_provider(self) -> Any:  # type: ignore[override]
+        inner = super().identity_provider
+        key = self.settings.get("llamalab_kernel_key")
+        return KernelKeyIdentity(inner, key) if key else inner
+
+    def error_body(self, error: ErrorMessage) -> str:
+        return json.dumps(_openai_error(error))
+
+    def on_connection_close(self) -> None:
+        self._gone = True
+        if self._generation is not None:
+            self._generation.cancel()  # the client left: free the model for others
+
+    def params_of(self, request: _Request, max_tokens: Optional[int] = None) -> GenerationParams:
+        stop = [request.stop] if isinstance(request.stop, str) else request.stop
+        return self.manager.params(None, max_tokens=max_tokens or request.max_tokens, temperature=request.temperature,
+                                   top_p=request.top_p, top_k=request.top_k, min_p=request.min_p,
+                                   repeat_penalty=request.repeat_penalty, stop=stop, seed=request.seed)
+
+    async def run(self, generation: Generation, request: _Request, kind: str,
+                  chunk: Callable[[str], dict[str, Any]], last: Callable[[GenerationResult], dict[str, Any]],
+                  whole: Callable[[GenerationResult], dict[str, Any]]) -> None:
+        """Stream ``generation`` as SSE, or answer it whole, in OpenAI's shapes."""
+        self._generation = generation
+        try:
+            if not request.stream:
+                async for _ in generation:
+                    pass
+                if self._gone:  # nobody to answer
+                    return
+                result = _finished(generation.result)
+                self.finish(json.dumps({**self._envelope(kind, generation.model), **whole(result)}))
+                return
+            self.set_header("Content-Type", "text/event-stream")
+            self.set_header("Cache-Control", "no-cache")
+            self.set_header("X-Accel-Buffering", "no")
+            head = self._envelope(kind + ".chunk" if kind == "chat.completion" else kind, generation.model)
+            try:
+                first = chunk("")
+                if kind == "chat.completion":  # the role comes first, as OpenAI sends it
+                    first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+                    await self._event({**head, **first})
+                async for piece in generation:
+                    await self._event({**head, **chunk(piece)})
+                result = _finished(generation.result)
+                await self._event({**head, **last(result)})
+                if request.include_usage():
+                    await self._event({**head, "choices": [], "usage": _usage(result)})
+                self.write("data: [DONE]\n\n")
+            except (BadRequest, LlamalabError) as exc:  # the status is sent: report in the stream
+                error = exc.error if isinstance(exc, BadRequest) else error_message(exc, log=self.log)
+                await self._event(_openai_error(error))
+            self.finish(set_content_type="text/event-stream")
+        except StreamClosedError:
+            generation.cancel()
+        finally:
+            await generation.aclose()
+
+    async def _event(self, data: dict[str, Any]) -> None:
+        if self._gone:
+            raise StreamClosedError()
+        self.write(f"data: {json.dumps(data)}\n\n")
+        await self.flush()
+
+    @staticmethod
+    def _envelope(kind: str, model: str) -> dict[str, Any]:
+        prefix = "chatcmpl" if kind.startswith("chat") else "cmpl"
+        return {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "object": kind, "created": int(time.time()),
+                "model": model}
+
+
+def _finished(result: Optional[GenerationResult]) -> GenerationResult:
+    assert result is not None
+    if result.finish_reason == "cancelled":
+        raise BadRequest(ErrorMessage(code="engine_error", message="the generation was cancelled on the server "
+                                      "(the model was switched or the server is stopping); try again."))
+    return result
+
+
+def _usage(result: GenerationResult) -> dict[str, int]:
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens}
+
+
+def _openai_error(error: ErrorMessage) -> dict[str, Any]:
+    kind = "invalid_request_error" if http_status(error.code) < 500 else "server_error"
+    return {"error": {"message": error.message, "type": kind, "code": error.code}}
+
+
+class ModelsV1Handler(OpenAIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        manager = self.manager
+        loaded = await manager.load(None) if manager.remote else manager.loaded
+        first = loaded.name if loaded else manager.canonical(None)
+        names = [first] + [m.name for m in manager.store.list() if m.name != first and manager.is_allowed(m.name)]
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "llamalab"} for name in names]
+        if loaded is not None:
+            data[0]["meta"] = {"n_ctx": loaded.context_length, "backend": loaded.backend,
+                               "quantization": loaded.quantization}
+        self.finish(json.dumps({"object": "list", "data": data}))
+
+
+class CompletionsHandler(OpenAIHandler):
+    @web.authenticated
+    @authorized("execute")
+    async def post(self) -> None:
+        request = self.body_as(CompletionRequest)
+        generation = await self.manager.complete(request.text(), self.params_of(request), request.model)
+        await self.run(
+            generation, request, "text_completion",
+            chunk=lambda piece: {"choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]},
+            last=lambda r: {"choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": r.finish_reason}]},
+            whole=lambda r: {"choices": [{"index": 0, "text": r.text, "logprobs": None,
+                                          "finish_reason": r.finish_reason}], "usage": _usage(r)})
+
+
+class ChatCompletionsHandler(OpenAIHandler):
+    @web.authenticated
+    @authorized("execute")
+    async def post(self) -> None:
+        request = self.body_as(ChatCompletionRequest)
+        params = self.params_of(request, request.max_completion_tokens)
+        generation = await self.manager.chat([m.plain() for m in request.messages], params, request.model)
+        await self.run(
+            generation, request, "chat.completion",
+            chunk=lambda piece: {"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]},
+            last=lambda r: {"choices": [{"index": 0, "delta": {}, "finish_reason": r.finish_reason}]},
+            whole=lambda r: {"choices": [{"index": 0, "message": {"role": "assistant", "content": r.text},
+                                          "finish_reason": r.finish_reason}], "usage": _usage(r)})
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    content: str
+    add_special: bool = False
+    parse_special: bool = True
+    model: Optional[str] = None
+
+
+class TokenizeHandler(OpenAIHandler):
+    @web.authenticated
+    @authorized("execute")
+    async def post(self) -> None:
+        request = self.body_as(TokenizeRequest)
+        tokens = await self.manager.tokenize(request.content, add_bos=request.add_special,
+                                             special=request.parse_special, model=request.model)
+        self.finish(json.dumps({"tokens": tokens}))
+
+
+def handlers() -> list[tuple[str, type]]:
+    return [
+        (r"/llamalab/v1/models", ModelsV1Handler),
+        (r"/llamalab/v1/completions", CompletionsHandler),
+        (r"/llamalab/v1/chat/completions", ChatCompletionsHandler),
+        (r"/llamalab/tokenize", TokenizeHandler),
+    ]

@@ -1,0 +1,125 @@
+"""The chat WebSocket: streamed tokens, ids on every reply, many conversations, cancel,
+and error replies for anything malformed, on a connection that stays usable."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.extension.conftest import tokens_of
+
+
+def chat(request_id: str, content: str, conversation: str = "default", **params) -> dict:
+    params.setdefault("temperature", 0)
+    params.setdefault("max_tokens", 12)
+    return {"type": "chat", "id": request_id, "conversation_id": conversation, "content": content, "params": params}
+
+
+async def test_a_chat_streams_tokens_then_done(open_chat, extension):
+    socket = await open_chat()
+    await socket.send(chat("q1", "Name one animal."))
+    seen = await socket.until(lambda m: m.get("id") == "q1" and m["type"] in ("done", "error"))
+    done = seen[-1]
+    assert done["type"] == "done", done
+    assert all(m["id"] == "q1" and m["conversation_id"] == "default" for m in seen if m["type"] == "token")
+    assert tokens_of(seen, "q1") == done["text"] != ""
+    assert done["finish_reason"] in ("stop", "length") and done["model"] == "smollm2-135m-instruct:q4_1"
+    assert 0 < done["usage"]["completion_tokens"] <= 12 and done["usage"]["prompt_tokens"] > 0
+    assert extension.manager.loaded.name == done["model"]
+    assert any(m["type"] == "model_changed" and m["model"]["name"] == done["model"] for m in socket.received)
+
+
+async def test_conversations_remember_and_reset(open_chat):
+    socket = await open_chat()
+    await socket.send(chat("a1", "My name is Ada.", "c1"))
+    assert (await socket.reply_to("a1"))["type"] == "done"
+    await socket.send(chat("a2", "What is my name?", "c1"))
+    answer = await socket.reply_to("a2")
+    assert answer["type"] == "done"
+    await socket.send({"type": "history", "id": "h1", "conversation_id": "c1"})
+    history = await socket.reply_to("h1")
+    assert [t["role"] for t in history["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert history["messages"][0]["content"] == "My name is Ada." and history["messages"][3]["content"] == answer["text"]
+    assert answer["usage"]["prompt_tokens"] > 20  # the first exchange went into the prompt
+    await socket.send({"type": "reset", "id": "r1", "conversation_id": "c1"})
+    assert await socket.reply_to("r1") == {"type": "ack", "id": "r1", "of": "reset", "cancelled": []}
+    await socket.send({"type": "history", "id": "h2", "conversation_id": "c1"})
+    assert (await socket.reply_to("h2"))["messages"] == []
+
+
+async def test_cancel_stops_a_generation_mid_stream(open_chat, extension):
+    socket = await open_chat()
+    await socket.send(chat("long", "Write a long story about llamas.", max_tokens=400, temperature=0))
+    await socket.until(lambda m: m["type"] == "token" and m["id"] == "long")
+    started = time.monotonic()
+    await socket.send({"type": "cancel", "id": "stop1", "target": "long"})
+    seen = await socket.until(lambda m: m.get("id") == "long" and m["type"] in ("done", "error"))
+    assert time.monotonic() - started < 5
+    acks = [m for m in socket.received if m["type"] == "ack"]
+    assert acks == [{"type": "ack", "id": "stop1", "of": "cancel", "cancelled": ["long"]}]
+    assert seen[-1]["type"] == "done" and seen[-1]["finish_reason"] == "cancelled"
+    assert seen[-1]["usage"]["completion_tokens"] < 400
+    assert extension.manager.active_count == 0
+    await socket.send(chat("after", "Say hi.", max_tokens=4))  # the model is ready for the next request
+    assert (await socket.reply_to("after"))["finish_reason"] in ("stop", "length")
+
+
+async def test_eight_concurrent_chats_with_cancellations_finish_cleanly(open_chat, extension):
+    sockets = [await open_chat(), await open_chat()]
+    ids = [f"r{i}" for i in range(8)]
+    for i, request_id in enumerate(ids):
+        await sockets[i % 2].send(chat(request_id, f"Count to {i + 3}.", f"conv{i}", max_tokens=16))
+    await sockets[0].send({"type": "cancel", "id": "c-r4", "target": "r4"})      # queued: never starts
+    await sockets[1].send({"type": "cancel", "id": "c-odd", "conversation_id": "conv7"})
+    started = time.monotonic()
+    finals = {}
+    for i, socket in enumerate(sockets):
+        mine = ids[i::2]
+        seen = await socket.until(lambda m: len([x for x in socket.received if x["type"] in ("done", "error")
+                                                 and x.get("id") in mine]) == len(mine), timeout=90)
+        finals.update({m["id"]: m for m in socket.received if m["type"] in ("done", "error") and m.get("id") in mine})
+        assert seen
+    assert time.monotonic() - started < 60
+    assert sorted(finals) == ids
+    assert all(m["type"] == "done" for m in finals.values()), finals
+    assert finals["r4"]["finish_reason"] == "cancelled" and finals["r7"]["finish_reason"] == "cancelled"
+    assert all(finals[r]["finish_reason"] in ("stop", "length") for r in ids if r not in ("r4", "r7"))
+    for request_id in ids:  # each answer is its own: tokens were routed by id
+        socket = sockets[int(request_id[1:]) % 2]
+        assert tokens_of(socket.received, request_id) == finals[request_id]["text"]
+    assert extension.manager.active_count == 0
+
+
+async def test_malformed_messages_get_error_replies_and_the_socket_stays_open(open_chat):
+    socket = await open_chat()
+    cases = [
+        ("not json at all", None, "bad_request"),
+        ("[1, 2, 3]", None, "bad_request"),
+        (json.dumps({"type": "dance", "id": "x1"}), "x1", "unknown_type"),
+        (json.dumps({"id": "x2", "content": "no type"}), "x2", "unknown_type"),
+        (json.dumps({"type": "chat", "id": "x3"}), "x3", "bad_request"),
+        (json.dumps({"type": "chat", "id": "x4", "content": "hi", "bogus": True}), "x4", "bad_request"),
+        (json.dumps(chat("x5", "hi", temperature=-1)), "x5", "bad_request"),
+        (json.dumps({**chat("x6", "hi"), "model": "no-such-model"}), "x6", "model_not_found"),
+        (json.dumps(chat("x7", "word " * 60_000)), "x7", "prompt_too_long"),  # over max_prompt_chars
+        (json.dumps(chat("x8", "llama " * 3_000)), "x8", "prompt_too_long"),  # over the context window
+        (json.dumps({"type": "cancel"}), None, "bad_request"),
+        (b"\xff\xfe binary", None, "bad_request"),
+    ]
+    for raw, request_id, code in cases:
+        await socket.send(raw)
+        reply = (await socket.until(lambda m: m["type"] != "model_changed"))[-1]  # loading is announced
+        assert reply["type"] == "error", (raw[:40], reply)
+        assert (reply["id"], reply["code"]) == (request_id, code), (raw[:40], reply)
+        assert reply["message"] and "\n" not in reply["message"]
+    await socket.send(chat("ok", "Say hi.", max_tokens=4))
+    assert (await socket.reply_to("ok"))["type"] == "done"
+
+
+async def test_one_request_at_a_time_per_conversation(open_chat):
+    socket = await open_chat()
+    await socket.send(chat("first", "Tell me about llamas.", "same", max_tokens=48))
+    await socket.send(chat("second", "And alpacas?", "same"))
+    error = await socket.reply_to("second")
+    assert error["type"] == "error" and error["code"] == "busy" and "first" in error["message"]
+    assert (await socket.reply_to("first"))["type"] == "done"

@@ -1,0 +1,44 @@
+"""Pull jobs over REST: a real download from a loopback server into a private store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.fixtures.file_server import FileServer
+from tests.fixtures.tiny_llama import write_gguf_with_architecture
+
+
+@pytest.fixture
+def llamalab_config(tmp_path, demo_model):
+    return {"store_dir": str(tmp_path / "store"), "n_ctx": 1024}
+
+
+async def test_pull_job_reports_progress_then_registers_the_model(fetch_json, jp_fetch, tmp_path, extension):
+    gguf = write_gguf_with_architecture(tmp_path / "src.gguf", "llama", n_rows=3000).read_bytes()  # ~3 MB
+    with FileServer({"tiny.gguf": gguf}) as files:
+        status, job = await fetch_json("POST", "llamalab/pulls", {"model": f"{files.url}/tiny.gguf"})
+        assert status == 202 and job["type"] == "pull_job" and job["state"] == "running"
+        events = await jp_fetch("llamalab", "pulls", job["id"], "events")  # SSE until the job ends
+    assert events.headers["Content-Type"].startswith("text/event-stream")
+    jobs = [json.loads(line[len("data: "):])["job"] for line in events.body.decode().splitlines()
+            if line.startswith("data: ")]
+    assert jobs[-1]["state"] == "done" and jobs[-1]["stored_name"] == "tiny" and jobs[-1]["fraction"] == 1.0
+    assert all(j["id"] == job["id"] for j in jobs)
+    status, final = await fetch_json("GET", f"llamalab/pulls/{job['id']}")
+    assert final["state"] == "done"
+    _, listed = await fetch_json("GET", "llamalab/pulls")
+    assert [j["id"] for j in listed["jobs"]] == [job["id"]]
+    _, models = await fetch_json("GET", "llamalab/models")
+    assert [m["name"] for m in models["stored"]] == ["tiny"]
+    assert extension.manager.store.find("tiny").size_bytes == len(gguf)
+
+
+async def test_failed_pull_is_a_failed_job_with_a_one_line_error(fetch_json, jp_fetch):
+    with FileServer({}) as files:
+        _, job = await fetch_json("POST", "llamalab/pulls", {"model": f"{files.url}/missing.gguf"})
+        await jp_fetch("llamalab", "pulls", job["id"], "events")
+    _, final = await fetch_json("GET", f"llamalab/pulls/{job['id']}")
+    assert final["state"] == "failed" and final["error"]["code"] == "engine_error"
+    assert "404" in final["error"]["message"]
