@@ -16,11 +16,12 @@ from .doctor import DoctorReport, build_report, format_report
 from .engine import (AsyncEngine, AsyncTokenStream, Engine, GenerationParams, GenerationResult,
                      LocalEngine, ModelDescription, RemoteEngine, TokenStream)
 from .errors import (ChatTemplateError, CheckpointError, ChecksumMismatchError, ConfigError,
-                     ContextOverflowError, ConversionError, EngineError, InsufficientDiskSpaceError,
-                     InvalidModelFileError, LicenseNotAcceptedError, LlamalabError, ModelError,
-                     ModelLoadError, ModelNotFoundError, PullError, QuantizeError, RemoteEngineError,
-                     ServerResponseError, ServerUnreachableError, SignedUrlExpiredError,
-                     SourceUnreachableError, UnsafeCheckpointError, UnsupportedModelError)
+                     ContextOverflowError, ConversionError, EngineBusyError, EngineError,
+                     InsufficientDiskSpaceError, InvalidModelFileError, LicenseNotAcceptedError,
+                     LlamalabError, ModelError, ModelLoadError, ModelNotFoundError, PullError,
+                     QuantizeError, RemoteEngineError, ServerResponseError, ServerUnreachableError,
+                     SignedUrlExpiredError, SourceUnreachableError, UnsafeCheckpointError,
+                     UnsupportedModelError)
 from .gguf_info import GGUFInfo, read_gguf_info
 from .progress import Progress, ProgressCallback
 from .pulls import default_model_name, locate, pull
@@ -67,6 +68,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DoctorReport",
     "Engine",
+    "EngineBusyError",
     "EngineError",
     "GGUFInfo",
     "GenerationParams",

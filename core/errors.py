@@ -23,6 +23,7 @@ translated into these at the boundary where they happen.
      ├── QuantizeError                  llama.cpp's quantizer failed or the type is unknown
      ├── EngineError
      │    ├── ContextOverflowError      the prompt does not fit the context window
+     │    ├── EngineBusyError           too many requests already queued on one model
      │    ├── ChatTemplateError         no usable chat template / bad message list
      │    └── RemoteEngineError
      │         ├── ServerUnreachableError
@@ -51,6 +52,7 @@ __all__ = [
     "QuantizeError",
     "EngineError",
     "ContextOverflowError",
+    "EngineBusyError",
     "ChatTemplateError",
     "RemoteEngineError",
     "ServerUnreachableError",
@@ -128,6 +130,10 @@ class EngineError(LlamalabError):
 
 
 class ContextOverflowError(EngineError):
+    pass
+
+
+class EngineBusyError(EngineError):
     pass
 
 

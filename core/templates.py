@@ -196,23 +196,31 @@ class FittedPrompt:
 
 def fit_messages(fmt: ChatFormat, messages: Sequence[Message | dict], budget: int) -> FittedPrompt:
     """Format ``messages``, dropping the oldest turns (never the system prompt or the last
-    message) until the tokens fit ``budget``; raise ``ContextOverflowError`` if they never do."""
+    message) until the tokens fit ``budget``; raise ``ContextOverflowError`` if they never do.
+
+    The kept turns always start with a user message. The cut point is found by binary search
+    (fewer turns never need more tokens), so a long chat is formatted O(log n) times."""
     dialog = _coerce(messages)
     system = [dialog[0]] if dialog[0].role == "system" else []
     turns = dialog[len(system):]
-    dropped = 0
-    while True:
-        tokens = fmt.format(system + turns)
-        if len(tokens) <= budget:
-            return FittedPrompt(tokens=tokens, dropped_messages=dropped)
-        if len(turns) <= 1:
-            raise ContextOverflowError(
-                f"the last message alone needs {len(tokens)} tokens but only {budget} fit the context "
-                "window; shorten it, lower max_tokens or load the model with a larger n_ctx."
-            )
-        # Drop the oldest turn, and an assistant turn left at the front, so the chat still opens with the user.
-        turns = turns[1:]
-        dropped += 1
-        while len(turns) > 1 and turns[0].role == "assistant":
-            turns = turns[1:]
-            dropped += 1
+    tokens = fmt.format(system + turns)
+    if len(tokens) <= budget:
+        return FittedPrompt(tokens=tokens, dropped_messages=0)
+    starts = [i for i in range(1, len(turns)) if turns[i].role == "user"] or [len(turns) - 1]
+    if starts[-1] != len(turns) - 1 and turns[-1].role != "user":
+        starts.append(len(turns) - 1)
+    low, high, best = 0, len(starts) - 1, None
+    while low <= high:
+        middle = (low + high) // 2
+        candidate = fmt.format(system + turns[starts[middle]:])
+        if len(candidate) <= budget:
+            best, high = (starts[middle], candidate), middle - 1
+        else:
+            low = middle + 1
+    if best is None:
+        alone = len(fmt.format(system + turns[starts[-1]:]))
+        raise ContextOverflowError(
+            f"the last message alone needs {alone} tokens but only {budget} fit the context "
+            "window; shorten it, lower max_tokens or load the model with a larger n_ctx."
+        )
+    return FittedPrompt(tokens=best[1], dropped_messages=best[0])

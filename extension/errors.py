@@ -16,8 +16,8 @@ from typing import Optional
 
 from pydantic import ValidationError
 
-from llamalab import (ConfigError, ContextOverflowError, EngineError, LicenseNotAcceptedError, LlamalabError,
-                      ModelError, ModelNotFoundError, PullError)
+from llamalab import (ConfigError, ContextOverflowError, EngineBusyError, EngineError, LicenseNotAcceptedError,
+                      LlamalabError, ModelError, ModelNotFoundError, PullError)
 
 from .messages import ErrorCode, ErrorMessage
 
@@ -40,6 +40,7 @@ class PromptTooLongError(LlamalabError):
 _CODES: tuple[tuple[type[BaseException], ErrorCode], ...] = (
     (ModelNotAllowedError, "model_not_allowed"),
     (BusyError, "busy"),
+    (EngineBusyError, "busy"),
     (PromptTooLongError, "prompt_too_long"),
     (ContextOverflowError, "prompt_too_long"),
     (ModelNotFoundError, "model_not_found"),

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generator, Optional, Sequence, Union
 
-from ..errors import ContextOverflowError, EngineError, ModelLoadError
+from ..errors import ContextOverflowError, EngineBusyError, EngineError, ModelLoadError
 from ..gguf_info import GGUFInfo, read_gguf_info
 from ..templates import ChatFormat, Message, choose_chat_format, fit_messages
 from .base import Engine, GenerationParams, GenerationResult, ModelDescription, TokenStream
@@ -198,8 +198,8 @@ class LocalEngine(Engine):
         self._check_open()
         with self._active_lock:
             if len(self._active) >= self._max_queued:
-                raise EngineError(f"{len(self._active)} requests are already queued on this model; "
-                                  "wait for some to finish or cancel them.")
+                raise EngineBusyError(f"{len(self._active)} requests are already queued on this model; "
+                                      "wait for some to finish or cancel them.")
             self._active.add(job)
         self._jobs.put(job)
         return TokenStream(self._pieces(job), job.cancelled.set)
@@ -298,7 +298,13 @@ class LocalEngine(Engine):
         self._closed = True
         self.cancel()
         self._jobs.put(None)
-        self._worker.join(timeout=30)
+        # Cancellation is checked between tokens; a long prompt evaluation cannot be cut short,
+        # so wait for the worker. Freeing the model under a running worker would crash the process:
+        # if it is still busy after the wait, leave the model to the worker (it exits after the job).
+        self._worker.join(timeout=120)
+        if self._worker.is_alive():
+            log.warning("the engine's worker is still busy; the model will be freed when the process exits")
+            return
         self._llama.close()
 
     @property

@@ -255,3 +255,21 @@ def test_base_model_without_template_cannot_chat(spm_model, tmp_path):
         with pytest.raises(EngineError, match="no chat template"):
             base.chat([{"role": "user", "content": "hi"}])
         assert base.complete("the llama", GenerationParams(max_tokens=3, temperature=0)).collect().text
+
+
+def test_fit_messages_formats_a_long_chat_only_log_n_times(spm_model):
+    sp, _ = spm_model
+    inner = Llama2ChatFormat(SentencePieceTokenizer(sp))
+    calls = []
+
+    class Counting:
+        name = "counting"
+
+        def format(self, messages):
+            calls.append(len(messages))
+            return inner.format(messages)
+
+    dialog = _long_history(200)
+    fitted = fit_messages(Counting(), dialog, budget=len(inner.format(dialog)) // 10)
+    assert fitted.dropped_messages > 0 and len(calls) <= 12
+    assert fitted.tokens == inner.format([dialog[0]] + dialog[1 + fitted.dropped_messages:])
