@@ -13,7 +13,7 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from ..progress import ProgressCallback
 
@@ -46,21 +46,31 @@ def _finish(store: Any, name: str, out: Path, source: str, created_dir: Optional
     """Smoke-test ``out`` and register it; on failure delete it (and a folder made for it)."""
     from ..quantize import smoke_test
 
-    try:
-        smoke_test(out)
-        return store.register(name, out, source=source, owned=_owned(store, out))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            out.unlink()
-        if created_dir is not None:
+    with _removed_on_failure(created_dir):
+        try:
+            smoke_test(out)
+            return store.register(name, out, source=source, owned=_owned(store, out))
+        except BaseException:
             with contextlib.suppress(OSError):
-                created_dir.rmdir()
-        raise
+                out.unlink()  # first the file, then (on the way out) the folder made for it
+            raise
 
 
 def _new_dir(folder: Path) -> Optional[Path]:
     """The folder if it does not exist yet (so a failure can remove it again)."""
     return None if folder.exists() else folder
+
+
+@contextlib.contextmanager
+def _removed_on_failure(created_dir: Optional[Path]) -> Iterator[None]:
+    """Remove ``created_dir`` (if this run made it and it is empty) when the block fails."""
+    try:
+        yield
+    except BaseException:
+        if created_dir is not None:
+            with contextlib.suppress(OSError):
+                created_dir.rmdir()
+        raise
 
 
 def convert_and_register(src_dir: os.PathLike[str] | str, *, outtype: str = "f16", quant: Optional[str] = None,
@@ -83,7 +93,7 @@ def convert_and_register(src_dir: os.PathLike[str] | str, *, outtype: str = "f16
     name = store.validate_name(name or default_name(src.name, label))
     target = Path(out).expanduser().absolute() if out else store.model_dir(name) / f"{src.name}.{label}.gguf"
     created = _new_dir(target.parent)
-    try:
+    with _removed_on_failure(created):
         if qtype is None:
             convert_checkpoint(src, target, out_type, progress, accept_license, store=store)
         else:
@@ -95,11 +105,6 @@ def convert_and_register(src_dir: os.PathLike[str] | str, *, outtype: str = "f16
                 for leftover in (temporary, part_path(temporary)):
                     with contextlib.suppress(OSError):
                         leftover.unlink()
-    except BaseException:
-        if created is not None:
-            with contextlib.suppress(OSError):
-                created.rmdir()
-        raise
     return _finish(store, name, target, f"convert:{src.resolve()}", created)
 
 
@@ -118,11 +123,6 @@ def quantize_and_register(src: os.PathLike[str] | str, qtype: str, *, out: Optio
     name = store.validate_name(name or default_name(base, key))
     target = Path(out).expanduser().absolute() if out else store.model_dir(name) / f"{base}.{key}.gguf"
     created = _new_dir(target.parent)
-    try:
+    with _removed_on_failure(created):
         quantize_gguf(path, target, key, progress=progress)
-    except BaseException:
-        if created is not None:
-            with contextlib.suppress(OSError):
-                created.rmdir()
-        raise
     return _finish(store, name, target, f"quantize:{path.resolve()}", created)
