@@ -22,6 +22,7 @@ from .errors import (ChatTemplateError, CheckpointError, ChecksumMismatchError, 
                      QuantizeError, RemoteEngineError, ServerResponseError, ServerUnreachableError,
                      SignedUrlExpiredError, SourceUnreachableError, UnsafeCheckpointError,
                      UnsupportedModelError)
+from .fim import FimPrompt, FimTokens, build_fim_prompt
 from .gguf_info import GGUFInfo, read_gguf_info
 from .progress import Progress, ProgressCallback
 from .pulls import default_model_name, locate, pull
@@ -70,6 +71,8 @@ __all__ = [
     "Engine",
     "EngineBusyError",
     "EngineError",
+    "FimPrompt",
+    "FimTokens",
     "GGUFInfo",
     "GenerationParams",
     "GenerationResult",
@@ -95,6 +98,7 @@ __all__ = [
     "TokenStream",
     "UnsupportedModelError",
     "__version__",
+    "build_fim_prompt",
     "build_report",
     "chat",
     "default_model_name",

@@ -57,6 +57,11 @@ class GGUFInfo:
     add_bos_token: Optional[bool]
     tokenizer_model: Optional[str]
     license: Optional[str]
+    # Fill-in-the-middle token ids (Code Llama's ``▁<PRE> ▁<SUF> ▁<MID> ▁<EOT>``); None when absent.
+    fim_pre_id: Optional[int] = None
+    fim_suf_id: Optional[int] = None
+    fim_mid_id: Optional[int] = None
+    eot_id: Optional[int] = None
     tensors: tuple[TensorInfo, ...] = field(repr=False, default=())
 
     @property
@@ -257,5 +262,9 @@ def read_gguf_info(path: os.PathLike[str] | str) -> GGUFInfo:
         add_bos_token=fields.get(keys.Tokenizer.ADD_BOS),
         tokenizer_model=fields.get(keys.Tokenizer.MODEL),
         license=fields.get(keys.General.LICENSE),
+        fim_pre_id=fields.get(keys.Tokenizer.FIM_PRE_ID),
+        fim_suf_id=fields.get(keys.Tokenizer.FIM_SUF_ID),
+        fim_mid_id=fields.get(keys.Tokenizer.FIM_MID_ID),
+        eot_id=fields.get(keys.Tokenizer.EOT_ID),
         tensors=tensors,
     )

@@ -294,8 +294,10 @@ def doctor(n_ctx: int, as_json: bool) -> None:
 def _register_commands() -> None:
     from .convert_cmd import convert, quantize
     from .download_cmd import download
+    from .lsp_cmd import lsp
 
     cli.add_command(download)
+    cli.add_command(lsp)
     cli.add_command(convert)
     cli.add_command(quantize)
 

@@ -220,22 +220,39 @@ class LocalEngine(Engine):
         finally:
             job.cancelled.set()  # a stream dropped half-way frees the model for the next request
 
+    def _fit_prompt(self, tokens: list[int], params: GenerationParams, keep_head: int) -> tuple[list[int], int]:
+        """Trim the oldest tokens after the first ``keep_head`` so the prompt fits, or refuse,
+        as ``params.overflow`` says; return the tokens and how many were dropped."""
+        budget = self._reserve(params)
+        if len(tokens) <= budget:
+            return tokens, 0
+        if params.overflow == "error":
+            raise ContextOverflowError(
+                f"the prompt is {len(tokens)} tokens but only {budget} fit the context window "
+                f"({self.n_ctx} less room for {params.max_tokens} new tokens); shorten it, lower "
+                "max_tokens or load the model with a larger n_ctx."
+            )
+        dropped = len(tokens) - budget
+        return tokens[:keep_head] + tokens[keep_head + dropped:], dropped
+
     def complete(self, prompt: str, params: Optional[GenerationParams] = None) -> TokenStream:
         params = params or GenerationParams()
         tokens = self.tokenize(prompt, add_bos=bool(self.info.add_bos_token), special=True)
-        budget = self._reserve(params)
-        dropped = 0
-        if len(tokens) > budget:
-            if params.overflow == "error":
-                raise ContextOverflowError(
-                    f"the prompt is {len(tokens)} tokens but only {budget} fit the context window "
-                    f"({self.n_ctx} less room for {params.max_tokens} new tokens); shorten it, lower "
-                    "max_tokens or load the model with a larger n_ctx."
-                )
-            head = tokens[:1] if self.info.add_bos_token and tokens[:1] == [self.tokenizer.bos_id] else []
-            dropped = len(tokens) - budget
-            tokens = head + tokens[len(head) + dropped:]
+        starts_with_bos = bool(self.info.add_bos_token) and tokens[:1] == [self.tokenizer.bos_id]
+        tokens, dropped = self._fit_prompt(tokens, params, keep_head=1 if starts_with_bos else 0)
         return self._submit(_Job(prompt=tokens, params=params, dropped_tokens=dropped))
+
+    def complete_tokens(self, tokens: Sequence[int], params: Optional[GenerationParams] = None) -> TokenStream:
+        """Continue a prompt given as token ids (a fill-in-the-middle prompt, say), sent as is:
+        no beginning-of-sequence token is added. Too long a prompt loses its oldest tokens after
+        the first one, or raises, as ``params.overflow`` says."""
+        params = params or GenerationParams()
+        self._check_open()
+        ids = [int(t) for t in tokens]
+        if not ids:
+            raise EngineError("the prompt has no tokens.")
+        ids, dropped = self._fit_prompt(ids, params, keep_head=1)
+        return self._submit(_Job(prompt=ids, params=params, dropped_tokens=dropped))
 
     def chat(self, messages: Sequence[Message | dict], params: Optional[GenerationParams] = None) -> TokenStream:
         params = params or GenerationParams()

@@ -29,7 +29,7 @@ def assert_one_line_error(result, fragment):
 
 @pytest.mark.parametrize("args", [[], ["models"], ["models", "pull"], ["models", "list"], ["models", "add"],
                                   ["models", "rm"], ["models", "info"], ["models", "catalog"], ["generate"],
-                                  ["chat"], ["doctor"], ["convert"], ["quantize"], ["download"]])
+                                  ["chat"], ["doctor"], ["convert"], ["quantize"], ["download"], ["lsp"]])
 def test_help_everywhere(cli_env, args):
     result = run(args + ["--help"], cli_env)
     assert result.returncode == 0 and result.stdout.startswith("Usage: llamalab")
