@@ -22,6 +22,9 @@ from .errors import (ChatTemplateError, CheckpointError, ChecksumMismatchError, 
                      QuantizeError, RemoteEngineError, ServerResponseError, ServerUnreachableError,
                      SignedUrlExpiredError, SourceUnreachableError, UnsafeCheckpointError,
                      UnsupportedModelError)
+from .completion_rules import CursorContext
+from .completion_rules import postprocess as postprocess_completion
+from .completion_rules import should_stop as should_stop_completion
 from .fim import FimPrompt, FimTokens, build_fim_prompt
 from .gguf_info import GGUFInfo, read_gguf_info
 from .progress import Progress, ProgressCallback
@@ -71,7 +74,10 @@ __all__ = [
     "Engine",
     "EngineBusyError",
     "EngineError",
+    "CursorContext",
     "FimPrompt",
+    "postprocess_completion",
+    "should_stop_completion",
     "FimTokens",
     "GGUFInfo",
     "GenerationParams",

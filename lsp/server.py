@@ -9,7 +9,7 @@ the older one's generation is cancelled (``TokenStream.cancel`` takes effect wit
 token) and it answers with an empty result. Prompts are fill-in-the-middle ones built from
 token ids when the model has FIM tokens, prefix-only otherwise; generation streams on a
 helper thread (``AsyncTokenStream``) so the event loop never blocks, and ends as soon as
-the stop rules in ``completion_rules`` say the suggestion is complete.
+the stop rules in ``llamalab.completion_rules`` say the suggestion is complete.
 
 ``initializationOptions`` (all optional)::
 
@@ -30,10 +30,10 @@ from typing import Any, Optional
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
-from llamalab import (AsyncTokenStream, Engine, FimTokens, GenerationParams, LocalEngine, RemoteEngine,
-                      __version__, build_fim_prompt, locate)
+from llamalab import (AsyncTokenStream, CursorContext, Engine, FimTokens, GenerationParams, LocalEngine, RemoteEngine,
+                      __version__, build_fim_prompt, locate, postprocess_completion,
+                      should_stop_completion)
 
-from .completion_rules import CursorContext, postprocess, should_stop
 
 __all__ = ["Settings", "LlamalabLanguageServer", "create_server", "main"]
 
@@ -133,7 +133,7 @@ class LlamalabLanguageServer(LanguageServer):
         try:
             async for piece in stream:
                 generated += piece
-                if should_stop(generated, ctx):
+                if should_stop_completion(generated, ctx):
                     stream.cancel()
                     break
         finally:
@@ -144,7 +144,7 @@ class LlamalabLanguageServer(LanguageServer):
         if stream.result is not None:
             log.info("completion: %d prompt tokens, %d generated, %s, %.3f s", stream.result.prompt_tokens,
                      stream.result.completion_tokens, stream.result.finish_reason, stream.result.duration_s)
-        return postprocess(generated, ctx) or None
+        return postprocess_completion(generated, ctx) or None
 
 
 def create_server() -> LlamalabLanguageServer:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llamalab.lsp.completion_rules import (CursorContext, balance_closers, choose_mode, cut_at_suffix_repeat,
+from llamalab.completion_rules import (CursorContext, balance_closers, choose_mode, cut_at_suffix_repeat,
                                            cut_to_block, only_repeats_suffix, postprocess, should_stop,
                                            trim_trailing_whitespace)
 

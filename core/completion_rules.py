@@ -1,4 +1,5 @@
-"""Where a code completion stops and how it is cleaned up: pure functions on text.
+"""Where a code completion stops and how it is cleaned up: pure functions on text, shared by
+the language server and the JupyterLab inline completer.
 
 ``CursorContext.at(text, offset)`` describes the cursor; ``mode`` picks a single-line
 completion when there is code after the cursor on its line or before it (mid-line), and a
