@@ -61,10 +61,20 @@ class GenerationResult:
     dropped_tokens: int = 0  # prompt tokens cut from the front of a completion prompt
     time_to_first_token_s: Optional[float] = None
     duration_s: float = 0.0
+    # Prompt tokens whose keys and values were already in the KV cache (the longest common prefix
+    # with what the model last saw), so were not evaluated again; None when the backend does not say.
+    reused_prompt_tokens: Optional[int] = None
 
     @property
     def trimmed(self) -> bool:
         return bool(self.dropped_messages or self.dropped_tokens)
+
+    @property
+    def evaluated_prompt_tokens(self) -> Optional[int]:
+        """Prompt tokens the model actually evaluated for this generation (None if unknown)."""
+        if self.reused_prompt_tokens is None:
+            return None
+        return max(0, self.prompt_tokens - self.reused_prompt_tokens)
 
 
 @dataclass(frozen=True)

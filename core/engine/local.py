@@ -6,7 +6,9 @@ fed through a per-request queue. Cancelling (``stream.cancel()``, abandoning the
 or ``engine.cancel()``) is checked after every sampled token through llama-cpp-python's
 stopping-criteria hook, so it takes effect within one token and leaves the model ready
 for the next request. llama-cpp-python keeps the longest common prompt prefix in the KV
-cache, so a chat's next turn only evaluates its new tokens.
+cache, so a chat's next turn only evaluates its new tokens; each ``GenerationResult`` says
+how many prompt tokens were reused that way (``reused_prompt_tokens``), counted at
+``Llama.eval`` itself (``_PromptCounter``) rather than guessed from the token lists.
 
 Prompts that do not fit the context window are trimmed (chat: oldest turns, keeping the
 system prompt; completion: oldest tokens) or refused, as ``GenerationParams.overflow``
@@ -65,6 +67,26 @@ class _LlamaTokenizer:
         return self._llama._model.token_get_text(token_id)
 
 
+class _PromptCounter:
+    """Wraps a ``Llama``'s ``eval`` to record, per generation, where its first call started:
+    ``Llama.generate`` first truncates the KV cache to the prefix it shares with the new prompt
+    (``n_tokens``) and then evaluates the rest of the prompt in that first call."""
+
+    def __init__(self, llama: Any) -> None:
+        self._llama = llama
+        self._eval = llama.eval
+        self.reused: Optional[int] = None
+        llama.eval = self  # an instance attribute: ``generate``'s ``self.eval(...)`` finds it first
+
+    def start(self) -> None:
+        self.reused = None
+
+    def __call__(self, tokens: Sequence[int]) -> None:
+        if self.reused is None:
+            self.reused = int(self._llama.n_tokens)
+        self._eval(tokens)
+
+
 def _cpu_count() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -103,6 +125,7 @@ class LocalEngine(Engine):
         decode_threads, prompt_threads = default_threads()
         self._llama = self._load(n_threads or decode_threads, n_threads_batch or prompt_threads, n_batch, seed)
         self.tokenizer = _LlamaTokenizer(self._llama)
+        self._prompt_counter = _PromptCounter(self._llama)
         self.chat_format: Optional[ChatFormat] = choose_chat_format(
             chat_format, model_name=self.name, chat_template=self.info.chat_template,
             tokenizer=self.tokenizer, add_bos=bool(self.info.add_bos_token))
@@ -148,6 +171,7 @@ class LocalEngine(Engine):
         parts: list[str] = []
         sampled = 0
         finish = "stop"
+        reused: Optional[int] = None
 
         def stop_when_cancelled(_ids: Any, _logits: Any) -> bool:
             return job.cancelled.is_set()  # checked after every sampled token
@@ -156,6 +180,7 @@ class LocalEngine(Engine):
             import llama_cpp
 
             p = job.params
+            self._prompt_counter.start()
             chunks = self._llama.create_completion(
                 job.prompt, max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p,
                 top_k=p.top_k, min_p=p.min_p, repeat_penalty=p.repeat_penalty,
@@ -178,6 +203,8 @@ class LocalEngine(Engine):
             # Every sampled token is evaluated before the next is sampled, except the last one
             # (a length stop keeps it; an end-of-generation token is not part of the answer).
             sampled = max(0, self._llama.n_tokens - len(job.prompt)) + (finish == "length")
+            if self._prompt_counter.reused is not None:
+                reused = min(self._prompt_counter.reused, len(job.prompt))
         if job.cancelled.is_set():
             finish = "cancelled"
         return GenerationResult(
@@ -185,6 +212,7 @@ class LocalEngine(Engine):
             prompt_tokens=len(job.prompt), completion_tokens=sampled,
             dropped_messages=job.dropped_messages, dropped_tokens=job.dropped_tokens,
             time_to_first_token_s=first, duration_s=time.perf_counter() - start,
+            reused_prompt_tokens=reused,
         )
 
     # -- submitting -------------------------------------------------------------------

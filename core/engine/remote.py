@@ -240,11 +240,14 @@ class RemoteEngine(Engine):
         else:
             finish = progress.finish if progress.finish in ("stop", "length") else "stop"
         usage = progress.usage
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None  # OpenAI's KV-cache hits
         return GenerationResult(
             text="".join(progress.parts), finish_reason=finish,  # type: ignore[arg-type]
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or len(progress.parts)),
             time_to_first_token_s=progress.first, duration_s=time.perf_counter() - start,
+            reused_prompt_tokens=int(cached) if isinstance(cached, int) else None,
         )
 
     def complete(self, prompt: str, params: Optional[GenerationParams] = None) -> TokenStream:
