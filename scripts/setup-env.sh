@@ -33,10 +33,16 @@ if [ -x "$venv/bin/jupyter" ]; then
   mkdir -p "$venv/etc/jupyter/jupyter_server_config.d"
   cp "$root/extension/jupyter-config/jupyter_server_config.d/llamalab.json" \
      "$venv/etc/jupyter/jupyter_server_config.d/llamalab.json"
+  bash "$root/scripts/build-labextension.sh" "$venv"
   listing="$("$venv/bin/jupyter" server extension list 2>&1 || true)"
   if ! grep -q "llamalab.extension.*OK" <<<"$listing"; then
     echo "error: the llamalab Jupyter server extension does not load; run" \
          "'$venv/bin/jupyter server extension list' to see why" >&2
+    exit 1
+  fi
+  if ! "$venv/bin/jupyter" labextension list 2>&1 | grep -q "@llamalab/labextension.*enabled.*OK"; then
+    echo "error: JupyterLab does not find llamalab's front end; run" \
+         "'$venv/bin/jupyter labextension list' to see why" >&2
     exit 1
   fi
 fi
