@@ -8,7 +8,10 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
+import { parseEventStream } from './sse';
 import type { ErrorMessage } from './wire';
+
+export { parseEventStream };
 
 /** An error answered by the server (or the network), ready to show in one line. */
 export class LlamalabApiError extends Error {
@@ -103,35 +106,4 @@ export async function* readEvents<T>(
     throw await LlamalabApiError.fromResponse(response);
   }
   yield* parseEventStream<T>(response.body);
-}
-
-/** Parses server-sent events from a byte stream (exported for the unit tests). */
-export async function* parseEventStream<T>(body: ReadableStream<Uint8Array>): AsyncGenerator<T> {
-  const reader = body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = '';
-  try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) {
-        break;
-      }
-      buffer += decoder.decode(value, { stream: true });
-      let end: number;
-      while ((end = buffer.search(/\r?\n\r?\n/)) >= 0) {
-        const block = buffer.slice(0, end);
-        buffer = buffer.slice(buffer.slice(end).match(/^\r?\n\r?\n/)![0].length + end);
-        const data = block
-          .split(/\r?\n/)
-          .filter(line => line.startsWith('data:'))
-          .map(line => line.slice(5).replace(/^ /, ''))
-          .join('\n');
-        if (data) {
-          yield JSON.parse(data) as T;
-        }
-      }
-    }
-  } finally {
-    reader.releaseLock();
-  }
 }
