@@ -4,6 +4,21 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# The browser tests (tests/ui) drive Debian's Chromium; install it when it is missing.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing Chromium for the browser tests (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+  else
+    echo "error: the browser tests need Chromium: run 'sudo apt-get install chromium'" >&2
+    exit 1
+  fi
+fi
+if ! command -v npm >/dev/null 2>&1; then
+  echo "error: building the JupyterLab front end needs Node.js 18+ and npm: install them first" >&2
+  exit 1
+fi
 bash scripts/setup-env.sh test
 venv="${LLAMALAB_VENV:-$root/.venv}"
 status=0
