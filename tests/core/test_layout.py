@@ -92,8 +92,15 @@ def test_wheel_builds_and_imports_in_a_fresh_virtualenv(tmp_path):
     # Every source file of the three folders ships, so no subpackage is forgotten in pyproject.
     for folder, package in (("core", "llamalab"), ("extension", "llamalab/extension"), ("lsp", "llamalab/lsp")):
         for source in (REPO / folder).rglob("*.py"):
+            if "node_modules" in source.parts:
+                continue
             assert f"{package}/{source.relative_to(REPO / folder).as_posix()}" in names, source
     assert not any(n.startswith(("core/", "extension/", "lsp/", "tests/")) for n in names)
+    # The JupyterLab front end ships prebuilt, where JupyterLab looks for it: users need no Node.
+    labext = "llamalab-0.1.0.data/data/share/jupyter/labextensions/@llamalab/labextension/"
+    assert labext + "package.json" in names
+    assert any(n.startswith(labext + "static/remoteEntry.") for n in names)
+    assert not any("node_modules" in n for n in names)
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
