@@ -6,7 +6,7 @@ request's ``id``; conversations are independent, so several can stream at once (
 FIFO on the one model), while a conversation answers one request at a time. ``cancel``
 and ``reset`` are acknowledged at once and the cancelled generation still ends with its
 ``done`` (``finish_reason == "cancelled"``). Anything malformed gets an ``error`` reply and
-the connection stays open. ``model_changed`` and ``pull_progress`` events are pushed to
+the connection stays open. ``model_changed`` and ``job_progress`` events are pushed to
 every connection.
 
 Authentication is Jupyter's (token or login cookie); the origin is checked as for

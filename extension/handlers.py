@@ -8,10 +8,10 @@ is not JSON or does not validate gets a 400 ``ErrorMessage`` naming the field.
     GET   /llamalab/models                  ModelsReply (store, catalog, the loaded model)
     POST  /llamalab/models/load             LoadRequest -> LoadedModel
     POST  /llamalab/models/unload           -> UnloadReply
-    GET   /llamalab/pulls                   PullJobList
+    GET   /llamalab/pulls                   JobList
     POST  /llamalab/pulls                   PullRequest -> PullJob (202)
     GET   /llamalab/pulls/{id}              PullJob
-    GET   /llamalab/pulls/{id}/events       server-sent PullProgressMessage events until it ends
+    GET   /llamalab/pulls/{id}/events       server-sent JobProgressMessage events until it ends
     GET   /llamalab/hardware                HardwareReply (the doctor report)
     GET   /llamalab/settings                SettingsReply
     PATCH /llamalab/settings                SettingsUpdate -> SettingsReply
@@ -38,8 +38,8 @@ from llamalab import CATALOG, LlamalabError, build_report, format_report
 from .errors import error_message, http_status, validation_message
 from .jobs import PullJobs
 from .manager import EngineManager
-from .messages import (CatalogModelInfo, ErrorMessage, HardwareReply, LoadRequest, ModelsReply, PullJobList,
-                       PullProgressMessage, PullRequest, SettingsReply, SettingsUpdate, StoredModelInfo, UnloadReply)
+from .messages import (CatalogModelInfo, ErrorMessage, HardwareReply, LoadRequest, ModelsReply, JobList,
+                       JobProgressMessage, PullRequest, SettingsReply, SettingsUpdate, StoredModelInfo, UnloadReply)
 
 __all__ = ["AUTH_RESOURCE", "BadRequest", "LlamalabHandler", "handlers"]
 
@@ -162,7 +162,7 @@ class PullsHandler(LlamalabHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.reply(PullJobList(jobs=self.jobs.list()))
+        self.reply(JobList(jobs=self.jobs.list()))
 
     @web.authenticated
     @authorized
@@ -192,12 +192,12 @@ class PullEventsHandler(PullJobHandler):
     @authorized
     async def get(self, job_id: str) -> None:
         job = self._job(job_id)
-        queue: asyncio.Queue[PullProgressMessage] = asyncio.Queue()
+        queue: asyncio.Queue[JobProgressMessage] = asyncio.Queue()
         remove = self.jobs.add_listener(lambda m: queue.put_nowait(m) if m.job.id == job_id else None)
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         try:
-            message: Optional[PullProgressMessage] = PullProgressMessage(job=job)
+            message: Optional[JobProgressMessage] = JobProgressMessage(job=job)
             while message is not None:
                 self.write(f"data: {message.model_dump_json()}\n\n")
                 await self.flush()

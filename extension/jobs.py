@@ -1,9 +1,9 @@
 """Pull jobs: ``llamalab.pull`` run on a thread, its progress turned into wire events.
 
-``PullJobs.start`` returns at once with a ``PullJob`` whose state is ``running``; the
+``PullJobs.start`` returns at once with a ``Job`` whose state is ``running``; the
 core pull reports ``Progress`` from its thread, the job's fields follow, and listeners
 (every chat WebSocket, and SSE streams on ``/llamalab/pulls/{id}/events``) get a
-``PullProgressMessage`` on the event loop, at most every ``interval`` seconds and always
+``JobProgressMessage`` on the event loop, at most every ``interval`` seconds and always
 when the stage changes or the job ends. Asking for a model that is already being pulled
 returns the running job instead of starting a second download of the same file.
 """
@@ -19,11 +19,11 @@ from typing import Callable, Optional
 from llamalab import ModelStore, Progress, pull, resolve
 
 from .errors import ModelNotAllowedError, error_message
-from .messages import PullJob, PullProgressMessage, PullRequest
+from .messages import Job, JobProgressMessage, PullRequest
 
 __all__ = ["PullJobs"]
 
-Listener = Callable[[PullProgressMessage], None]
+Listener = Callable[[JobProgressMessage], None]
 
 
 class PullJobs:
@@ -33,7 +33,7 @@ class PullJobs:
         self._allowed = allowed
         self._interval = interval
         self._keep = keep
-        self._jobs: dict[str, PullJob] = {}
+        self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
 
@@ -41,15 +41,15 @@ class PullJobs:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
-    def get(self, job_id: str) -> Optional[PullJob]:
+    def get(self, job_id: str) -> Optional[Job]:
         with self._lock:
             return self._jobs.get(job_id)
 
-    def list(self) -> list[PullJob]:
+    def list(self) -> list[Job]:
         with self._lock:
             return sorted(self._jobs.values(), key=lambda j: j.started_at)
 
-    def start(self, request: PullRequest) -> PullJob:
+    def start(self, request: PullRequest) -> Job:
         """Start pulling (call on the event loop); errors in the reference raise at once."""
         resolved = resolve(request.model)  # ModelNotFoundError: say so now, not in a job
         if not (self._allowed(resolved.store_name) or self._allowed(request.model)):
@@ -59,7 +59,7 @@ class PullJobs:
             for job in self._jobs.values():
                 if job.model == resolved.store_name and job.state == "running":
                     return job
-            job = PullJob(id=uuid.uuid4().hex[:12], model=resolved.store_name, state="running",
+            job = Job(id=uuid.uuid4().hex[:12], kind="pull", model=resolved.store_name, state="running",
                           stage="starting", started_at=time.time())
             self._jobs[job.id] = job
             self._forget_old()
@@ -73,7 +73,7 @@ class PullJobs:
         for job in sorted(finished, key=lambda j: j.started_at)[: max(0, len(self._jobs) - self._keep)]:
             del self._jobs[job.id]
 
-    def _update(self, job_id: str, **fields: object) -> PullJob:
+    def _update(self, job_id: str, **fields: object) -> Job:
         with self._lock:
             job = self._jobs[job_id].model_copy(update=fields)
             self._jobs[job_id] = job
@@ -82,7 +82,7 @@ class PullJobs:
     def _run(self, job_id: str, request: PullRequest, loop: asyncio.AbstractEventLoop) -> None:
         last = [0.0, "starting"]
 
-        def publish(job: PullJob) -> None:
+        def publish(job: Job) -> None:
             try:
                 loop.call_soon_threadsafe(self._publish, job)
             except RuntimeError:  # the server's loop has closed: nobody is listening
@@ -107,8 +107,8 @@ class PullJobs:
                                fraction=1.0, stored_name=stored.name)
         publish(job)
 
-    def _publish(self, job: PullJob) -> None:
-        message = PullProgressMessage(job=job)
+    def _publish(self, job: Job) -> None:
+        message = JobProgressMessage(job=job)
         for listener in list(self._listeners):
             try:
                 listener(message)

@@ -18,7 +18,7 @@ generates its types from that file instead of copying them by hand.
                                                     history        {id, conversation_id, messages}
                                                     error          {id?, code, message, detail?}
                                                     model_changed  {model?}
-                                                    pull_progress  {job}
+                                                    job_progress   {job}  (pull, convert, quantize)
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ ErrorCode = Literal[
     "bad_request",        # not JSON, a missing or wrong field
     "forbidden",          # not logged in, a wrong token, a cross-site request
     "unknown_type",       # a message type the server does not know
-    "not_found",          # no such pull job, conversation or route
+    "not_found",          # no such job, conversation or route
     "model_not_found",    # the model is not in the store or the catalog
     "model_not_allowed",  # the server's allowed_models does not list it
     "prompt_too_long",    # over the server's max_prompt_chars, or the context window
@@ -245,11 +245,22 @@ class PullRequest(_Wire):
     force: bool = False
 
 
-class PullJob(_Wire):
-    type: Literal["pull_job"] = "pull_job"
+JobKind = Literal["pull", "convert", "quantize"]
+JobState = Literal["running", "done", "failed", "cancelled"]
+
+
+class Job(_Wire):
+    """A background job of the model manager: a pull, a conversion or a quantization.
+
+    ``state`` stays ``running`` while it waits its turn (``stage == "queued"``: conversions and
+    quantizations run one at a time) and while it works; then ``done`` (``stored_name`` says what
+    the store now holds), ``failed`` (``error``) or ``cancelled`` (DELETE /llamalab/jobs/{id})."""
+
+    type: Literal["job"] = "job"
     id: str
-    model: str
-    state: Literal["running", "done", "failed"]
+    kind: JobKind
+    model: str = Field(description="what the job is about: the model reference, source folder or stored model")
+    state: JobState
     stage: str = ""
     done: int = 0
     total: Optional[int] = None
@@ -261,16 +272,68 @@ class PullJob(_Wire):
     finished_at: Optional[float] = None
 
 
-class PullJobList(_Wire):
-    type: Literal["pull_jobs"] = "pull_jobs"
-    jobs: list[PullJob]
+class JobList(_Wire):
+    type: Literal["jobs"] = "jobs"
+    jobs: list[Job]
 
 
-class PullProgressMessage(_Wire):
-    """Sent to every chat WebSocket, and on GET /llamalab/pulls/{id}/events as server-sent events."""
+class JobProgressMessage(_Wire):
+    """Sent to every chat WebSocket, and on GET /llamalab/jobs/{id}/events as server-sent events."""
 
-    type: Literal["pull_progress"] = "pull_progress"
-    job: PullJob
+    type: Literal["job_progress"] = "job_progress"
+    job: Job
+
+
+class ConvertRequest(_Wire):
+    """POST /llamalab/convert: convert a checkpoint folder on the server to GGUF (and quantize it)
+    into the store, in the background."""
+
+    source: str = Field(min_length=1, max_length=4096,
+                        description="a folder on the server: a Meta checkpoint (consolidated.*.pth, params.json, "
+                                    "tokenizer.model) or a Hugging Face model folder")
+    quant: Optional[str] = Field(None, min_length=1, max_length=32, description='e.g. "Q4_K_M"; None keeps f16')
+    name: Optional[str] = Field(None, min_length=1, max_length=200, description="the store name; None: derived")
+    accept_license: bool = False
+
+
+class QuantizeRequest(_Wire):
+    """POST /llamalab/quantize: quantize a stored model into a new stored model, in the background."""
+
+    model: str = Field(min_length=1, max_length=1000, description="a stored model's name")
+    quant: str = Field(min_length=1, max_length=32, description='e.g. "Q4_K_M"')
+    name: Optional[str] = Field(None, min_length=1, max_length=200, description="the store name; None: derived")
+
+
+# -- inline completion (POST /llamalab/complete) -------------------------------------------
+class CompletionRequest(_Wire):
+    """Complete the code at a cursor: ``prefix`` is the text before it, ``suffix`` after it.
+    Fill-in-the-middle is used when the model has FIM tokens (Code Llama), else the prefix alone."""
+
+    prefix: str
+    suffix: str = ""
+    language: Optional[str] = Field(None, max_length=64, description='e.g. "python"')
+    path: Optional[str] = Field(None, max_length=4096, description="the document's path, for context")
+    model: Optional[str] = Field(None, description="a model name; omitted: the server's current model")
+    max_tokens: Optional[int] = Field(None, ge=1, description="capped by the server's max_tokens_limit; default 64")
+    mode: Literal["auto", "single", "multi"] = Field(
+        "auto", description="single: one line; multi: a block; auto: single in the middle of a line")
+    stream: bool = Field(False, description="answer server-sent CompletionChunk events, then the CompletionReply")
+
+
+class CompletionChunk(_Wire):
+    """A streamed completion so far: ``text`` is the whole post-processed suggestion, not a delta."""
+
+    type: Literal["completion_chunk"] = "completion_chunk"
+    text: str
+
+
+class CompletionReply(_Wire):
+    type: Literal["completion"] = "completion"
+    text: str = Field(description="the post-processed suggestion to insert at the cursor; may be empty")
+    fim: bool = Field(description="whether fill-in-the-middle was used")
+    model: str
+    finish_reason: Literal["stop", "length", "cancelled"]
+    usage: Usage
 
 
 class GPUInfo(_Wire):
@@ -336,11 +399,13 @@ class SettingsUpdate(_Wire):
 
 ServerMessage = Annotated[
     Union[HelloMessage, TokenMessage, DoneMessage, AckMessage, HistoryMessage, ErrorMessage,
-          ModelChangedMessage, PullProgressMessage],
+          ModelChangedMessage, JobProgressMessage],
     Field(discriminator="type"),
 ]
 
-REST_REQUESTS: tuple[type[BaseModel], ...] = (LoadRequest, PullRequest, SettingsUpdate)
+REST_REQUESTS: tuple[type[BaseModel], ...] = (LoadRequest, PullRequest, ConvertRequest, QuantizeRequest,
+                                               CompletionRequest, SettingsUpdate)
 REST_REPLIES: tuple[type[BaseModel], ...] = (
-    ModelsReply, LoadedModel, UnloadReply, PullJob, PullJobList, HardwareReply, SettingsReply, ErrorMessage,
+    ModelsReply, LoadedModel, UnloadReply, Job, JobList, JobProgressMessage, CompletionChunk, CompletionReply,
+    HardwareReply, SettingsReply, ErrorMessage,
 )

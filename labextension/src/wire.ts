@@ -20,7 +20,7 @@ export type ServerMessage =
   | HistoryMessage
   | ErrorMessage
   | ModelChangedMessage
-  | PullProgressMessage;
+  | JobProgressMessage;
 
 export interface LlamalabWire {
   AckMessage?: AckMessage;
@@ -29,6 +29,10 @@ export interface LlamalabWire {
   ChatRequest?: ChatRequest;
   ChatTurn?: ChatTurn;
   ClientMessage?: ClientMessage;
+  CompletionChunk?: CompletionChunk;
+  CompletionReply?: CompletionReply;
+  CompletionRequest?: CompletionRequest;
+  ConvertRequest?: ConvertRequest;
   DoneMessage?: DoneMessage;
   ErrorMessage?: ErrorMessage;
   GPUInfo?: GPUInfo;
@@ -36,15 +40,16 @@ export interface LlamalabWire {
   HelloMessage?: HelloMessage;
   HistoryMessage?: HistoryMessage;
   HistoryRequest?: HistoryRequest;
+  Job?: Job;
+  JobList?: JobList;
+  JobProgressMessage?: JobProgressMessage;
   LoadRequest?: LoadRequest;
   LoadedModel?: LoadedModel;
   ModelChangedMessage?: ModelChangedMessage;
   ModelFitInfo?: ModelFitInfo;
   ModelsReply?: ModelsReply;
-  PullJob?: PullJob;
-  PullJobList?: PullJobList;
-  PullProgressMessage?: PullProgressMessage;
   PullRequest?: PullRequest;
+  QuantizeRequest?: QuantizeRequest;
   ResetRequest?: ResetRequest;
   SamplingParams?: SamplingParams;
   ServerMessage?: ServerMessage;
@@ -187,6 +192,102 @@ export interface HistoryRequest {
   conversation_id?: string;
 }
 /**
+ * A streamed completion so far: ``text`` is the whole post-processed suggestion, not a delta.
+ *
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "CompletionChunk".
+ */
+export interface CompletionChunk {
+  type: 'completion_chunk';
+  text: string;
+}
+/**
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "CompletionReply".
+ */
+export interface CompletionReply {
+  type: 'completion';
+  /**
+   * the post-processed suggestion to insert at the cursor; may be empty
+   */
+  text: string;
+  /**
+   * whether fill-in-the-middle was used
+   */
+  fim: boolean;
+  model: string;
+  finish_reason: 'stop' | 'length' | 'cancelled';
+  usage: Usage;
+}
+/**
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "Usage".
+ */
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  dropped_messages: number;
+  time_to_first_token_s: number | null;
+  duration_s: number;
+}
+/**
+ * Complete the code at a cursor: ``prefix`` is the text before it, ``suffix`` after it.
+ * Fill-in-the-middle is used when the model has FIM tokens (Code Llama), else the prefix alone.
+ *
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "CompletionRequest".
+ */
+export interface CompletionRequest {
+  prefix: string;
+  suffix?: string;
+  /**
+   * e.g. "python"
+   */
+  language?: string | null;
+  /**
+   * the document's path, for context
+   */
+  path?: string | null;
+  /**
+   * a model name; omitted: the server's current model
+   */
+  model?: string | null;
+  /**
+   * capped by the server's max_tokens_limit; default 64
+   */
+  max_tokens?: number | null;
+  /**
+   * single: one line; multi: a block; auto: single in the middle of a line
+   */
+  mode?: 'auto' | 'single' | 'multi';
+  /**
+   * answer server-sent CompletionChunk events, then the CompletionReply
+   */
+  stream?: boolean;
+}
+/**
+ * POST /llamalab/convert: convert a checkpoint folder on the server to GGUF (and quantize it)
+ * into the store, in the background.
+ *
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "ConvertRequest".
+ */
+export interface ConvertRequest {
+  /**
+   * a folder on the server: a Meta checkpoint (consolidated.*.pth, params.json, tokenizer.model) or a Hugging Face model folder
+   */
+  source: string;
+  /**
+   * e.g. "Q4_K_M"; None keeps f16
+   */
+  quant?: string | null;
+  /**
+   * the store name; None: derived
+   */
+  name?: string | null;
+  accept_license?: boolean;
+}
+/**
  * This interface was referenced by `LlamalabWire`'s JSON-Schema
  * via the `definition` "DoneMessage".
  */
@@ -202,17 +303,6 @@ export interface DoneMessage {
    * e.g. that old turns were left out to fit the context
    */
   notice: string | null;
-}
-/**
- * This interface was referenced by `LlamalabWire`'s JSON-Schema
- * via the `definition` "Usage".
- */
-export interface Usage {
-  prompt_tokens: number;
-  completion_tokens: number;
-  dropped_messages: number;
-  time_to_first_token_s: number | null;
-  duration_s: number;
 }
 /**
  * An error reply, over the WebSocket and as the body of a failed REST request.
@@ -332,6 +422,53 @@ export interface HistoryMessage {
   messages: ChatTurn[];
 }
 /**
+ * A background job of the model manager: a pull, a conversion or a quantization.
+ *
+ * ``state`` stays ``running`` while it waits its turn (``stage == "queued"``: conversions and
+ * quantizations run one at a time) and while it works; then ``done`` (``stored_name`` says what
+ * the store now holds), ``failed`` (``error``) or ``cancelled`` (DELETE /llamalab/jobs/{id}).
+ *
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "Job".
+ */
+export interface Job {
+  type: 'job';
+  id: string;
+  kind: 'pull' | 'convert' | 'quantize';
+  /**
+   * what the job is about: the model reference, source folder or stored model
+   */
+  model: string;
+  state: 'running' | 'done' | 'failed' | 'cancelled';
+  stage: string;
+  done: number;
+  total: number | null;
+  fraction: number | null;
+  message: string;
+  error: ErrorMessage | null;
+  stored_name: string | null;
+  started_at: number;
+  finished_at: number | null;
+}
+/**
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "JobList".
+ */
+export interface JobList {
+  type: 'jobs';
+  jobs: Job[];
+}
+/**
+ * Sent to every chat WebSocket, and on GET /llamalab/jobs/{id}/events as server-sent events.
+ *
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "JobProgressMessage".
+ */
+export interface JobProgressMessage {
+  type: 'job_progress';
+  job: Job;
+}
+/**
  * POST /llamalab/models/load: load (or switch to) a model now instead of on first use.
  *
  * This interface was referenced by `LlamalabWire`'s JSON-Schema
@@ -379,43 +516,6 @@ export interface StoredModelInfo {
   allowed: boolean;
 }
 /**
- * This interface was referenced by `LlamalabWire`'s JSON-Schema
- * via the `definition` "PullJob".
- */
-export interface PullJob {
-  type: 'pull_job';
-  id: string;
-  model: string;
-  state: 'running' | 'done' | 'failed';
-  stage: string;
-  done: number;
-  total: number | null;
-  fraction: number | null;
-  message: string;
-  error: ErrorMessage | null;
-  stored_name: string | null;
-  started_at: number;
-  finished_at: number | null;
-}
-/**
- * This interface was referenced by `LlamalabWire`'s JSON-Schema
- * via the `definition` "PullJobList".
- */
-export interface PullJobList {
-  type: 'pull_jobs';
-  jobs: PullJob[];
-}
-/**
- * Sent to every chat WebSocket, and on GET /llamalab/pulls/{id}/events as server-sent events.
- *
- * This interface was referenced by `LlamalabWire`'s JSON-Schema
- * via the `definition` "PullProgressMessage".
- */
-export interface PullProgressMessage {
-  type: 'pull_progress';
-  job: PullJob;
-}
-/**
  * POST /llamalab/pulls: pull a model into the store in the background.
  *
  * This interface was referenced by `LlamalabWire`'s JSON-Schema
@@ -425,6 +525,26 @@ export interface PullRequest {
   model: string;
   accept_license?: boolean;
   force?: boolean;
+}
+/**
+ * POST /llamalab/quantize: quantize a stored model into a new stored model, in the background.
+ *
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "QuantizeRequest".
+ */
+export interface QuantizeRequest {
+  /**
+   * a stored model's name
+   */
+  model: string;
+  /**
+   * e.g. "Q4_K_M"
+   */
+  quant: string;
+  /**
+   * the store name; None: derived
+   */
+  name?: string | null;
 }
 /**
  * This interface was referenced by `LlamalabWire`'s JSON-Schema

@@ -19,7 +19,7 @@ async def test_pull_job_reports_progress_then_registers_the_model(fetch_json, jp
     gguf = write_gguf_with_architecture(tmp_path / "src.gguf", "llama", n_rows=3000).read_bytes()  # ~3 MB
     with FileServer({"tiny.gguf": gguf}) as files:
         status, job = await fetch_json("POST", "llamalab/pulls", {"model": f"{files.url}/tiny.gguf"})
-        assert status == 202 and job["type"] == "pull_job" and job["state"] == "running"
+        assert status == 202 and job["type"] == "job" and job["kind"] == "pull" and job["state"] == "running"
         events = await jp_fetch("llamalab", "pulls", job["id"], "events")  # SSE until the job ends
     assert events.headers["Content-Type"].startswith("text/event-stream")
     jobs = [json.loads(line[len("data: "):])["job"] for line in events.body.decode().splitlines()
