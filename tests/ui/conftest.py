@@ -1,0 +1,403 @@
+"""Browser fixtures: a real ``jupyter lab`` with llamalab and the demo model, driven by Debian's
+Chromium through Playwright (sync API).
+
+- ``lab_server`` (module scope): ``jupyter lab`` from this virtual environment in a subprocess, on
+  a free loopback port with a random token, in a temporary root with a test notebook. Its
+  user-level Jupyter folders (config, data, runtime, IPython, settings, workspaces) are private
+  temporary folders, so a developer's own settings cannot leak in; the environment's
+  ``share/jupyter`` (where the built labextension is linked, and the ``python3`` kernel) stays.
+  Its model store is a private copy of the test home's registry that points at the shared demo
+  model (not owned, so nothing here can delete it); models pulled by a test land in that copy.
+- ``browser`` (session scope): Chromium from ``$LLAMALAB_CHROMIUM`` or ``/usr/bin/chromium``.
+  Playwright never downloads a browser here.
+- ``lab`` (function scope): a fresh browser context on ``/lab`` with JupyterLab ready; console
+  errors and uncaught page errors are recorded, and a test fails when llamalab's code logs one.
+- Screenshots go to ``$LLAMALAB_UI_ARTIFACTS`` (default ``build/ui-artifacts`` in the repository):
+  ``lab.shot(name)`` during a test, ``<test>--end.png`` after every test and
+  ``<test>--failed.png`` when it failed, next to ``<test>--console.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import pytest
+
+from tests.conftest import REPO, free_port
+
+CHROMIUM = os.environ.get("LLAMALAB_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("LLAMALAB_UI_ARTIFACTS", REPO / "build" / "ui-artifacts"))
+BIN = Path(sys.executable).parent
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+]
+PACKAGE = "@llamalab/labextension"
+VIEWPORT = {"width": 1440, "height": 900}
+
+# Plugins of JupyterLab's own that only talk to the outside world or pop up first-run notices.
+DISABLED_PLUGINS = {
+    "@jupyterlab/apputils-extension:announcements": True,
+}
+
+NOTEBOOK = {
+    "cells": [{"cell_type": "code", "execution_count": None, "id": "first-cell", "metadata": {},
+               "outputs": [], "source": ""}],
+    "metadata": {
+        "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    },
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+
+
+def _needs_browser() -> Optional[str]:
+    if not Path(CHROMIUM).exists():
+        return f"no Chromium at {CHROMIUM}: scripts/test.sh installs Debian's chromium"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright is not installed in this environment (the test extra has it)"
+    if not (BIN / "jupyter-lab").exists():
+        return "JupyterLab is not installed in this environment (the jupyter extra has it)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = _needs_browser()
+    if reason is None:
+        return
+    here = Path(__file__).parent
+    for item in items:
+        if Path(str(item.fspath)).parent == here and item.fspath.basename.endswith("_e2e.py"):
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+# -- the server ---------------------------------------------------------------------------
+
+
+def write_notebook(path: Path, cells: Optional[list[str]] = None) -> Path:
+    notebook = json.loads(json.dumps(NOTEBOOK))
+    if cells is not None:
+        notebook["cells"] = [{"cell_type": "code", "execution_count": None, "id": f"cell-{i}", "metadata": {},
+                              "outputs": [], "source": text} for i, text in enumerate(cells)]
+    path.write_text(json.dumps(notebook, indent=1))
+    return path
+
+
+def private_store(folder: Path, demo_store: Any) -> Path:
+    """A store whose registry lists the shared demo model, not owned (so `rm` keeps the file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    registry = json.loads(demo_store.registry_path.read_text())
+    for entry in registry["models"].values():
+        entry["owned"] = False
+    (folder / "registry.json").write_text(json.dumps(registry, indent=2))
+    return folder
+
+
+@dataclass
+class LabServer:
+    """A running ``jupyter lab``: its URL, token, root folder and log."""
+
+    url: str
+    token: str
+    root: Path
+    home: Path
+    process: subprocess.Popen
+    log: Path
+    env: dict[str, str] = field(repr=False, default_factory=dict)
+
+    def api(self, path: str, method: str = "GET", body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{self.url}/{path.lstrip('/')}", data=data, method=method,
+                                         headers={"Authorization": f"token {self.token}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            raw = response.read()
+        return json.loads(raw) if raw else None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def _descendants(pid: int) -> list[Any]:
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """SIGTERM (JupyterLab shuts its kernels down), then SIGKILL whatever is left of the tree."""
+    import psutil
+
+    children = _descendants(process.pid)
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pass
+    for proc in [*children]:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=10)
+    psutil.wait_procs(children, timeout=10)
+
+
+def start_lab(tmp: Path, store: Path, *, extra_args: tuple[str, ...] = (),
+              llamalab: Optional[dict[str, Any]] = None, timeout: float = 90.0) -> LabServer:
+    root = tmp / "root"
+    root.mkdir(parents=True, exist_ok=True)
+    write_notebook(root / "test.ipynb")
+    private = {name: tmp / name for name in ("config", "data", "runtime", "ipython", "settings", "workspaces", "home")}
+    for folder in private.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    labconfig = private["config"] / "labconfig"
+    labconfig.mkdir(exist_ok=True)
+    (labconfig / "page_config.json").write_text(json.dumps({"disabledExtensions": DISABLED_PLUGINS}))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "JPY_", "LLAMALAB_SERVER"))}
+    env.update({
+        "HOME": str(private["home"]),
+        "JUPYTER_CONFIG_DIR": str(private["config"]),
+        "JUPYTER_DATA_DIR": str(private["data"]),
+        "JUPYTER_RUNTIME_DIR": str(private["runtime"]),
+        "JUPYTERLAB_SETTINGS_DIR": str(private["settings"]),
+        "JUPYTERLAB_WORKSPACES_DIR": str(private["workspaces"]),
+        "IPYTHONDIR": str(private["ipython"]),
+        "LLAMALAB_HOME": str(store),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the python3 kernelspec runs `python`
+        "PYTHONUNBUFFERED": "1",
+    })
+    port, token = free_port(), secrets.token_hex(24)
+    settings = {"store_dir": str(store), "n_ctx": 2048, "default_max_tokens": 256, "preload": True}
+    settings.update(llamalab or {})
+    args = [
+        str(BIN / "jupyter-lab"), "--no-browser", "--ip=127.0.0.1", f"--port={port}", "--port-retries=0",
+        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+        f"--LabApp.workspaces_dir={private['workspaces']}", f"--LabApp.user_settings_dir={private['settings']}",
+        "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--ServerApp.terminals_enabled=False",
+    ]
+    for name, value in settings.items():
+        args.append(f"--LlamalabExtension.{name}={json.dumps(value) if not isinstance(value, str) else value}")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        args.append("--allow-root")
+    args.extend(extra_args)
+    log = tmp / "jupyter-lab.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    server = LabServer(url=f"http://127.0.0.1:{port}", token=token, root=root, home=store,
+                       process=process, log=log, env=env)
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"jupyter lab exited with {process.returncode}:\n{server.log_text()[-4000:]}")
+        try:
+            server.api("api/status")
+            break
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if time.monotonic() > deadline:
+                stop_server(process)
+                raise RuntimeError(f"jupyter lab did not answer in {timeout:.0f}s:\n{server.log_text()[-4000:]}")
+            time.sleep(0.25)
+    return server
+
+
+@pytest.fixture(scope="session")
+def ui_store(tmp_path_factory: pytest.TempPathFactory, demo_model: Path, demo_store: Any) -> Path:
+    """The servers' model store: the demo model listed, nothing else."""
+    return private_store(tmp_path_factory.mktemp("ui-store"), demo_store)
+
+
+@pytest.fixture(scope="module")
+def lab_server(tmp_path_factory: pytest.TempPathFactory, ui_store: Path) -> Iterator[LabServer]:
+    if _needs_browser():
+        pytest.skip(_needs_browser())
+    server = start_lab(tmp_path_factory.mktemp("lab"), ui_store)
+    try:
+        yield server
+    finally:
+        stop_server(server.process)
+        leftover = [p for p in _descendants(server.process.pid)]
+        assert not leftover, f"processes left behind by jupyter lab: {leftover}"
+
+
+# -- the browser --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    reason = _needs_browser()
+    if reason:
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:120]
+
+
+class Lab:
+    """One page on JupyterLab, with helpers for commands, notebooks and screenshots."""
+
+    def __init__(self, page: Any, server: LabServer, test_name: str) -> None:
+        self.page = page
+        self.server = server
+        self.test_name = test_name
+        self.console: list[str] = []
+        self.errors: list[str] = []  # console errors and uncaught exceptions, as text
+        self.shots: list[Path] = []
+        page.on("console", self._on_console)
+        page.on("pageerror", self._on_page_error)
+
+    def _on_console(self, message: Any) -> None:
+        line = f"[{message.type}] {message.text}"
+        self.console.append(line)
+        if message.type == "error":
+            self.errors.append(line)
+
+    def _on_page_error(self, error: Any) -> None:
+        line = f"[uncaught] {error.name}: {error.message}\n{error.stack or ''}"
+        self.console.append(line)
+        self.errors.append(line)
+
+    def extension_errors(self) -> list[str]:
+        """Errors that llamalab's code logged or threw (its plugin ids, its bundle, its messages)."""
+        pattern = re.compile(r"llamalab", re.I)
+        return [e for e in self.errors if pattern.search(e)]
+
+    # -- navigation ---------------------------------------------------------------------
+    def open(self, path: str = "lab", timeout: float = 60_000) -> None:
+        self.page.goto(f"{self.server.url}/{path}?reset&token={self.server.token}")
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 60_000) -> None:
+        self.page.wait_for_selector("#jp-main-dock-panel", state="visible", timeout=timeout)
+        self.page.wait_for_selector("#jupyterlab-splash", state="detached", timeout=timeout)
+        self.page.wait_for_function("() => window.jupyterapp && window.jupyterapp.started !== undefined",
+                                    timeout=timeout)
+        self.page.evaluate("() => window.jupyterapp.started")
+        self.page.evaluate("() => window.jupyterapp.restored")
+        # The file browser lists the root (it always holds test.ipynb) once the first fetch is back.
+        self.page.wait_for_selector(".jp-DirListing-item", state="visible", timeout=timeout)
+        self.page.wait_for_selector(".jp-Launcher", state="visible", timeout=timeout)  # ?reset opens it
+
+    def command(self, command: str, args: Optional[dict[str, Any]] = None) -> Any:
+        return self.page.evaluate("([c, a]) => window.jupyterapp.commands.execute(c, a)", [command, args or {}])
+
+    def has_command(self, command: str) -> bool:
+        return self.page.evaluate("(c) => window.jupyterapp.commands.hasCommand(c)", command)
+
+    def plugin_activated(self, plugin: str) -> bool:
+        return self.page.evaluate("(p) => window.jupyterapp.isPluginActivated(p)", plugin)
+
+    # -- notebooks ----------------------------------------------------------------------
+    def new_notebook(self, name: str, cells: Optional[list[str]] = None) -> Any:
+        """Write ``name`` with ``cells`` into the server's root, open it and wait for its kernel."""
+        write_notebook(self.server.root / name, cells)
+        self.command("docmanager:open", {"path": name})
+        panel = self.page.locator(f".jp-NotebookPanel:has(.jp-Notebook)").last
+        self.page.wait_for_selector(".jp-NotebookPanel .jp-Cell .cm-editor", timeout=30_000)
+        self.page.wait_for_function(
+            "() => { const w = window.jupyterapp.shell.currentWidget;"
+            " return w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel"
+            " && w.sessionContext.session.kernel.connectionStatus === 'connected'; }",
+            timeout=60_000,
+        )
+        return panel
+
+    def cell_texts(self) -> list[str]:
+        return self.page.evaluate(
+            "() => { const w = window.jupyterapp.shell.currentWidget;"
+            " return w.content.widgets.map(c => c.model.sharedModel.getSource()); }"
+        )
+
+    def notebook_cell_texts(self, path: str) -> list[str]:
+        return self.page.evaluate(
+            "(p) => { const w = window.jupyterapp.shell.widgets('main');"
+            " for (const x of w) { if (x.context && x.context.path === p) return x.content.widgets.map("
+            "c => c.model.sharedModel.getSource()); } return null; }", path
+        )
+
+    # -- artifacts ----------------------------------------------------------------------
+    def shot(self, name: str, locator: Any = None) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{_safe(self.test_name)}--{_safe(name)}.png"
+        (locator or self.page).screenshot(path=str(path))
+        self.shots.append(path)
+        return path
+
+
+@pytest.fixture
+def lab(request: pytest.FixtureRequest, browser: Any, lab_server: LabServer) -> Iterator[Lab]:
+    """A fresh browser context on JupyterLab, ready; artifacts written after the test."""
+    context = browser.new_context(viewport=VIEWPORT, device_scale_factor=1)
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    lab = Lab(page, lab_server, request.node.name)
+    try:
+        lab.open()
+        yield lab
+    finally:
+        failed = any(getattr(getattr(request.node, f"rep_{when}", None), "failed", False)
+                     for when in ("setup", "call"))
+        try:
+            lab.shot("failed" if failed else "end")
+        except Exception as exc:  # a crashed page still gets its console log
+            lab.console.append(f"[fixture] no screenshot: {exc}")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / f"{_safe(lab.test_name)}--console.log").write_text("\n".join(lab.console) + "\n")
+        context.close()
+    errors = lab.extension_errors()
+    if errors and not failed:
+        pytest.fail("llamalab logged errors in the browser console:\n" + "\n".join(errors)[-4000:], pytrace=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_artifacts() -> None:
+    """Start each run with an empty artifacts folder so stale screenshots never pass for new ones."""
+    if ARTIFACTS.is_dir() and ARTIFACTS.resolve() != REPO.resolve():
+        for png in ARTIFACTS.glob("*.png"):
+            png.unlink()
+        for log in ARTIFACTS.glob("*.log"):
+            log.unlink()
