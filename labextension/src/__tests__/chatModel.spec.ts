@@ -1,0 +1,201 @@
+import { ChatClient } from '../chat/client';
+import { ConversationStore } from '../chat/conversations';
+import { ChatModel, ModelsApi } from '../chat/model';
+import { FakeSocket, ManualTimers, done, loaded } from './chatFakes';
+
+function setup(api: Partial<ModelsApi> = {}) {
+  const sockets: FakeSocket[] = [];
+  const timers = new ManualTimers();
+  const client = new ChatClient({
+    url: 'ws://x/llamalab/chat',
+    createSocket: url => {
+      const s = new FakeSocket(url);
+      sockets.push(s);
+      return s;
+    },
+    timers,
+    random: () => 0.5
+  });
+  const loads: (string | null)[] = [];
+  const models: ModelsApi = {
+    list: async () => ({
+      type: 'models',
+      default_model: 'demo',
+      loaded: null,
+      catalog: [],
+      stored: [
+        {
+          name: 'demo',
+          path: '/m/demo.gguf',
+          size_bytes: 1,
+          architecture: 'llama',
+          quantization: 'Q4_1',
+          context_length: 2048,
+          license: null,
+          source: 'x',
+          loaded: true,
+          allowed: true
+        }
+      ]
+    }),
+    load: async name => {
+      loads.push(name);
+      return loaded(name ?? 'demo');
+    },
+    ...api
+  };
+  const store = new ConversationStore();
+  const model = new ChatModel(store, client, models);
+  client.connect();
+  const socket = () => sockets[sockets.length - 1];
+  socket().open();
+  return { model, store, client, socket, timers, loads };
+}
+
+const flush = () => new Promise(resolve => setTimeout(resolve, 0));
+
+describe('ChatModel', () => {
+  it('streams an answer into the conversation', () => {
+    const { model, store, socket } = setup();
+    const id = model.send('Hi there')!;
+    const frame = socket().last();
+    expect(frame).toMatchObject({ type: 'chat', id, conversation_id: store.active.id, content: 'Hi there', system: null, model: null, params: {} });
+    expect(model.isGenerating()).toBe(true);
+    expect(model.runningRequest()).toBe(id);
+    expect(model.send('again')).toBeNull();
+    socket().receive({ type: 'token', id, conversation_id: store.active.id, text: 'Hel' });
+    expect(store.active.entries.map(e => [e.role, e.content, e.streaming])).toEqual([
+      ['user', 'Hi there', undefined],
+      ['assistant', 'Hel', true]
+    ]);
+    socket().receive(done(id, 'Hello', { notice: '2 earlier messages were left out.' }));
+    const answer = store.active.entries[1];
+    expect(answer).toMatchObject({ content: 'Hello', finishReason: 'stop', notice: '2 earlier messages were left out.', model: 'demo' });
+    expect(answer.streaming).toBeUndefined();
+    expect(model.isGenerating()).toBe(false);
+    expect(store.active.title).toBe('Hi there');
+  });
+
+  it('shows the message but sends it with its context, system prompt, model and params', () => {
+    const { model, store, socket } = setup();
+    model.setSystem('Be brief.');
+    store.model = 'demo';
+    model.settings = { maxTokens: 64, temperature: 0.2, carryOverChars: 1000 };
+    model.send('ctx\n\nWhat?', { display: 'What?', context: ['Active cell'] });
+    expect(socket().last()).toMatchObject({ content: 'ctx\n\nWhat?', system: 'Be brief.', model: 'demo', params: { max_tokens: 64, temperature: 0.2 } });
+    expect(store.active.entries[0]).toMatchObject({ content: 'What?', sent: 'ctx\n\nWhat?', context: ['Active cell'] });
+  });
+
+  it('stops an answer with a cancel naming it', async () => {
+    const { model, store, socket } = setup();
+    const id = model.send('long story')!;
+    const stopping = model.stop();
+    expect(socket().last()).toMatchObject({ type: 'cancel', target: id });
+    socket().receive({ type: 'ack', id: socket().last().id, of: 'cancel', cancelled: [id] });
+    await stopping;
+    socket().receive(done(id, 'Once', { finish_reason: 'cancelled' }));
+    expect(store.active.entries[1].finishReason).toBe('cancelled');
+    expect(model.isGenerating()).toBe(false);
+  });
+
+  it('shows an error reply as an error entry and drops the empty answer', () => {
+    const { model, store, socket } = setup();
+    const id = model.send('x'.repeat(10))!;
+    socket().receive({ type: 'error', id, code: 'prompt_too_long', message: 'The message is too long.', detail: { limit: 5 } });
+    expect(store.active.entries.map(e => e.role)).toEqual(['user', 'error']);
+    expect(store.active.entries[1]).toMatchObject({ content: 'The message is too long.', code: 'prompt_too_long', detail: { limit: 5 } });
+    expect(model.isGenerating()).toBe(false);
+  });
+
+  it('keeps a partial answer when the connection drops, then carries the conversation over', () => {
+    const { model, store, socket, timers } = setup();
+    const first = model.send('q1')!;
+    socket().receive(done(first, 'a1'));
+    const second = model.send('q2')!;
+    expect(socket().last().content).toBe('q2'); // the server has q1/a1 on this connection
+    socket().receive({ type: 'token', id: second, conversation_id: 'c', text: 'part' });
+    socket().drop();
+    expect(store.active.entries.map(e => [e.role, e.content])).toEqual([
+      ['user', 'q1'],
+      ['assistant', 'a1'],
+      ['user', 'q2'],
+      ['assistant', 'part'],
+      ['error', 'The connection to the server dropped; the answer stopped.']
+    ]);
+    timers.advance(500);
+    socket().open();
+    model.send('q3');
+    const sent = socket().last().content as string;
+    expect(sent).toBe('Our conversation so far:\n\nUser: q1\n\nAssistant: a1\n\nUser: q2\n\nAssistant: part\n\n---\n\nq3');
+  });
+
+  it('carries a kept conversation over on a fresh connection, only once', () => {
+    const { model, store, socket } = setup();
+    store.append(store.active.id, { id: 'o', role: 'user', content: 'old', time: 1 }, { id: 'o', role: 'assistant', content: 'reply', time: 1 });
+    const id = model.send('new')!;
+    expect(socket().last().content).toContain('User: old\n\nAssistant: reply');
+    socket().receive(done(id, 'ok'));
+    model.send('next');
+    expect(socket().last().content).toBe('next');
+  });
+
+  it('resets the server conversation when cleared or deleted', () => {
+    const { model, store, socket } = setup();
+    const cid = store.active.id;
+    const id = model.send('q')!;
+    socket().receive(done(id, 'a'));
+    model.clear();
+    expect(socket().last()).toMatchObject({ type: 'reset', conversation_id: cid });
+    expect(store.active.entries).toEqual([]);
+    model.send('fresh');
+    expect(socket().last().content).toBe('fresh');
+    model.remove(cid);
+    expect(socket().last()).toMatchObject({ type: 'reset', conversation_id: cid });
+    expect(store.get(cid)).toBeUndefined();
+  });
+
+  it('shows errors the server sends without an id in the active conversation', () => {
+    const { store, socket } = setup();
+    socket().receive({ type: 'error', id: null, code: 'bad_request', message: 'bad frame', detail: 'x' });
+    expect(store.active.entries[0]).toMatchObject({ role: 'error', content: 'bad frame', code: 'bad_request' });
+  });
+
+  it('lists the models on hello and loads the picked one', async () => {
+    const { model, store, loads } = setup();
+    await flush();
+    expect(model.models?.map(m => m.name)).toEqual(['demo']);
+    expect(model.loaded?.name).toBe('demo');
+    await model.pickModel('demo'); // already loaded
+    expect(loads).toEqual([]);
+    await model.pickModel('other');
+    expect(loads).toEqual(['other']);
+    expect(store.model).toBe('other');
+    expect(model.loading).toBeNull();
+  });
+
+  it('reports a failed load and a failed listing in one line', async () => {
+    const fail = (message: string) => async () => {
+      throw Object.assign(new Error(message), { code: 'model_not_found', detail: 'more' });
+    };
+    const { model, store } = setup({ list: fail('no list'), load: fail('no such model') });
+    await flush();
+    expect(model.models).toEqual([]);
+    await model.pickModel('ghost');
+    const errors = store.active.entries.filter(e => e.role === 'error').map(e => [e.content, e.code, e.detail]);
+    expect(errors).toEqual([
+      ['no list', 'model_not_found', 'more'],
+      ['no such model', 'model_not_found', 'more']
+    ]);
+  });
+
+  it('notifies its listeners on every change', () => {
+    const { model, socket } = setup();
+    let calls = 0;
+    model.subscribe(() => calls++);
+    const before = model.version;
+    const id = model.send('q')!;
+    socket().receive({ type: 'token', id, conversation_id: 'c', text: 't' });
+    expect(calls).toBeGreaterThanOrEqual(2);
+    expect(model.version).toBeGreaterThan(before);
+  });
+});

@@ -1,0 +1,299 @@
+/**
+ * The chat panel's state and actions, without any UI: a pure module joining the
+ * conversation store, the WebSocket client and the REST calls for models (injected, so
+ * that the tests can fake them). The React view renders from it and calls its methods.
+ */
+import type { LoadedModel, ModelsReply, SamplingParams, StoredModelInfo } from '../wire';
+import { ChatClient, ChatError, ConnectionState } from './client';
+import { ChatEntry, ConversationStore, carryOver, newId, turnsOf } from './conversations';
+
+/** The REST calls the chat needs (GET /llamalab/models, POST /llamalab/models/load). */
+export interface ModelsApi {
+  list(): Promise<ModelsReply>;
+  load(model: string | null): Promise<LoadedModel>;
+}
+
+export interface ChatSettings {
+  /** null: the server's default. */
+  maxTokens: number | null;
+  temperature: number | null;
+  /** How much of a conversation the first message after a reconnect carries (characters). */
+  carryOverChars: number;
+}
+
+export const DEFAULT_SETTINGS: ChatSettings = { maxTokens: null, temperature: null, carryOverChars: 12000 };
+
+export interface SendOptions {
+  /** What the panel shows for the message, when it differs from what is sent. */
+  display?: string;
+  /** Labels of the context blocks sent with it. */
+  context?: string[];
+  /** The conversation (the active one by default). */
+  conversationId?: string;
+}
+
+/** Turns an exception from the REST calls (LlamalabApiError or anything) into a ChatError. */
+export function toChatError(err: unknown, fallback: string): ChatError {
+  const e = err as { message?: unknown; code?: unknown; detail?: unknown };
+  return {
+    code: (typeof e?.code === 'string' ? e.code : 'internal') as ChatError['code'],
+    message: typeof e?.message === 'string' && e.message ? e.message : fallback,
+    detail: e?.detail ?? null
+  };
+}
+
+export class ChatModel {
+  settings: ChatSettings = { ...DEFAULT_SETTINGS };
+  /** The stored models (GET /llamalab/models), null until listed. */
+  models: StoredModelInfo[] | null = null;
+  defaultModel = '';
+  /** A model being loaded through the picker. */
+  loading: string | null = null;
+
+  private _running = new Map<string, string>(); // conversation id -> request id
+  private _synced = new Map<string, number>(); // conversation id -> epoch whose server history has it
+  private _listeners = new Set<() => void>();
+  private _version = 0;
+  private _unsubscribe: (() => void)[] = [];
+
+  constructor(
+    readonly store: ConversationStore,
+    readonly client: ChatClient,
+    private readonly _api: ModelsApi
+  ) {
+    this._unsubscribe.push(
+      store.subscribe(() => this._changed()),
+      client.subscribe(event => {
+        if (event.kind === 'error') {
+          this.reportError(event.error);
+        } else if (event.kind === 'hello') {
+          this.defaultModel = event.message.default_model;
+        }
+        if (event.kind === 'hello' || event.kind === 'model') {
+          void this.refreshModels();
+        }
+        this._changed();
+      })
+    );
+  }
+
+  /** Grows at each change: what a view compares to know it must render. */
+  get version(): number {
+    return this._version;
+  }
+
+  get state(): ConnectionState {
+    return this.client.state;
+  }
+
+  get loaded(): LoadedModel | null {
+    return this.client.model;
+  }
+
+  subscribe(listener: () => void): () => void {
+    this._listeners.add(listener);
+    return () => this._listeners.delete(listener);
+  }
+
+  dispose(): void {
+    this._unsubscribe.forEach(u => u());
+    this._listeners.clear();
+    this.client.dispose();
+  }
+
+  /** The request answering in a conversation (the active one by default), if any. */
+  runningRequest(conversationId = this.store.active.id): string | undefined {
+    return this._running.get(conversationId);
+  }
+
+  isGenerating(conversationId = this.store.active.id): boolean {
+    return this._running.has(conversationId);
+  }
+
+  /**
+   * Sends `content` as the user's next message; the answer streams into a new assistant
+   * entry. Returns the request id, or null when the conversation is still answering.
+   */
+  send(content: string, options: SendOptions = {}): string | null {
+    const conversation = (options.conversationId && this.store.get(options.conversationId)) || this.store.active;
+    const cid = conversation.id;
+    if (!content.trim() || this._running.has(cid)) {
+      return null;
+    }
+    const id = newId('q-');
+    const now = Date.now();
+    const user: ChatEntry = { id, role: 'user', content: options.display ?? content, time: now };
+    if (options.display !== undefined && options.display !== content) {
+      user.sent = content;
+    }
+    if (options.context?.length) {
+      user.context = options.context;
+    }
+    // The server knows this conversation's earlier turns only if they were answered on the
+    // connection the request will go out on.
+    const epoch = this.client.state === 'open' ? this.client.epoch : this.client.epoch + 1;
+    const earlier = turnsOf(conversation.entries);
+    const wire = this._synced.get(cid) === epoch || !earlier.length ? content : carryOver(earlier, content, this.settings.carryOverChars);
+
+    this.store.append(cid, user, { id, role: 'assistant', content: '', streaming: true, time: now });
+    this._running.set(cid, id);
+    let text = '';
+    const params: SamplingParams = {};
+    if (this.settings.maxTokens) {
+      params.max_tokens = this.settings.maxTokens;
+    }
+    if (this.settings.temperature !== null && this.settings.temperature !== undefined) {
+      params.temperature = this.settings.temperature;
+    }
+    this.client.chat(
+      {
+        id,
+        conversation_id: cid,
+        content: wire,
+        system: conversation.system,
+        model: this.store.model || null,
+        params
+      },
+      {
+        onToken: piece => {
+          text += piece;
+          this.store.patch(cid, id, 'assistant', e => ({ ...e, content: text }));
+        },
+        onDone: done => {
+          this._finished(cid, id);
+          if (done.model) {
+            this._synced.set(cid, this.client.epoch);
+          }
+          this.store.patch(cid, id, 'assistant', e => ({
+            ...e,
+            content: done.text || text,
+            streaming: undefined,
+            finishReason: done.finish_reason,
+            notice: done.notice,
+            model: done.model || undefined,
+            usage: done.model ? done.usage : undefined
+          }));
+        },
+        onError: error => {
+          this._finished(cid, id);
+          if (text) {
+            this.store.patch(cid, id, 'assistant', e => ({ ...e, content: text, streaming: undefined, finishReason: 'cancelled' }));
+          } else {
+            this.store.drop(cid, id, 'assistant');
+          }
+          this._appendError(cid, error);
+        }
+      }
+    );
+    return id;
+  }
+
+  /** Stops the answer of a conversation (the active one by default). */
+  async stop(conversationId = this.store.active.id): Promise<void> {
+    const target = this._running.get(conversationId);
+    if (!target) {
+      return;
+    }
+    try {
+      await this.client.cancel(target);
+    } catch (err) {
+      this.reportError(toChatError(err, 'Could not stop the answer.'), conversationId);
+    }
+  }
+
+  newConversation(): void {
+    this.store.create();
+  }
+
+  select(conversationId: string): void {
+    this.store.select(conversationId);
+  }
+
+  /** Empties a conversation here and on the server. */
+  clear(conversationId = this.store.active.id): void {
+    this._forget(conversationId);
+    this.store.clear(conversationId);
+  }
+
+  /** Deletes a conversation here and on the server. */
+  remove(conversationId = this.store.active.id): void {
+    this._forget(conversationId);
+    this.store.remove(conversationId);
+  }
+
+  setSystem(system: string | null, conversationId = this.store.active.id): void {
+    this.store.setSystem(conversationId, system);
+  }
+
+  /** Shows an error as one line (details on demand) in a conversation. */
+  reportError(error: ChatError, conversationId = this.store.active.id): void {
+    this._appendError(conversationId, error);
+  }
+
+  /** Lists the stored models for the picker. */
+  async refreshModels(): Promise<void> {
+    try {
+      const reply = await this._api.list();
+      this.models = reply.stored;
+      this.defaultModel = reply.default_model;
+    } catch (err) {
+      if (this.models === null) {
+        this.models = [];
+      }
+      this.reportError(toChatError(err, 'Could not list the models.'));
+    }
+    this._changed();
+  }
+
+  /** Picks the model chats ask for ('' : the server's default) and loads it now. */
+  async pickModel(name: string): Promise<void> {
+    this.store.model = name;
+    const current = this.client.model?.name;
+    const wanted = name || this.defaultModel;
+    if (wanted && current === wanted) {
+      return;
+    }
+    this.loading = wanted || 'the default model';
+    this._changed();
+    try {
+      await this._api.load(name || null);
+    } catch (err) {
+      this.reportError(toChatError(err, `Could not load ${wanted}.`));
+    } finally {
+      this.loading = null;
+      this._changed();
+    }
+  }
+
+  private _finished(conversationId: string, requestId: string): void {
+    if (this._running.get(conversationId) === requestId) {
+      this._running.delete(conversationId);
+    }
+  }
+
+  private _forget(conversationId: string): void {
+    this._synced.delete(conversationId);
+    this._running.delete(conversationId);
+    if (this.client.state === 'open') {
+      this.client.reset(conversationId).catch(() => undefined);
+    }
+  }
+
+  private _appendError(conversationId: string, error: ChatError): void {
+    this.store.append(conversationId, {
+      id: newId('e-'),
+      role: 'error',
+      content: error.message,
+      code: error.code,
+      detail: error.detail ?? null,
+      time: Date.now()
+    });
+  }
+
+  private _changed(): void {
+    this._version += 1;
+    for (const listener of [...this._listeners]) {
+      listener();
+    }
+  }
+}
