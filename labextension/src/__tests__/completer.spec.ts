@@ -11,13 +11,15 @@ import {
   replyToItems,
   shouldRequest
 } from '../completer/logic';
+import type { CompletionReply } from '../wire';
 
 function body(prefix: string, extra: Partial<CompletionRequestBody> = {}): CompletionRequestBody {
   return { prefix, suffix: '', mode: 'auto', stream: false, max_tokens: 32, ...extra };
 }
 
-function reply(text: string, finish_reason: 'stop' | 'length' | 'cancelled' = 'stop') {
-  return { type: 'completion', text, fim: false, model: 'demo', finish_reason, usage: {} };
+function reply(text: string, finish_reason: CompletionReply['finish_reason'] = 'stop'): CompletionReply {
+  const usage = { prompt_tokens: 3, completion_tokens: 2, dropped_messages: 0, time_to_first_token_s: null, duration_s: 0 };
+  return { type: 'completion', text, fim: false, model: 'demo', finish_reason, usage };
 }
 
 function jsonResponse(value: unknown, status = 200): Response {

@@ -6,35 +6,12 @@
  * the network comes in through an injected `Fetcher`.
  */
 import { parseEventStream } from '../sse';
+import type { CompletionChunk, CompletionReply, CompletionRequest, ErrorMessage } from '../wire';
 
 /** The request body of `POST /llamalab/complete`. */
-export interface CompletionRequestBody {
-  prefix: string;
-  suffix: string;
-  language?: string | null;
-  path?: string | null;
-  model?: string | null;
-  max_tokens?: number | null;
-  mode: CompletionMode;
-  stream: boolean;
-}
+export type CompletionRequestBody = CompletionRequest;
 
-export type CompletionMode = 'auto' | 'single' | 'multi';
-
-/** A streamed partial suggestion: `text` is the whole suggestion so far. */
-export interface CompletionChunkLike {
-  type: 'completion_chunk';
-  text: string;
-}
-
-/** The final reply (the server's CompletionReply). */
-export interface CompletionReplyLike {
-  type: 'completion';
-  text: string;
-  fim: boolean;
-  model: string;
-  finish_reason: 'stop' | 'length' | 'cancelled';
-}
+export type CompletionMode = NonNullable<CompletionRequest['mode']>;
 
 /** The provider's settings (JupyterLab's inline completer passes them per provider). */
 export interface CompleterSettings {
@@ -120,7 +97,7 @@ export function shouldRequest(editor: EditorContext, invoked: boolean): boolean 
 }
 
 /** The inline items for a reply: none for an empty suggestion. */
-export function replyToItems(reply: Pick<CompletionReplyLike, 'text'> | null): { insertText: string }[] {
+export function replyToItems(reply: Pick<CompletionReply, 'text'> | null): { insertText: string }[] {
   if (!reply || !reply.text || reply.text.trim() === '') {
     return [];
   }
@@ -172,7 +149,7 @@ export function languageOf(mimeType: string | undefined, kernelLanguage?: string
 
 /** The request key used to dedup identical requests. */
 export function requestKey(body: CompletionRequestBody): string {
-  return JSON.stringify([body.prefix, body.suffix, body.language ?? null, body.model ?? null, body.max_tokens ?? null, body.mode]);
+  return JSON.stringify([body.prefix, body.suffix, body.language ?? null, body.model ?? null, body.max_tokens ?? null, body.mode ?? 'auto']);
 }
 
 /** Issues an HTTP request for a path under `/llamalab/` (the plugin passes ServerConnection's). */
@@ -220,7 +197,7 @@ export class CompletionClient {
   requestsSent = 0;
 
   /** The plain request: the reply, or null when it was superseded or cancelled. */
-  complete(body: CompletionRequestBody): Promise<CompletionReplyLike | null> {
+  complete(body: CompletionRequestBody): Promise<CompletionReply | null> {
     const plain = { ...body, stream: false };
     const key = requestKey(plain);
     const cached = this._cache.get(key);
@@ -235,7 +212,7 @@ export class CompletionClient {
     const controller = this._supersede(key);
     const promise = this._post(plain, controller.signal)
       .then(async response => {
-        const reply = (await response.json()) as CompletionReplyLike;
+        const reply = (await response.json()) as CompletionReply;
         if (reply.finish_reason !== 'cancelled') {
           this._remember(key, reply);
         }
@@ -264,7 +241,7 @@ export class CompletionClient {
       if (!response.body) {
         throw new CompletionError('The llamalab server sent no stream.');
       }
-      for await (const event of parseEventStream<CompletionChunkLike | CompletionReplyLike | { type: 'error'; message: string; code?: string }>(
+      for await (const event of parseEventStream<CompletionChunk | CompletionReply | ErrorMessage>(
         response.body
       )) {
         if (event.type === 'completion_chunk') {
@@ -322,13 +299,13 @@ export class CompletionClient {
     return response;
   }
 
-  private _remember(key: string, reply: CompletionReplyLike): void {
+  private _remember(key: string, reply: CompletionReply): void {
     this._cache.set(key, reply);
     while (this._cache.size > this.cacheSize) {
       this._cache.delete(this._cache.keys().next().value as string);
     }
   }
 
-  private _inFlight: { key: string; controller: AbortController; promise: Promise<CompletionReplyLike | null> } | null = null;
-  private readonly _cache = new Map<string, CompletionReplyLike>();
+  private _inFlight: { key: string; controller: AbortController; promise: Promise<CompletionReply | null> } | null = null;
+  private readonly _cache = new Map<string, CompletionReply>();
 }
