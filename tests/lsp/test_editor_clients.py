@@ -227,3 +227,85 @@ def test_nvim_tab_accepts_then_falls_back(nvim_run):
     assert not fallback["after"][len(fallback["before"]):].strip()  # indentation only
     assert fallback["requests"] == 0 and fallback["marks"] == []
     assert any("suggestions off" in line for line in nvim_run["status"])
+
+
+# -- VS Code: the extension builds to a .vsix --------------------------------------------
+
+@pytest.fixture(scope="module")
+def vsix(tmp_path_factory) -> Path:
+    """``npm ci && npm run package`` in a copy of lsp/clients/vscode (the checkout stays clean)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip("npm is not installed: the VS Code extension cannot be built")
+    build = tmp_path_factory.mktemp("vscode") / "vscode"
+    shutil.copytree(VSCODE_EXTENSION, build, ignore=shutil.ignore_patterns("node_modules", "out", "*.vsix"))
+    for args, timeout in ((["ci", "--no-audit", "--no-fund"], 300), (["run", "package"], 180)):
+        proc = subprocess.run([npm, *args], cwd=build, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, f"npm {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    path = build / "llamalab.vsix"
+    assert path.is_file()
+    return path
+
+
+def test_vscode_lock_file_names_no_registry():
+    lock = json.loads((VSCODE_EXTENSION / "package-lock.json").read_text())
+    assert not [name for name, entry in lock["packages"].items() if "resolved" in entry]
+    assert json.loads((VSCODE_EXTENSION / "package.json").read_text())["dependencies"] == \
+        lock["packages"][""]["dependencies"]
+
+
+def test_vscode_extension_packages(vsix):
+    with zipfile.ZipFile(vsix) as archive:
+        names = set(archive.namelist())
+        manifest = json.loads(archive.read("extension/package.json"))
+        main = "extension/" + manifest["main"].removeprefix("./")
+        assert main in names and b"LanguageClient" in archive.read(main)
+        assert "extension/node_modules/vscode-languageclient/package.json" in names
+        assert not any(name.startswith("extension/src/") for name in names)
+        assert "extension/readme.md" in {name.lower() for name in names}
+    assert manifest["main"] == "./out/extension.js"
+    assert manifest["activationEvents"] == ["onStartupFinished"]
+    assert manifest["engines"]["vscode"].lstrip("^") >= "1.91.0"  # LSP 3.18 inline completion
+    commands = {c["command"] for c in manifest["contributes"]["commands"]}
+    assert commands == {"llamalab.toggle", "llamalab.restart", "llamalab.showOutput"}
+    settings = manifest["contributes"]["configuration"]["properties"]
+    for key in ("command", "args", "model", "serverUrl", "maxTokens", "debounceMs", "languages",
+                "initializationOptions", "enable"):
+        assert f"llamalab.{key}" in settings, key
+    assert settings["llamalab.command"]["default"] == "llamalab"
+    assert settings["llamalab.args"]["default"] == ["lsp"]
+
+
+def test_vscode_settings_map_to_server_options(vsix):
+    """The compiled settings module (no 'vscode' import) maps settings to initializationOptions
+    whose every key the server knows."""
+    node = shutil.which("node")
+    script = """
+const s = require(process.argv[1]);
+const cases = [
+  {},
+  {model: ' codellama-7b:q4_k_m ', serverUrl: '', maxTokens: 32, debounceMs: 0, languages: ['python', 'rust'],
+   initializationOptions: {nCtx: 8192}, command: '/venv/bin/llamalab', args: ['lsp', '--log-level', 'DEBUG']},
+  {serverUrl: 'http://127.0.0.1:8080/v1', remoteModel: 'm', languages: ['*'], timeBudgetMs: 500, contextTokens: 0},
+];
+console.log(JSON.stringify(cases.map((c) => {
+  const get = (key) => c[key];
+  return {options: s.serverOptions(get), selector: s.documentSelector(get), command: s.serverCommand(get)};
+})));
+"""
+    out = subprocess.run([node, "-e", script, str(vsix.parent / "out" / "settings.js")], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    default, local, remote = json.loads(out)
+    assert default == {"options": {}, "selector": [{"scheme": "file"}, {"scheme": "untitled"}],
+                       "command": ["llamalab", ["lsp"]]}
+    assert local["options"] == {"model": "codellama-7b:q4_k_m", "maxTokens": 32, "debounceMs": 0,
+                                "languages": ["python", "rust"], "nCtx": 8192}
+    assert {"scheme": "file", "language": "rust"} in local["selector"] and len(local["selector"]) == 4
+    assert local["command"] == ["/venv/bin/llamalab", ["lsp", "--log-level", "DEBUG"]]
+    assert remote["options"] == {"remoteUrl": "http://127.0.0.1:8080/v1", "remoteModel": "m", "timeBudgetMs": 500,
+                                 "contextTokens": 0}
+    Settings = pytest.importorskip("llamalab.lsp.settings", reason="the server's settings module").Settings
+    for case in (local, remote):
+        _, problems = Settings().updated(case["options"])
+        assert problems == [], problems
