@@ -24,6 +24,7 @@ from traitlets import Bool, Int, List, TraitError, Unicode, Union as UnionTrait,
 from llamalab import ModelStore
 
 from .chat_socket import ChatSocket
+from .completions import handlers as completion_handlers
 from .handlers import handlers as rest_handlers
 from .jobs import PullJobs
 from .kernel import gpu_layers
@@ -129,6 +130,7 @@ class LlamalabExtension(ExtensionApp):
     def initialize_handlers(self) -> None:
         self.handlers.extend(rest_handlers())
         self.handlers.extend(openai_handlers())
+        self.handlers.extend(completion_handlers())
         self.handlers.append((r"/llamalab/chat", ChatSocket))
 
     def server_url(self) -> Optional[str]:

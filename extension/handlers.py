@@ -12,6 +12,9 @@ is not JSON or does not validate gets a 400 ``ErrorMessage`` naming the field.
     POST  /llamalab/pulls                   PullRequest -> PullJob (202)
     GET   /llamalab/pulls/{id}              PullJob
     GET   /llamalab/pulls/{id}/events       server-sent JobProgressMessage events until it ends
+    POST  /llamalab/complete                CompletionRequest -> CompletionReply, or with stream=true
+                                            server-sent CompletionChunk events then the CompletionReply
+                                            (inline completions; in ``completions``)
     GET   /llamalab/hardware                HardwareReply (the doctor report)
     GET   /llamalab/settings                SettingsReply
     PATCH /llamalab/settings                SettingsUpdate -> SettingsReply

@@ -251,8 +251,10 @@ class EngineManager:
             raise PromptTooLongError(f"the prompt has {chars} characters, over this server's limit of "
                                      f"{self.config.max_prompt_chars}; shorten it or start a new chat.")
 
-    async def _start(self, model: Optional[str], chars: int,
-                     begin: Callable[[Engine], TokenStream]) -> Generation:
+    async def start(self, model: Optional[str], chars: int,
+                    begin: Callable[[Engine], TokenStream]) -> Generation:
+        """A generation that ``begin(engine)`` starts (on a worker thread) on the engine serving
+        ``model``; ``chars`` is the prompt's size, checked against ``max_prompt_chars``."""
         self._check_size(chars)
         name = self.canonical(model)
         async with self._lock:
@@ -268,10 +270,10 @@ class EngineManager:
     async def chat(self, messages: Sequence[dict], params: GenerationParams,
                    model: Optional[str] = None) -> Generation:
         chars = len(messages[-1].get("content") or "") if messages else 0  # older turns get trimmed
-        return await self._start(model, chars, lambda engine: engine.chat(messages, params))
+        return await self.start(model, chars, lambda engine: engine.chat(messages, params))
 
     async def complete(self, prompt: str, params: GenerationParams, model: Optional[str] = None) -> Generation:
-        return await self._start(model, len(prompt), lambda engine: engine.complete(prompt, params))
+        return await self.start(model, len(prompt), lambda engine: engine.complete(prompt, params))
 
     async def tokenize(self, text: str, *, add_bos: bool, special: bool, model: Optional[str] = None) -> list[int]:
         self._check_size(len(text))

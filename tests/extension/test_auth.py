@@ -10,13 +10,14 @@ import re
 import pytest
 from tornado.httpclient import HTTPClientError
 
+from llamalab.extension.completions import handlers as completion_handlers
 from llamalab.extension.handlers import handlers as rest_handlers
 from llamalab.extension.openai import handlers as openai_handlers
 
 
 def _routes() -> list[tuple[str, str]]:
     routes = []
-    for pattern, handler in rest_handlers() + openai_handlers():
+    for pattern, handler in rest_handlers() + openai_handlers() + completion_handlers():
         path = re.sub(r"\(\?P<\w+>[^)]*\)", "abc123", pattern).lstrip("/")
         for method in ("get", "post", "patch", "put", "delete"):
             if any(method in cls.__dict__ for cls in handler.__mro__ if cls.__module__.startswith("llamalab")):
@@ -32,7 +33,8 @@ BAD_CREDENTIALS = {"none": {"Authorization": ""}, "wrong token": {"Authorization
 def test_every_route_is_listed():
     paths = {path for _, path in ROUTES}
     assert {"llamalab/models", "llamalab/pulls", "llamalab/hardware", "llamalab/settings", "llamalab/v1/models",
-            "llamalab/v1/completions", "llamalab/v1/chat/completions", "llamalab/tokenize"} <= paths
+            "llamalab/v1/completions", "llamalab/v1/chat/completions", "llamalab/tokenize",
+            "llamalab/complete"} <= paths
     assert ("PATCH", "llamalab/settings") in ROUTES and ("POST", "llamalab/pulls") in ROUTES
 
 
