@@ -291,14 +291,17 @@ const cases = [
 ];
 console.log(JSON.stringify(cases.map((c) => {
   const get = (key) => c[key];
-  return {options: s.serverOptions(get), selector: s.documentSelector(get), command: s.serverCommand(get)};
+  return {options: s.serverOptions(get), change: s.serverOptions(get, true), selector: s.documentSelector(get),
+          command: s.serverCommand(get)};
 })));
 """
     out = subprocess.run([node, "-e", script, str(vsix.parent / "out" / "settings.js")], capture_output=True,
                          text=True, timeout=30, check=True).stdout
     default, local, remote = json.loads(out)
-    assert default == {"options": {}, "selector": [{"scheme": "file"}, {"scheme": "untitled"}],
-                       "command": ["llamalab", ["lsp"]]}
+    assert default["options"] == {} and default["command"] == ["llamalab", ["lsp"]]
+    assert default["selector"] == [{"scheme": "file"}, {"scheme": "untitled"}]
+    # A setting emptied later is sent as null: the server sets that option back to none.
+    assert remote["change"]["model"] is None and remote["change"]["remoteUrl"] == "http://127.0.0.1:8080/v1"
     assert local["options"] == {"model": "codellama-7b:q4_k_m", "maxTokens": 32, "debounceMs": 0,
                                 "languages": ["python", "rust"], "nCtx": 8192}
     assert {"scheme": "file", "language": "rust"} in local["selector"] and len(local["selector"]) == 4
@@ -309,3 +312,5 @@ console.log(JSON.stringify(cases.map((c) => {
     for case in (local, remote):
         _, problems = Settings().updated(case["options"])
         assert problems == [], problems
+    after, problems = Settings(model="x", remote_url="http://127.0.0.1:1/v1").updated(default["change"])
+    assert problems == [] and after.model is None and after.remote_url is None

@@ -158,7 +158,7 @@ class Llamalab implements vscode.Disposable {
     } else if (this.client?.state === State.Running) {
       // The server applies them at once (and loads another model when that changed).
       await this.client.sendNotification(DidChangeConfigurationNotification.type,
-        { settings: { llamalab: serverOptions(this.get) } });
+        { settings: { llamalab: serverOptions(this.get, true) } });
     }
     this.render();
   }

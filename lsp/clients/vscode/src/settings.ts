@@ -29,13 +29,18 @@ export function languages(get: Get): string[] {
   return value.includes('*') ? [] : value.filter((id) => typeof id === 'string' && id !== '');
 }
 
-/** The server's initializationOptions (also sent as workspace/didChangeConfiguration). */
-export function serverOptions(get: Get): Record<string, unknown> {
+/**
+ * The server's initializationOptions. With `change` (for workspace/didChangeConfiguration), an
+ * emptied setting is sent as null, which sets the server's option back to none.
+ */
+export function serverOptions(get: Get, change = false): Record<string, unknown> {
   const options: Record<string, unknown> = {};
   for (const [setting, option] of SERVER_KEYS) {
     const value = get<unknown>(setting);
     if (!isEmpty(value)) {
       options[option] = typeof value === 'string' ? value.trim() : value;
+    } else if (change) {
+      options[option] = null;
     }
   }
   const ids = languages(get);
