@@ -1,24 +1,136 @@
-/** The chat side panel plugin (placeholder until the panel lands). */
+/**
+ * The chat side panel plugin: the panel in the right sidebar, its commands (open and focus
+ * it, explain a cell's error), the "Explain this error" buttons under failed cells, and the
+ * settings of schema/chat.json.
+ */
 import { ILabShell, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { Widget } from '@lumino/widgets';
+import { Clipboard, ICommandPalette } from '@jupyterlab/apputils';
+import { IEditorTracker } from '@jupyterlab/fileeditor';
+import { INotebookTracker } from '@jupyterlab/notebook';
+import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
+import { ISettingRegistry } from '@jupyterlab/settingregistry';
 
+import { chatSocketUrl, requestAPI, sendJSON } from '../api';
 import { llamaIcon } from '../icons';
 import { COMMANDS, PLUGIN_IDS } from '../tokens';
+import type { LoadedModel, ModelsReply } from '../wire';
+import { ChatClient, SocketLike } from './client';
+import { ConversationStore, KeyValueStorage, explainErrorRequest } from './conversations';
+import { ChatModel, DEFAULT_SETTINGS, ModelsApi } from './model';
+import { ErrorButtons, Workspace } from './notebook';
+import { ChatPanel } from './panel';
+
+const CATEGORY = 'llamalab';
+
+function browserStorage(): KeyValueStorage | null {
+  try {
+    return window.localStorage;
+  } catch {
+    return null;
+  }
+}
+
+function readSettings(model: ChatModel, settings: ISettingRegistry.ISettings): void {
+  const get = <T>(key: string, fallback: T): T => {
+    const value = settings.get(key).composite;
+    return (value === undefined ? fallback : value) as T;
+  };
+  model.settings = {
+    maxTokens: get<number | null>('maxTokens', DEFAULT_SETTINGS.maxTokens),
+    temperature: get<number | null>('temperature', DEFAULT_SETTINGS.temperature),
+    carryOverChars: get<number>('carryOverChars', DEFAULT_SETTINGS.carryOverChars)
+  };
+}
 
 export const chatPlugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_IDS.chat,
   description: 'A chat with the local model, in the side panel.',
   autoStart: true,
-  requires: [ILabShell],
-  activate: (app: JupyterFrontEnd, shell: ILabShell) => {
-    const panel = new Widget();
-    panel.id = 'llamalab-chat';
+  requires: [ILabShell, IRenderMimeRegistry],
+  optional: [INotebookTracker, IEditorTracker, ICommandPalette, ISettingRegistry],
+  activate: (
+    app: JupyterFrontEnd,
+    shell: ILabShell,
+    rendermime: IRenderMimeRegistry,
+    notebooks: INotebookTracker | null,
+    editors: IEditorTracker | null,
+    palette: ICommandPalette | null,
+    settingRegistry: ISettingRegistry | null
+  ) => {
+    const api: ModelsApi = {
+      list: () => requestAPI<ModelsReply>('models'),
+      load: model => sendJSON<LoadedModel>('models/load', { model })
+    };
+    const client = new ChatClient({ url: () => chatSocketUrl(), createSocket: url => new WebSocket(url) as unknown as SocketLike });
+    const model = new ChatModel(new ConversationStore(browserStorage()), client, api);
+    const workspace = new Workspace(shell, notebooks, editors, text => Clipboard.copyToSystem(text));
+    const panel = new ChatPanel(model, workspace, rendermime);
     panel.title.icon = llamaIcon;
-    panel.title.caption = 'llamalab chat';
+    panel.title.caption = 'llamalab chat (Ctrl/Cmd+Shift+Y)';
     shell.add(panel, 'right', { rank: 1000 });
+    client.connect();
+
+    // The context toggles follow the document and cell in use.
+    const refresh = () => panel.update();
+    shell.currentChanged.connect(refresh);
+    notebooks?.activeCellChanged.connect(refresh);
+
+    const open = () => {
+      shell.activateById(panel.id);
+      panel.focusInput();
+    };
+
     app.commands.addCommand(COMMANDS.openChat, {
       label: 'Open llamalab Chat',
-      execute: () => shell.activateById(panel.id)
+      caption: 'Open the chat with the local model and put the cursor in its message box',
+      icon: llamaIcon,
+      execute: open
     });
+
+    const target = (args: Record<string, unknown>) => {
+      const hit = args.fromContextMenu ? app.contextMenuHitTest(node => node.classList.contains('jp-Cell')) : undefined;
+      const cellId = typeof args.cellId === 'string' ? args.cellId : undefined;
+      return workspace.errorTarget(workspace.findCell(cellId, hit));
+    };
+
+    const explain = (args: Record<string, unknown>) => {
+      const error = target(args);
+      open();
+      if (!error) {
+        model.reportError({ code: 'not_found', message: 'The active cell has no error to explain.', detail: 'Run the cell first; its error output is what gets explained.' });
+        return;
+      }
+      if (model.isGenerating()) {
+        model.newConversation();
+      }
+      const request = explainErrorRequest(error.source, error.error, error.language, error.where);
+      model.send(request.content, { display: request.display, context: request.context });
+    };
+
+    app.commands.addCommand(COMMANDS.explainError, {
+      label: 'Explain This Error',
+      caption: "Ask the model to explain the cell's error and fix the code",
+      icon: llamaIcon,
+      isEnabled: args => !args.fromContextMenu || target(args) !== null,
+      isVisible: args => !args.fromContextMenu || target(args) !== null,
+      execute: args => explain(args)
+    });
+
+    if (notebooks) {
+      new ErrorButtons(notebooks, (_, cell) => explain({ cellId: cell.model.id }));
+    }
+
+    palette?.addItem({ command: COMMANDS.openChat, category: CATEGORY });
+    palette?.addItem({ command: COMMANDS.explainError, category: CATEGORY });
+
+    if (settingRegistry) {
+      settingRegistry
+        .load(PLUGIN_IDS.chat)
+        .then(settings => {
+          readSettings(model, settings);
+          settings.changed.connect(() => readSettings(model, settings));
+        })
+        .catch(reason => console.warn('llamalab: could not read the chat settings', reason));
+    }
   }
 };

@@ -1,0 +1,154 @@
+/**
+ * An answer's Markdown, rendered by JupyterLab's own markdown renderer (the notebook's
+ * parser and code highlighting; untrusted, so the HTML is sanitized), with a small toolbar
+ * on each code block: copy, insert into the active cell, new cell below.
+ */
+import { MimeModel } from '@jupyterlab/rendermime';
+import type { IRenderMime, IRenderMimeRegistry } from '@jupyterlab/rendermime';
+
+/** What a code block's buttons do; the plugin supplies them. */
+export interface CodeActions {
+  copy(code: string): void;
+  /** Inserts at the cursor of the active cell or editor; false when there is none. */
+  insert(code: string): boolean;
+  /** Adds a code cell below the active one; false when no notebook is open. */
+  newCell(code: string): boolean;
+}
+
+const MIME = 'text/markdown';
+/** Streaming answers re-render at most this often. */
+const STREAM_INTERVAL_MS = 80;
+
+/** The code of a rendered `<pre>` block (what the model wrote, without highlighting). */
+export function codeOf(pre: HTMLElement): string {
+  const code = pre.querySelector('code') ?? pre;
+  return (code.textContent ?? '').replace(/\n$/, '');
+}
+
+function button(testid: string, label: string, text: string, onClick: (b: HTMLButtonElement) => void): HTMLButtonElement {
+  const b = document.createElement('button');
+  b.type = 'button';
+  b.className = 'llamalab-code-button';
+  b.dataset.testid = testid;
+  b.title = label;
+  b.setAttribute('aria-label', label);
+  b.textContent = text;
+  b.addEventListener('click', event => {
+    event.preventDefault();
+    onClick(b);
+  });
+  return b;
+}
+
+function flash(b: HTMLButtonElement, text: string): void {
+  const original = b.dataset.label ?? b.textContent ?? '';
+  b.dataset.label = original;
+  b.textContent = text;
+  window.setTimeout(() => {
+    b.textContent = original;
+  }, 1200);
+}
+
+/** Wraps each code block in a frame with its toolbar above it. */
+export function decorateCodeBlocks(host: HTMLElement, actions: CodeActions): void {
+  host.querySelectorAll('pre').forEach(pre => {
+    if (pre.parentElement?.classList.contains('llamalab-code')) {
+      return;
+    }
+    const frame = document.createElement('div');
+    frame.className = 'llamalab-code';
+    const bar = document.createElement('div');
+    bar.className = 'llamalab-code-toolbar';
+    bar.setAttribute('role', 'toolbar');
+    const lang = /language-([\w+#.-]+)/.exec(pre.querySelector('code')?.className ?? '')?.[1] ?? '';
+    bar.setAttribute('aria-label', lang ? `${lang} code block` : 'code block');
+    const name = document.createElement('span');
+    name.className = 'llamalab-code-lang';
+    name.textContent = lang;
+    bar.append(
+      name,
+      button('llamalab-code-copy', 'Copy the code', 'Copy', b => {
+        actions.copy(codeOf(pre));
+        flash(b, 'Copied');
+      }),
+      button('llamalab-code-insert', 'Insert the code at the cursor of the active cell', 'Insert', b => {
+        flash(b, actions.insert(codeOf(pre)) ? 'Inserted' : 'No active cell');
+      }),
+      button('llamalab-code-new-cell', 'Add the code as a new cell below the active cell', 'New cell', b => {
+        flash(b, actions.newCell(codeOf(pre)) ? 'Added' : 'No notebook');
+      })
+    );
+    pre.replaceWith(frame);
+    frame.append(bar, pre);
+  });
+}
+
+/**
+ * Renders one message's Markdown into `host`, coalescing updates: while a render runs, only
+ * the newest text waits; streaming text re-renders at most every STREAM_INTERVAL_MS.
+ */
+export class MarkdownView {
+  private _renderer: IRenderMime.IRenderer;
+  private _text: string | null = null;
+  private _shown: string | null = null;
+  private _busy = false;
+  private _timer = 0;
+  private _disposed = false;
+
+  constructor(
+    rendermime: IRenderMimeRegistry,
+    host: HTMLElement,
+    private readonly _actions: CodeActions
+  ) {
+    this._renderer = rendermime.createRenderer(MIME);
+    this._renderer.addClass('llamalab-markdown');
+    host.appendChild(this._renderer.node);
+  }
+
+  /** Shows `text`; `streaming` rate-limits the renders. */
+  update(text: string, streaming: boolean): void {
+    this._text = text;
+    if (this._busy || this._timer) {
+      return;
+    }
+    if (streaming && this._shown !== null) {
+      this._timer = window.setTimeout(() => {
+        this._timer = 0;
+        void this._render();
+      }, STREAM_INTERVAL_MS);
+    } else {
+      void this._render();
+    }
+  }
+
+  dispose(): void {
+    this._disposed = true;
+    window.clearTimeout(this._timer);
+    this._renderer.node.remove();
+    this._renderer.dispose();
+  }
+
+  private async _render(): Promise<void> {
+    const text = this._text;
+    if (this._disposed || text === null || text === this._shown) {
+      return;
+    }
+    this._busy = true;
+    try {
+      await this._renderer.renderModel(new MimeModel({ data: { [MIME]: text }, trusted: false }));
+      this._shown = text;
+      if (!this._disposed) {
+        decorateCodeBlocks(this._renderer.node, this._actions);
+      }
+    } catch (err) {
+      this._renderer.node.textContent = text;
+      this._shown = text;
+      console.warn('llamalab: could not render the answer as Markdown', err);
+    } finally {
+      this._busy = false;
+    }
+    if (!this._disposed && this._text !== this._shown) {
+      this.update(this._text ?? '', true);
+    }
+  }
+}
