@@ -327,7 +327,7 @@ def test_nvim_builtin_inline_completion_is_used_where_it_exists(tmp_path):
 # -- VS Code: the extension builds to a .vsix --------------------------------------------
 
 @pytest.fixture(scope="module")
-def vsix(tmp_path_factory) -> Path:
+def vsix(tmp_path_factory):
     """``npm ci && npm run package`` in a copy of lsp/clients/vscode (the checkout stays clean)."""
     npm = shutil.which("npm")
     if npm is None:
@@ -340,7 +340,8 @@ def vsix(tmp_path_factory) -> Path:
         assert proc.returncode == 0, f"npm {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     path = build / "llamalab.vsix"
     assert path.is_file()
-    return path
+    yield path
+    shutil.rmtree(build / "node_modules", ignore_errors=True)  # some 170 MB
 
 
 def test_vscode_lock_file_names_no_registry():

@@ -228,6 +228,9 @@ local function commands()
   api.nvim_create_user_command('LlamalabRestart', function()
     M.restart()
   end, { desc = 'llamalab: restart the language server' })
+  api.nvim_create_user_command('LlamalabLog', function()
+    vim.cmd.tabedit(vim.fn.fnameescape(vim.lsp.log.get_filename()))
+  end, { desc = "llamalab: open the LSP log (the server's log lines are there)" })
 end
 
 --- Registers and enables the server, the ghost text, the keys and the commands.
