@@ -1,150 +1,151 @@
 """The llamalab language server: inline code completion from a local or remote model.
 
 Features: ``textDocument/inlineCompletion`` (LSP 3.18 ghost text), ``textDocument/completion``
-for clients without it, document sync (pygls keeps the open documents), ``$/cancelRequest``
-(pygls cancels the handler's task, which cancels the generation underneath).
+for clients without it, incremental document sync (pygls keeps the open documents, positions
+in the negotiated encoding, UTF-16 by default), ``$/cancelRequest`` (pygls cancels the
+handler's task, which cancels the generation underneath), ``workspace/didChangeConfiguration``,
+and ``llamalab/prompt``, which says what a completion at a position would send the model (for
+editor-client authors and the benchmark). What a suggestion is made of lives in
+``completer`` and ``context``; the settings and their checks in ``settings``; strict
+JSON-RPC error replies in ``protocol``.
 
-A request waits ``debounceMs`` first; a newer request for the same document supersedes it:
-the older one's generation is cancelled (``TokenStream.cancel`` takes effect within one
-token) and it answers with an empty result. Prompts are fill-in-the-middle ones built from
-token ids when the model has FIM tokens, prefix-only otherwise; generation streams on a
-helper thread (``AsyncTokenStream``) so the event loop never blocks, and ends as soon as
-the stop rules in ``llamalab.completion_rules`` say the suggestion is complete.
-
-``initializationOptions`` (all optional)::
-
-    {"model": "path/to/model.gguf or a catalog name", "remoteUrl": "http://host:port/v1",
-     "remoteModel": "name", "maxTokens": 64, "debounceMs": 150, "nCtx": 4096,
-     "prefixTokens": 1024, "suffixTokens": 256}
+Settings come from ``initializationOptions`` and ``workspace/didChangeConfiguration`` (the
+keys are listed in ``llamalab.lsp.settings``); a bad one is reported with
+``window/showMessage`` and ignored. Each generation's prompt statistics
+(``prompt N tokens, reused M, evaluated K``) are logged at INFO and sent as
+``window/logMessage``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import sys
-from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any, BinaryIO, Optional, TextIO
+from urllib.parse import unquote, urlparse
 
 from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
+from pygls.workspace import TextDocument
 
-from llamalab import (AsyncTokenStream, CursorContext, Engine, FimTokens, GenerationParams, LocalEngine, RemoteEngine,
-                      __version__, build_fim_prompt, locate, postprocess_completion,
-                      should_stop_completion)
+from llamalab import CursorContext, LocalEngine, __version__
 
+from .completer import Completer, CompletionStats
+from .context import ContextDocument, display_path
+from .protocol import LlamalabProtocol
+from .settings import Settings
 
-__all__ = ["Settings", "LlamalabLanguageServer", "create_server", "main"]
+__all__ = ["LlamalabLanguageServer", "Settings", "create_server", "main", "PROMPT_METHOD"]
 
 log = logging.getLogger("llamalab.lsp")
 
-
-@dataclass(frozen=True)
-class Settings:
-    model: Optional[str] = None
-    remote_url: Optional[str] = None
-    remote_model: Optional[str] = None
-    max_tokens: int = 64
-    debounce_ms: int = 150
-    n_ctx: int = 4096
-    prefix_tokens: int = 1024
-    suffix_tokens: int = 256
-
-    _KEYS = {"model": "model", "remoteUrl": "remote_url", "remoteModel": "remote_model",
-             "maxTokens": "max_tokens", "debounceMs": "debounce_ms", "nCtx": "n_ctx",
-             "prefixTokens": "prefix_tokens", "suffixTokens": "suffix_tokens"}
-
-    def updated(self, options: Any) -> "Settings":
-        """These settings with the known camelCase keys of ``options`` applied."""
-        if not isinstance(options, dict):
-            return self
-        changes: dict[str, Any] = {}
-        for key, field_name in self._KEYS.items():
-            if options.get(key) is not None:
-                current = getattr(self, field_name)
-                value = options[key]
-                changes[field_name] = int(value) if isinstance(current, int) else str(value)
-        return replace(self, **changes)
+PROMPT_METHOD = "llamalab/prompt"
 
 
 class LlamalabLanguageServer(LanguageServer):
     def __init__(self) -> None:
-        super().__init__("llamalab", __version__)
-        self.settings = Settings()
-        self.engine: Optional[Engine] = None
-        self._engine_lock = asyncio.Lock()
-        self._latest: dict[str, int] = {}  # uri -> number of the newest request
-        self._streams: dict[str, AsyncTokenStream] = {}  # uri -> the running generation
-        self._counter = 0
+        super().__init__("llamalab", __version__, protocol_cls=LlamalabProtocol)
+        self.completer = Completer(self._report_stats)
+        self._used: dict[str, int] = {}  # uri -> when it was last opened or changed (a counter)
 
-    # -- the model ------------------------------------------------------------------
-    def _load_engine(self) -> Engine:
-        s = self.settings
-        if s.remote_url:
-            return RemoteEngine(s.remote_url, model=s.remote_model)
-        path = locate(s.model)
-        log.info("loading %s", path)
-        return LocalEngine(path, n_ctx=s.n_ctx)
+    @property
+    def settings(self) -> Settings:
+        return self.completer.settings
 
-    async def get_engine(self) -> Engine:
-        async with self._engine_lock:
-            if self.engine is None:
-                self.engine = await asyncio.to_thread(self._load_engine)
-            return self.engine
+    # -- settings -----------------------------------------------------------------------------
+    def apply_settings(self, options: Any, origin: str) -> None:
+        settings, problems = self.settings.updated(options)
+        for problem in problems:
+            log.warning("%s: %s", origin, problem)
+            self.window_show_message(types.ShowMessageParams(type=types.MessageType.Warning,
+                                                             message=f"llamalab: {problem}"))
+        self.completer.configure(settings)
 
-    def _start(self, engine: Engine, ctx: CursorContext, params: GenerationParams) -> AsyncTokenStream:
-        s = self.settings
+    # -- documents ------------------------------------------------------------------------------
+    def touch(self, uri: str) -> None:
+        self._used[uri] = len(self._used) + max(self._used.values(), default=0) + 1
 
-        def start() -> Any:
-            if isinstance(engine, LocalEngine):
-                prompt = build_fim_prompt(engine, ctx.prefix, ctx.suffix, FimTokens.from_info(engine.info),
-                                          max_prefix_tokens=s.prefix_tokens, max_suffix_tokens=s.suffix_tokens)
-                return engine.complete_tokens(prompt.tokens, params)
-            return engine.complete(ctx.prefix[-4 * s.prefix_tokens:], params)
+    def open_document(self, uri: str) -> Optional[TextDocument]:
+        """The open document at ``uri``; None (and a log line) when the client never opened it."""
+        document = self.workspace.text_documents.get(unquote(uri))
+        if document is None:
+            log.info("no completion for %s: it is not open (send textDocument/didOpen first)", uri)
+        return document
 
-        return AsyncTokenStream(start)
+    def context_documents(self, current: TextDocument) -> list[ContextDocument]:
+        """The other open documents of the same language, most recently used first."""
+        root = self.workspace.root_path
+        others = [d for uri, d in self.workspace.text_documents.items()
+                  if uri != current.uri and d.language_id == current.language_id]
+        others.sort(key=lambda d: -self._used.get(d.uri, 0))
+        return [ContextDocument(display_path(unquote(urlparse(d.uri).path), root), d.source) for d in others]
 
-    # -- one completion ---------------------------------------------------------------
     async def suggest(self, uri: str, position: types.Position) -> Optional[str]:
-        """The suggestion at ``position``; None when superseded, cancelled or nothing to say."""
-        self._counter += 1
-        number = self._latest[uri] = self._counter
-        older = self._streams.pop(uri, None)
-        if older is not None:
-            older.cancel()  # the superseded generation stops within a token
-        document = self.workspace.get_text_document(uri)
+        """The suggestion at ``position`` in the open document ``uri``, or None."""
+        document = self.open_document(uri)
+        if document is None or not self.settings.completes(document.language_id):
+            return None
         text = document.source
-        if uri not in self.workspace.text_documents:
-            return None
-        offset = min(len(text), document.offset_at_position(position))
-        ctx = CursorContext.at(text, offset)
-        if self.settings.debounce_ms > 0:
-            await asyncio.sleep(self.settings.debounce_ms / 1000)
-        if self._latest.get(uri) != number:
-            return None
-        engine = await self.get_engine()
-        if self._latest.get(uri) != number:
-            return None
-        params = GenerationParams(max_tokens=self.settings.max_tokens, temperature=0.0,
-                                  stop=("\n",) if ctx.mode == "single" and ctx.line_prefix.strip() else ())
-        stream = self._streams[uri] = self._start(engine, ctx, params)
-        generated = ""
-        try:
-            async for piece in stream:
-                generated += piece
-                if should_stop_completion(generated, ctx):
-                    stream.cancel()
-                    break
-        finally:
-            if self._streams.get(uri) is stream:
-                del self._streams[uri]
-        if self._latest.get(uri) != number:
-            return None
-        if stream.result is not None:
-            log.info("completion: %d prompt tokens, %d generated, %s, %.3f s", stream.result.prompt_tokens,
-                     stream.result.completion_tokens, stream.result.finish_reason, stream.result.duration_s)
-        return postprocess_completion(generated, ctx) or None
+        offset = document.offset_at_position(position)
+        others = self.context_documents(document) if self.settings.context_tokens else []
+        return await self.completer.suggest(uri, text, offset, document.language_id or "", others)
+
+    # -- reports ------------------------------------------------------------------------------
+    def _report_stats(self, stats: CompletionStats) -> None:
+        log.info("%s", stats.message)
+        if self.settings.log_stats:
+            self.window_log_message(types.LogMessageParams(type=types.MessageType.Log, message=stats.message))
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        if isinstance(error, (json.JSONDecodeError, UnicodeDecodeError)):
+            log.warning("a message that is not JSON: %s", error)
+            self.protocol.send_parse_error(error)  # type: ignore[attr-defined]
+            return
+        super().report_server_error(error, source)
+
+
+def _plain(value: Any) -> Any:
+    """pygls hands a custom method's params over as namedtuples; JSON-shaped data back."""
+    if hasattr(value, "_asdict"):
+        value = value._asdict()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+async def _prompt_info(ls: LlamalabLanguageServer, params: Any) -> dict[str, Any]:
+    """``llamalab/prompt``: what a completion at ``params.position`` would send the model, without
+    generating: ``{"mode", "linePrefix", "lineSuffix", "promptTokens", "tokens", "text", "infill",
+    "anchorLine", "contextPaths"}`` (the last five for a local model only)."""
+    params = _plain(params)
+    try:
+        uri, position = params["textDocument"]["uri"], types.Position(**params["position"])
+    except (TypeError, KeyError, ValueError):
+        raise JsonRpcInvalidParams("Invalid params for llamalab/prompt: expected {\"textDocument\": {\"uri\": ...}, "
+                                   "\"position\": {\"line\": n, \"character\": n}}.") from None
+    document = ls.open_document(uri)
+    if document is None:
+        raise JsonRpcInvalidParams(f"{uri} is not open; send textDocument/didOpen first.")
+    text = document.source
+    ctx = CursorContext.at(text, document.offset_at_position(position))
+    others = ls.context_documents(document) if ls.settings.context_tokens else []
+    info: dict[str, Any] = {"mode": ctx.mode, "linePrefix": ctx.line_prefix, "lineSuffix": ctx.line_suffix}
+    engine = await ls.completer.get_engine()
+    language_id = document.language_id or ""
+    if isinstance(engine, LocalEngine):
+        plan = await asyncio.to_thread(ls.completer.plan, engine, uri, ctx, others, language_id, False)
+        info.update(promptTokens=len(plan.tokens), tokens=plan.tokens, infill=plan.infill,
+                    text=engine.detokenize(plan.tokens), anchorLine=plan.anchor_line,
+                    contextPaths=list(plan.context_paths))
+    else:
+        info.update(text=ls.completer.text_prompt(uri, ctx, others, language_id, remember=False))
+    return info
 
 
 def create_server() -> LlamalabLanguageServer:
@@ -152,14 +153,27 @@ def create_server() -> LlamalabLanguageServer:
 
     @server.feature(types.INITIALIZE)
     def initialize(ls: LlamalabLanguageServer, params: types.InitializeParams) -> None:
-        ls.settings = ls.settings.updated(params.initialization_options)
+        ls.apply_settings(params.initialization_options, "initializationOptions")
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     def did_change_configuration(ls: LlamalabLanguageServer, params: types.DidChangeConfigurationParams) -> None:
         settings = params.settings
         if isinstance(settings, dict) and isinstance(settings.get("llamalab"), dict):
             settings = settings["llamalab"]
-        ls.settings = ls.settings.updated(settings)
+        ls.apply_settings(settings, "workspace/didChangeConfiguration")
+
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: LlamalabLanguageServer, params: types.DidOpenTextDocumentParams) -> None:
+        ls.touch(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: LlamalabLanguageServer, params: types.DidChangeTextDocumentParams) -> None:
+        ls.touch(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: LlamalabLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
+        ls.completer.forget(params.text_document.uri)
+        ls._used.pop(params.text_document.uri, None)
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: LlamalabLanguageServer, params: types.InlineCompletionParams
@@ -182,12 +196,26 @@ def create_server() -> LlamalabLanguageServer:
             text_edit=types.TextEdit(range=types.Range(start=params.position, end=params.position), new_text=text))
         return types.CompletionList(is_incomplete=True, items=[item])
 
+    server.feature(PROMPT_METHOD)(_prompt_info)
+
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: LlamalabLanguageServer, params: None) -> None:
-        for stream in list(ls._streams.values()):
-            stream.cancel()
+        ls.completer.cancel()
 
     return server
+
+
+def _protected_stdio() -> tuple[BinaryIO, BinaryIO, TextIO]:
+    """The protocol's own stdin/stdout and a log stream, on duplicated file descriptors.
+
+    llama-cpp-python points fds 1 and 2 at /dev/null while it loads or frees a model
+    (``suppress_stdout_stderr``), which would swallow any reply written meanwhile; and a
+    library printing to stdout would corrupt the JSON-RPC stream. So the protocol writes to
+    a copy of fd 1, and fd 1 itself then goes to stderr."""
+    protocol_out = os.fdopen(os.dup(1), "wb")
+    log_stream = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+    os.dup2(2, 1)
+    return sys.stdin.buffer, protocol_out, log_stream
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -195,7 +223,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead of stdio (for debugging)")
     parser.add_argument("--log-level", default="INFO", help="logging level for stderr (default INFO)")
     args = parser.parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
+    stdin, stdout, log_stream = _protected_stdio() if not args.tcp else (sys.stdin.buffer, sys.stdout.buffer,
+                                                                        sys.stderr)
+    logging.basicConfig(stream=log_stream, level=args.log_level.upper(),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("pygls").setLevel(logging.WARNING)  # it logs every message in full at INFO
@@ -204,5 +234,5 @@ def main(argv: Optional[list[str]] = None) -> int:
         host, _, port = args.tcp.rpartition(":")
         server.start_tcp(host or "127.0.0.1", int(port))
     else:
-        server.start_io()
+        server.start_io(stdin, stdout)
     return 0
