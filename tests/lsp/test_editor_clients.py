@@ -351,6 +351,7 @@ def test_vscode_lock_file_names_no_registry():
         lock["packages"][""]["dependencies"]
 
 
+@pytest.mark.slow  # npm ci and vsce: 25 s on an idle machine, a minute on a busy one
 def test_vscode_extension_packages(vsix):
     with zipfile.ZipFile(vsix) as archive:
         names = set(archive.namelist())
@@ -373,6 +374,7 @@ def test_vscode_extension_packages(vsix):
     assert settings["llamalab.args"]["default"] == ["lsp"]
 
 
+@pytest.mark.slow
 def test_vscode_settings_map_to_server_options(vsix):
     """The compiled settings module (no 'vscode' import) maps settings to initializationOptions
     whose every key the server knows."""
