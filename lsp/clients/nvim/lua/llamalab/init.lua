@@ -241,9 +241,6 @@ function M.setup(opts)
   end
   M.config = vim.tbl_deep_extend('force', vim.deepcopy(M.defaults), opts or {})
   local cfg = M.config
-  if cfg.init_options and next(cfg.init_options) == nil then
-    cfg.init_options = {}
-  end
   local server = { init_options = M.init_options(cfg) }
   if M.mode() == 'plugin' and server.init_options.debounceMs == nil then
     server.init_options.debounceMs = 0 -- the plugin already waits debounce_ms before asking
