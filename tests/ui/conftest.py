@@ -12,6 +12,8 @@ Chromium through Playwright (sync API).
   Playwright never downloads a browser here.
 - ``lab`` (function scope): a fresh browser context on ``/lab`` with JupyterLab ready; console
   errors and uncaught page errors are recorded, and a test fails when llamalab's code logs one.
+- ``LLAMALAB_UI_LABEXTENSION=path/to/dist`` runs the tests on another build of the front end than
+  the one linked into the environment (it goes into the servers' private data folder).
 - Screenshots go to ``$LLAMALAB_UI_ARTIFACTS`` (default ``build/ui-artifacts`` in the repository):
   ``lab.shot(name)`` during a test, ``<test>--end.png`` after every test and
   ``<test>--failed.png`` when it failed, next to ``<test>--console.log``.
@@ -182,6 +184,15 @@ def start_lab(tmp: Path, store: Path, *, extra_args: tuple[str, ...] = (),
     private = {name: tmp / name for name in ("config", "data", "runtime", "ipython", "settings", "workspaces", "home")}
     for folder in private.values():
         folder.mkdir(parents=True, exist_ok=True)
+    override = os.environ.get("LLAMALAB_UI_LABEXTENSION")
+    if override:  # another build of the front end (its dist/ folder), found before the linked one
+        target = private["data"] / "labextensions" / PACKAGE
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            target.symlink_to(Path(override).resolve(), target_is_directory=True)
+        env_extra = {"JUPYTER_PREFER_ENV_PATH": "0"}  # else the environment's share/jupyter comes first
+    else:
+        env_extra = {}
     labconfig = private["config"] / "labconfig"
     labconfig.mkdir(exist_ok=True)
     (labconfig / "page_config.json").write_text(json.dumps({"disabledExtensions": DISABLED_PLUGINS}))
@@ -198,6 +209,7 @@ def start_lab(tmp: Path, store: Path, *, extra_args: tuple[str, ...] = (),
         "LLAMALAB_HOME": str(store),
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # the python3 kernelspec runs `python`
         "PYTHONUNBUFFERED": "1",
+        **env_extra,
     })
     port, token = free_port(), secrets.token_hex(24)
     settings = {"store_dir": str(store), "n_ctx": 2048, "default_max_tokens": 256, "preload": True}
@@ -243,10 +255,21 @@ def ui_store(tmp_path_factory: pytest.TempPathFactory, demo_model: Path, demo_st
 
 
 @pytest.fixture(scope="module")
-def lab_server(tmp_path_factory: pytest.TempPathFactory, ui_store: Path) -> Iterator[LabServer]:
+def lab_options() -> dict[str, Any]:
+    """``start_lab`` keywords for a module's server (override in a module): ``llamalab`` traitlets,
+    ``extra_args``, and ``own_store=True`` for a store of its own (a copy of the shared one)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def lab_server(tmp_path_factory: pytest.TempPathFactory, ui_store: Path, demo_store: Any,
+               lab_options: dict[str, Any]) -> Iterator[LabServer]:
     if _needs_browser():
         pytest.skip(_needs_browser())
-    server = start_lab(tmp_path_factory.mktemp("lab"), ui_store)
+    options = dict(lab_options)
+    tmp = tmp_path_factory.mktemp("lab")
+    store = private_store(tmp / "store", demo_store) if options.pop("own_store", False) else ui_store
+    server = start_lab(tmp, store, **options)
     try:
         yield server
     finally:
@@ -322,8 +345,10 @@ class Lab:
         self.page.wait_for_selector(".jp-DirListing-item", state="visible", timeout=timeout)
         self.page.wait_for_selector(".jp-Launcher", state="visible", timeout=timeout)  # ?reset opens it
 
-    def command(self, command: str, args: Optional[dict[str, Any]] = None) -> Any:
-        return self.page.evaluate("([c, a]) => window.jupyterapp.commands.execute(c, a)", [command, args or {}])
+    def command(self, command: str, args: Optional[dict[str, Any]] = None) -> None:
+        """Run a JupyterLab command and wait for it; its result stays in the page (widgets don't serialize)."""
+        self.page.evaluate("async ([c, a]) => { await window.jupyterapp.commands.execute(c, a); }",
+                           [command, args or {}])
 
     def has_command(self, command: str) -> bool:
         return self.page.evaluate("(c) => window.jupyterapp.commands.hasCommand(c)", command)
@@ -401,3 +426,80 @@ def _clean_artifacts() -> None:
             png.unlink()
         for log in ARTIFACTS.glob("*.log"):
             log.unlink()
+
+
+# -- the chat panel -------------------------------------------------------------------------
+
+ASSISTANT = '#llamalab-chat .llamalab-message[data-role="assistant"]'
+
+# Samples the newest assistant message every 15 ms until it has a finish reason (or the time is
+# up): its text length and its data-streaming / data-finish-reason attributes, in order.
+WATCH_ANSWER_JS = """
+async ([selector, count, timeoutMs]) => {
+  const samples = [];
+  const start = performance.now();
+  while (performance.now() - start < timeoutMs) {
+    const all = document.querySelectorAll(selector);
+    const m = all.length > count ? all[all.length - 1] : null;
+    if (m) {
+      const s = {t: Math.round(performance.now() - start), len: (m.textContent || '').length,
+                 streaming: m.getAttribute('data-streaming'), finish: m.getAttribute('data-finish-reason')};
+      const last = samples[samples.length - 1];
+      if (!last || last.len !== s.len || last.streaming !== s.streaming || last.finish !== s.finish) samples.push(s);
+      if (s.finish) break;
+    }
+    await new Promise(r => setTimeout(r, 15));
+  }
+  return samples;
+}
+"""
+
+
+class Chat:
+    """The chat side panel of one page, through its stable selectors."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        page = lab.page
+        self.panel = page.locator("#llamalab-chat")
+        self.input = page.get_by_test_id("llamalab-chat-input")
+        self.send_button = page.get_by_test_id("llamalab-chat-send")
+        self.stop_button = page.get_by_test_id("llamalab-chat-stop")
+        self.messages = page.get_by_test_id("llamalab-chat-messages")
+        self.answers = page.locator(ASSISTANT)
+
+    def open(self) -> "Chat":
+        self.lab.command("llamalab:open-chat")
+        self.panel.wait_for(state="visible")
+        self.input.wait_for(state="visible")
+        return self
+
+    def answer_count(self) -> int:
+        return self.answers.count()
+
+    def send(self, text: str) -> int:
+        """Type ``text`` and click send; returns how many answers there were before."""
+        before = self.answer_count()
+        self.input.fill(text)
+        self.send_button.click()
+        return before
+
+    def watch(self, before: int, timeout: float = 90.0) -> list[dict[str, Any]]:
+        """Samples of the answer after the first ``before`` ones until it finished."""
+        return self.lab.page.evaluate(WATCH_ANSWER_JS, [ASSISTANT, before, int(timeout * 1000)])
+
+    def answer(self, index: int) -> Any:
+        return self.answers.nth(index)
+
+    def wait_finished(self, index: int, timeout: float = 90.0) -> Any:
+        answer = self.answer(index)
+        answer.wait_for(state="attached", timeout=timeout * 1000)
+        self.lab.page.wait_for_function(
+            "([sel, i]) => { const m = document.querySelectorAll(sel)[i];"
+            " return m && m.hasAttribute('data-finish-reason'); }", [ASSISTANT, index], timeout=timeout * 1000)
+        return answer
+
+
+@pytest.fixture
+def chat(lab: Lab) -> Chat:
+    return Chat(lab)
