@@ -15,6 +15,7 @@ request forever. ``LlamalabProtocol`` answers them as JSON-RPC 2.0 says:
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -22,11 +23,13 @@ import cattrs
 from lsprotocol import types
 from pygls.protocol import LanguageServerProtocol
 
-__all__ = ["LlamalabProtocol", "InvalidMessage", "PARSE_ERROR", "INVALID_REQUEST", "INVALID_PARAMS"]
+__all__ = ["LlamalabProtocol", "InvalidMessage", "PARSE_ERROR", "INVALID_REQUEST", "INVALID_PARAMS",
+           "ParseErrorLogFilter"]
 
 log = logging.getLogger("llamalab.lsp")
 
 PARSE_ERROR, INVALID_REQUEST, INVALID_PARAMS = -32700, -32600, -32602
+_SNAKE = re.compile(r"(?<=[a-z])_([a-z])")
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,9 @@ class InvalidMessage:
 
 
 def _describe(exc: Exception) -> str:
+    """cattrs' reasons, with the paths in the wire's camelCase (``$.params.position.line``)."""
     if isinstance(exc, cattrs.ClassValidationError):
-        return "; ".join(cattrs.transform_error(exc, path="$"))
+        return "; ".join(_SNAKE.sub(lambda m: m[1].upper(), line) for line in cattrs.transform_error(exc, path="$"))
     return str(exc) or type(exc).__name__
 
 
@@ -75,10 +79,14 @@ class LlamalabProtocol(LanguageServerProtocol):
             self.reject(message)
             return
         if getattr(message, "jsonrpc", None) != self.VERSION:
-            raw_id = message.get("id") if isinstance(message, dict) else None
+            if isinstance(message, dict):
+                raw_id, notification = message.get("id"), "id" not in message and "method" in message
+            else:  # a JSON array or scalar, or a typed message with another "jsonrpc"
+                raw_id, notification = getattr(message, "id", None), hasattr(message, "method") and \
+                    not hasattr(message, "id")
             self.reject(InvalidMessage(INVALID_REQUEST, "Invalid Request: expected a JSON-RPC 2.0 object with "
                                        "\"jsonrpc\": \"2.0\" and a \"method\".",
-                                       raw_id if _valid_id(raw_id) else None))
+                                       raw_id if _valid_id(raw_id) else None, not notification))
             return
         super().handle_message(message)
 
@@ -99,3 +107,12 @@ class LlamalabProtocol(LanguageServerProtocol):
     def send_parse_error(self, error: Optional[BaseException] = None) -> None:
         detail = f" ({error})" if error else ""
         self.send_error_without_id(PARSE_ERROR, f"Parse error: the message body is not valid UTF-8 JSON{detail}.")
+
+
+class ParseErrorLogFilter(logging.Filter):
+    """Drops pygls' traceback for a body that is not JSON: the parse error reply and one
+    warning line say it already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, (ValueError,)) or record.getMessage() != "Unable to handle message"

@@ -36,7 +36,7 @@ from llamalab import CursorContext, LocalEngine, __version__
 
 from .completer import Completer, CompletionStats
 from .context import ContextDocument, display_path
-from .protocol import LlamalabProtocol
+from .protocol import LlamalabProtocol, ParseErrorLogFilter
 from .settings import Settings
 
 __all__ = ["LlamalabLanguageServer", "Settings", "create_server", "main", "PROMPT_METHOD"]
@@ -227,6 +227,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                                         sys.stderr)
     logging.basicConfig(stream=log_stream, level=args.log_level.upper(),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("pygls.server").addFilter(ParseErrorLogFilter())
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("pygls").setLevel(logging.WARNING)  # it logs every message in full at INFO
     server = create_server()
