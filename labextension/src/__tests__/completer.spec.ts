@@ -62,7 +62,7 @@ describe('assembleContext', () => {
     const ctx = assembleContext({
       text: 'x = 1\ny = x +\nprint(y)',
       offset: 'x = 1\ny = x +'.length,
-      cellsBefore: ['import os', '', '   ', 'def f():\n    return 2'],
+      cellsBefore: ['import os\n\n', '', '   ', 'def f():\n    return 2'],
       cellsAfter: ['z = 3']
     });
     expect(ctx.prefix).toBe('import os\n\ndef f():\n    return 2\n\nx = 1\ny = x +');

@@ -79,7 +79,7 @@ export function assembleContext(
   bounds: Pick<CompleterSettings, 'maxPrefixChars' | 'maxSuffixChars'> = DEFAULT_SETTINGS
 ): { prefix: string; suffix: string } {
   const offset = Math.max(0, Math.min(editor.offset, editor.text.length));
-  const before = (editor.cellsBefore ?? []).filter(source => source.trim() !== '');
+  const before = (editor.cellsBefore ?? []).map(source => source.replace(/\s+$/, '')).filter(source => source !== '');
   const after = (editor.cellsAfter ?? []).filter(source => source.trim() !== '');
   const prefix = [...before, editor.text.slice(0, offset)].join(CELL_SEPARATOR);
   const suffix = [editor.text.slice(offset), ...after].join(CELL_SEPARATOR);

@@ -44,7 +44,7 @@ interface Surroundings {
   path?: string | null;
 }
 
-function surroundingsOf(widget: Widget, request: CompletionHandler.IRequest): Surroundings {
+function surroundingsOf(widget: Widget): Surroundings {
   if (widget instanceof NotebookPanel) {
     const notebook = widget.content;
     const index = notebook.activeCellIndex;
@@ -54,11 +54,11 @@ function surroundingsOf(widget: Widget, request: CompletionHandler.IRequest): Su
         .filter(cell => cell.model.type === 'code')
         .map(cell => cell.model.sharedModel.getSource());
     const languageInfo = widget.model?.getMetadata('language_info') as { name?: string } | undefined;
-    const active = notebook.activeCell;
-    const inActive = active ? active.model.sharedModel.getSource() === request.text : false;
+    // the inline completer runs in the active cell's editor
+    const hasActive = index >= 0 && index < notebook.widgets.length;
     return {
-      cellsBefore: inActive ? code(0, index) : [],
-      cellsAfter: inActive ? code(index + 1, notebook.widgets.length) : [],
+      cellsBefore: hasActive ? code(0, index) : [],
+      cellsAfter: hasActive ? code(index + 1, notebook.widgets.length) : [],
       kernelLanguage: languageInfo?.name ?? widget.model?.defaultKernelLanguage ?? null,
       path: widget.context.path
     };
@@ -123,7 +123,7 @@ export class LlamalabInlineProvider implements IInlineCompletionProvider {
 
   async fetch(request: CompletionHandler.IRequest, context: IInlineCompletionContext): Promise<IInlineCompletionList> {
     const invoked = context.triggerKind === InlineCompletionTriggerKind.Invoke;
-    const around = surroundingsOf(context.widget, request);
+    const around = surroundingsOf(context.widget);
     const editor: EditorContext = {
       text: request.text,
       offset: request.offset,
