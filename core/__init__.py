@@ -12,13 +12,14 @@ Everything here is light to import: llama_cpp, gguf and huggingface_hub load on 
 """
 
 from .catalog import CATALOG, DEFAULT_MODEL, CatalogEntry, resolve
+from .convert import checkpoint_license, convert_and_register, quantize_and_register
 from .doctor import DoctorReport, build_report, format_report
 from .engine import (AsyncEngine, AsyncTokenStream, Engine, GenerationParams, GenerationResult,
                      LocalEngine, ModelDescription, RemoteEngine, TokenStream)
 from .errors import (ChatTemplateError, CheckpointError, ChecksumMismatchError, ConfigError,
                      ContextOverflowError, ConversionError, EngineBusyError, EngineError,
                      InsufficientDiskSpaceError, InvalidModelFileError, LicenseNotAcceptedError,
-                     LlamalabError, ModelError, ModelLoadError, ModelNotFoundError, PullError,
+                     LlamalabError, ModelError, ModelLoadError, ModelNotFoundError, OperationCancelledError, PullError,
                      QuantizeError, RemoteEngineError, ServerResponseError, ServerUnreachableError,
                      SignedUrlExpiredError, SourceUnreachableError, UnsafeCheckpointError,
                      UnsupportedModelError)
@@ -28,7 +29,9 @@ from .completion_rules import should_stop as should_stop_completion
 from .fim import FimPrompt, FimTokens, build_fim_prompt
 from .gguf_info import GGUFInfo, read_gguf_info
 from .progress import Progress, ProgressCallback
-from .pulls import default_model_name, locate, pull
+from .license import license_notice, require_license
+from .pulls import default_model_name, locate, pull, pull_license
+from .quantize import QUANT_TYPES, normalize_quant_type
 from .store import ModelStore, StoredModel
 from .templates import Message
 
@@ -92,6 +95,8 @@ __all__ = [
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelStore",
+    "OperationCancelledError",
+    "QUANT_TYPES",
     "Progress",
     "ProgressCallback",
     "PullError",
@@ -105,6 +110,13 @@ __all__ = [
     "UnsupportedModelError",
     "__version__",
     "build_fim_prompt",
+    "checkpoint_license",
+    "convert_and_register",
+    "license_notice",
+    "normalize_quant_type",
+    "pull_license",
+    "quantize_and_register",
+    "require_license",
     "build_report",
     "chat",
     "default_model_name",

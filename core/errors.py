@@ -17,6 +17,7 @@ translated into these at the boundary where they happen.
      │    ├── SourceUnreachableError    the Hub, a URL or the package index cannot be reached
      │    └── SignedUrlExpiredError     Meta's signed URL expired or was used too often (HTTP 403)
      ├── LicenseNotAcceptedError        the model's licence must be accepted first
+     ├── OperationCancelledError        a pull, conversion or quantization was cancelled
      ├── ConversionError
      │    ├── CheckpointError           missing/extra shard, params.json contradicting shapes, truncated .pth
      │    └── UnsafeCheckpointError     a pickle that tries to run code or load an unknown class
@@ -46,6 +47,7 @@ __all__ = [
     "SourceUnreachableError",
     "SignedUrlExpiredError",
     "LicenseNotAcceptedError",
+    "OperationCancelledError",
     "ConversionError",
     "CheckpointError",
     "UnsafeCheckpointError",
@@ -106,7 +108,16 @@ class SignedUrlExpiredError(PullError):
 
 
 class LicenseNotAcceptedError(LlamalabError):
-    pass
+    """``license`` is the licence's id (e.g. ``llama2``), ``license_url`` where to read it."""
+
+    def __init__(self, message: str, *, license: str | None = None, license_url: str | None = None) -> None:
+        super().__init__(message)
+        self.license = license
+        self.license_url = license_url
+
+
+class OperationCancelledError(LlamalabError):
+    """Raised inside a long step when its ``cancel`` event is set; its partial files are gone."""
 
 
 class ConversionError(LlamalabError):

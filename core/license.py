@@ -106,5 +106,6 @@ def require_license(license_id: Optional[str], *, accept: bool = False,
     terms = _terms(license_id)
     raise LicenseNotAcceptedError(
         f"these weights need the {terms.name} ({terms.url}) and its Acceptable Use Policy "
-        "accepted first; read them, then run the command again with --accept-license."
+        "accepted first; read them, then run the command again with --accept-license.",
+        license=terms.id, license_url=terms.url,
     )

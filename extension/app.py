@@ -26,7 +26,8 @@ from llamalab import ModelStore
 from .chat_socket import ChatSocket
 from .completions import handlers as completion_handlers
 from .handlers import handlers as rest_handlers
-from .jobs import PullJobs
+from .job_routes import handlers as job_handlers
+from .jobs import Jobs
 from .kernel import gpu_layers
 from .kernel_access import export_to_kernels, new_key
 from .manager import EngineManager, ManagerConfig
@@ -117,7 +118,7 @@ class LlamalabExtension(ExtensionApp):
     def initialize_settings(self) -> None:
         store = ModelStore(self.store_dir) if self.store_dir else ModelStore()
         self.manager = EngineManager(self.manager_config(), store, log=self.log)
-        self.jobs = PullJobs(store, allowed=self.manager.is_allowed)
+        self.jobs = Jobs(store, allowed=self.manager.is_allowed, root_dir=self._root_dir())
         self.kernel_key: Optional[str] = new_key() if self.kernel_access else None
         self._restore_env = None
         self.settings.update(llamalab_manager=self.manager, llamalab_jobs=self.jobs,
@@ -131,7 +132,13 @@ class LlamalabExtension(ExtensionApp):
         self.handlers.extend(rest_handlers())
         self.handlers.extend(openai_handlers())
         self.handlers.extend(completion_handlers())
+        self.handlers.extend(job_handlers())
         self.handlers.append((r"/llamalab/chat", ChatSocket))
+
+    def _root_dir(self) -> Optional[str]:
+        """The folder the Jupyter server serves: relative checkpoint folders are taken from it."""
+        app = self.serverapp
+        return getattr(app, "root_dir", None) if app is not None else None
 
     def server_url(self) -> Optional[str]:
         """The extension's root as kernels on this machine reach it."""

@@ -17,7 +17,7 @@ from typing import Optional
 from pydantic import ValidationError
 
 from llamalab import (ConfigError, ContextOverflowError, EngineBusyError, EngineError, LicenseNotAcceptedError,
-                      LlamalabError, ModelError, ModelNotFoundError, PullError)
+                      LlamalabError, ModelError, ModelNotFoundError, PullError, license_notice)
 
 from .messages import ErrorCode, ErrorMessage
 
@@ -64,10 +64,17 @@ def error_message(exc: BaseException, request_id: Optional[str] = None,
     """The wire form of ``exc``; unexpected exceptions are logged with their traceback."""
     for kind, code in _CODES:
         if isinstance(exc, kind):
-            return ErrorMessage(id=request_id, code=code, message=" ".join(str(exc).split()))
+            return ErrorMessage(id=request_id, code=code, message=" ".join(str(exc).split()), detail=_detail(exc))
     (log or logging.getLogger(__name__)).error("unexpected error", exc_info=exc)
     return ErrorMessage(id=request_id, code="internal",
                         message=f"internal error ({type(exc).__name__}); see the Jupyter server's log.")
+
+
+def _detail(exc: BaseException) -> Optional[dict]:
+    """What a client needs beyond the message: for a licence, which one and where to read it."""
+    if isinstance(exc, LicenseNotAcceptedError) and exc.license:
+        return {"license": exc.license, "license_url": exc.license_url, "notice": license_notice(exc.license)}
+    return None
 
 
 def validation_message(exc: ValidationError, request_id: Optional[str] = None,

@@ -1,4 +1,5 @@
-"""REST routes under ``/llamalab/``: models, pull jobs, hardware, settings, the wire schema.
+"""REST routes under ``/llamalab/``: models, hardware, settings, the wire schema (jobs: ``job_routes``,
+inline completion: ``completions``, the OpenAI-compatible routes: ``openai``).
 
 Every handler is a jupyter_server ``APIHandler``: ``@web.authenticated`` and
 ``@authorized`` (resource ``llamalab``) on each method, XSRF checked on browser POSTs by
@@ -34,15 +35,14 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from pydantic import BaseModel, ValidationError
 from tornado import web
-from tornado.iostream import StreamClosedError
 
 from llamalab import CATALOG, LlamalabError, build_report, format_report
 
 from .errors import error_message, http_status, validation_message
-from .jobs import PullJobs
+from .jobs import Jobs
 from .manager import EngineManager
-from .messages import (CatalogModelInfo, ErrorMessage, HardwareReply, LoadRequest, ModelsReply, JobList,
-                       JobProgressMessage, PullRequest, SettingsReply, SettingsUpdate, StoredModelInfo, UnloadReply)
+from .messages import (CatalogModelInfo, ErrorMessage, HardwareReply, LoadRequest, ModelsReply, SettingsReply,
+                       SettingsUpdate, StoredModelInfo, UnloadReply)
 
 __all__ = ["AUTH_RESOURCE", "BadRequest", "LlamalabHandler", "handlers"]
 
@@ -69,7 +69,7 @@ class LlamalabHandler(ExtensionHandlerMixin, APIHandler):
         return self.settings["llamalab_manager"]
 
     @property
-    def jobs(self) -> PullJobs:
+    def jobs(self) -> Jobs:
         return self.settings["llamalab_jobs"]
 
     def reply(self, model: BaseModel, status: int = 200) -> None:
@@ -161,59 +161,6 @@ class UnloadHandler(LlamalabHandler):
         self.reply(UnloadReply(model=await self.manager.unload()))
 
 
-class PullsHandler(LlamalabHandler):
-    @web.authenticated
-    @authorized
-    async def get(self) -> None:
-        self.reply(JobList(jobs=self.jobs.list()))
-
-    @web.authenticated
-    @authorized
-    async def post(self) -> None:
-        request = self.body_as(PullRequest)
-        self.reply(self.jobs.start(request), status=202)
-
-
-class PullJobHandler(LlamalabHandler):
-    def _job(self, job_id: str) -> Any:
-        job = self.jobs.get(job_id)
-        if job is None:
-            raise BadRequest(ErrorMessage(code="not_found", message=f"no pull job '{job_id}'; "
-                                          "GET /llamalab/pulls lists them."))
-        return job
-
-    @web.authenticated
-    @authorized
-    async def get(self, job_id: str) -> None:
-        self.reply(self._job(job_id))
-
-
-class PullEventsHandler(PullJobHandler):
-    """The job's progress as server-sent events, ending with the event of the finished job."""
-
-    @web.authenticated
-    @authorized
-    async def get(self, job_id: str) -> None:
-        job = self._job(job_id)
-        queue: asyncio.Queue[JobProgressMessage] = asyncio.Queue()
-        remove = self.jobs.add_listener(lambda m: queue.put_nowait(m) if m.job.id == job_id else None)
-        self.set_header("Content-Type", "text/event-stream")
-        self.set_header("Cache-Control", "no-cache")
-        try:
-            message: Optional[JobProgressMessage] = JobProgressMessage(job=job)
-            while message is not None:
-                self.write(f"data: {message.model_dump_json()}\n\n")
-                await self.flush()
-                if message.job.state != "running":
-                    break
-                message = await queue.get()
-        except StreamClosedError:
-            return
-        finally:
-            remove()
-        self.finish(set_content_type="text/event-stream")
-
-
 class HardwareHandler(LlamalabHandler):
     @web.authenticated
     @authorized
@@ -258,14 +205,10 @@ class SchemaHandler(LlamalabHandler):
 
 def handlers() -> list[tuple[str, type]]:
     """The REST routes, relative to the server's base URL."""
-    job = r"(?P<job_id>[A-Za-z0-9_-]{1,64})"
     return [
         (r"/llamalab/models", ModelsHandler),
         (r"/llamalab/models/load", LoadHandler),
         (r"/llamalab/models/unload", UnloadHandler),
-        (r"/llamalab/pulls", PullsHandler),
-        (rf"/llamalab/pulls/{job}", PullJobHandler),
-        (rf"/llamalab/pulls/{job}/events", PullEventsHandler),
         (r"/llamalab/hardware", HardwareHandler),
         (r"/llamalab/settings", SettingsHandler),
         (r"/llamalab/schema", SchemaHandler),

@@ -1,11 +1,19 @@
-"""Pull jobs: ``llamalab.pull`` run on a thread, its progress turned into wire events.
+"""Background jobs of the model manager: pulls, conversions and quantizations, as wire ``Job``s.
 
-``PullJobs.start`` returns at once with a ``Job`` whose state is ``running``; the
-core pull reports ``Progress`` from its thread, the job's fields follow, and listeners
-(every chat WebSocket, and SSE streams on ``/llamalab/pulls/{id}/events``) get a
-``JobProgressMessage`` on the event loop, at most every ``interval`` seconds and always
-when the stage changes or the job ends. Asking for a model that is already being pulled
-returns the running job instead of starting a second download of the same file.
+``Jobs.start_pull``, ``start_convert`` and ``start_quantize`` check the request at once (an
+unknown model, a folder that holds no checkpoint, an unknown quantization type or a licence
+not yet accepted raise, and the client gets the error as its reply) and return a ``Job``
+whose state is ``running``. The core step (``llamalab.pull``, ``convert_and_register``,
+``quantize_and_register``) then runs on a thread and reports ``Progress``; the job's fields
+follow, and listeners (every chat WebSocket, and SSE streams on ``/llamalab/jobs/{id}/events``)
+get a ``JobProgressMessage`` on the event loop, at most every ``interval`` seconds and always
+when the stage changes or the job ends.
+
+Conversions and quantizations need a lot of CPU and memory, so they run one at a time, in
+the order they were asked for; the others wait with ``stage == "queued"``. Pulls run at once.
+``cancel(id)`` sets the job's ``threading.Event``: the core step stops within a chunk or a
+tensor (the quantizer's child process is terminated), deletes its partial files, and the
+job ends ``cancelled``. Asking again for what a running job already does returns that job.
 """
 
 from __future__ import annotations
@@ -14,29 +22,39 @@ import asyncio
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Callable, Optional
 
-from llamalab import ModelStore, Progress, pull, resolve
+from llamalab import (ConfigError, LlamalabError, ModelNotFoundError, ModelStore, OperationCancelledError, Progress,
+                      StoredModel, checkpoint_license, convert_and_register, normalize_quant_type, pull, pull_license,
+                      quantize_and_register, require_license, resolve)
 
 from .errors import ModelNotAllowedError, error_message
-from .messages import Job, JobProgressMessage, PullRequest
+from .messages import ConvertRequest, Job, JobKind, JobProgressMessage, PullRequest, QuantizeRequest
 
-__all__ = ["PullJobs"]
+__all__ = ["Jobs"]
 
 Listener = Callable[[JobProgressMessage], None]
+Work = Callable[[Callable[[Progress], None], threading.Event], StoredModel]
 
 
-class PullJobs:
+class Jobs:
     def __init__(self, store: ModelStore, *, allowed: Callable[[str], bool] = lambda name: True,
-                 interval: float = 0.2, keep: int = 50) -> None:
+                 root_dir: Optional[str] = None, interval: float = 0.2, keep: int = 50) -> None:
         self.store = store
         self._allowed = allowed
+        self._root = Path(root_dir).expanduser() if root_dir else Path.cwd()
         self._interval = interval
         self._keep = keep
         self._jobs: dict[str, Job] = {}
+        self._cancels: dict[str, threading.Event] = {}
+        self._keys: dict[str, tuple] = {}  # what each job does: asking again returns the running job
         self._lock = threading.Lock()
+        self._heavy = threading.Condition(self._lock)  # conversions and quantizations: one at a time
+        self._heavy_queue: list[str] = []  # job ids in order; the first one runs
         self._listeners: list[Listener] = []
 
+    # -- reading ------------------------------------------------------------------------
     def add_listener(self, listener: Listener) -> Callable[[], None]:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
@@ -49,29 +67,105 @@ class PullJobs:
         with self._lock:
             return sorted(self._jobs.values(), key=lambda j: j.started_at)
 
-    def start(self, request: PullRequest) -> Job:
-        """Start pulling (call on the event loop); errors in the reference raise at once."""
+    # -- starting (on the event loop) ---------------------------------------------------
+    def start_pull(self, request: PullRequest) -> Job:
+        """Start pulling; errors in the reference or a licence to accept raise at once."""
         resolved = resolve(request.model)  # ModelNotFoundError: say so now, not in a job
         if not (self._allowed(resolved.store_name) or self._allowed(request.model)):
             raise ModelNotAllowedError(f"'{request.model}' is not one of the models this server offers; "
                                        "ask its administrator to allow it.")
+        existing = self.store.find(resolved.store_name)
+        if request.force or existing is None or not existing.file.is_file():
+            require_license(pull_license(request.model), accept=request.accept_license, store=self.store)
+
+        def work(progress: Callable[[Progress], None], cancel: threading.Event) -> StoredModel:
+            return pull(request.model, store=self.store, progress=progress, force=request.force,
+                        accept_license=request.accept_license, cancel=cancel)
+
+        return self._start("pull", resolved.store_name, work, heavy=False, key=("pull", resolved.store_name))
+
+    async def start_convert(self, request: ConvertRequest) -> Job:
+        """Start converting a checkpoint folder on this server (relative paths are taken from
+        the Jupyter server's root folder); a bad folder, type or name, or a licence to accept,
+        raise at once."""
+        source = self._resolve_folder(request.source)
+        await asyncio.to_thread(self._check_convert, source, request)
+
+        def work(progress: Callable[[Progress], None], cancel: threading.Event) -> StoredModel:
+            return convert_and_register(source, quant=request.quant, name=request.name,
+                                        accept_license=request.accept_license, store=self.store,
+                                        progress=progress, cancel=cancel)
+
+        return self._start("convert", request.source, work, heavy=True,
+                           key=("convert", str(source.resolve()), (request.quant or "f16").upper(), request.name))
+
+    async def start_quantize(self, request: QuantizeRequest) -> Job:
+        """Start quantizing a stored model into a new stored model."""
+        stored = self.store.find(request.model)
+        if stored is None:
+            raise ModelNotFoundError(f"'{request.model}' is not in the model store; GET /llamalab/models lists "
+                                     "the stored models.")
+        _checked(lambda: normalize_quant_type(request.quant))
+        if request.name:
+            _checked(lambda: self.store.validate_name(request.name or ""))
+        src = stored.file
+
+        def work(progress: Callable[[Progress], None], cancel: threading.Event) -> StoredModel:
+            return quantize_and_register(src, request.quant, name=request.name, store=self.store,
+                                         progress=progress, cancel=cancel)
+
+        return self._start("quantize", stored.name, work, heavy=True,
+                           key=("quantize", stored.name, request.quant.upper(), request.name))
+
+    def _resolve_folder(self, source: str) -> Path:
+        path = Path(source).expanduser()
+        return path if path.is_absolute() else self._root / path
+
+    def _check_convert(self, source: Path, request: ConvertRequest) -> None:
+        license_id = _checked(lambda: checkpoint_license(source))  # CheckpointError: not a checkpoint
+        if request.quant:
+            _checked(lambda: normalize_quant_type(request.quant or ""))
+        if request.name:
+            _checked(lambda: self.store.validate_name(request.name or ""))
+        require_license(license_id, accept=request.accept_license, store=self.store)
+
+    def _start(self, kind: JobKind, model: str, work: Work, *, heavy: bool, key: tuple) -> Job:
         with self._lock:
             for job in self._jobs.values():
-                if job.model == resolved.store_name and job.state == "running":
+                if job.state == "running" and self._keys.get(job.id) == key:
                     return job
-            job = Job(id=uuid.uuid4().hex[:12], kind="pull", model=resolved.store_name, state="running",
-                          stage="starting", started_at=time.time())
+            job = Job(id=uuid.uuid4().hex[:12], kind=kind, model=model, state="running",
+                      stage="queued" if heavy else "starting", started_at=time.time())
             self._jobs[job.id] = job
+            self._cancels[job.id] = threading.Event()
+            self._keys[job.id] = key
+            if heavy:
+                self._heavy_queue.append(job.id)
             self._forget_old()
         loop = asyncio.get_running_loop()
-        threading.Thread(target=self._run, args=(job.id, request, loop), daemon=True,
-                         name=f"llamalab-pull-{job.id}").start()
+        threading.Thread(target=self._run, args=(job.id, work, heavy, loop), daemon=True,
+                         name=f"llamalab-{kind}-{job.id}").start()
         return job
 
+    # -- cancelling -----------------------------------------------------------------------
+    def cancel(self, job_id: str) -> Optional[Job]:
+        """Ask a running job to stop; it ends ``cancelled`` once its step has cleaned up."""
+        with self._heavy:
+            job = self._jobs.get(job_id)
+            if job is None or job.state != "running":
+                return job
+            self._cancels[job_id].set()
+            self._heavy.notify_all()  # a queued job wakes up to end
+            job = self._jobs[job_id] = job.model_copy(update={"message": "cancelling"})
+        return job
+
+    # -- running (on the job's thread) ----------------------------------------------------
     def _forget_old(self) -> None:
         finished = [j for j in self._jobs.values() if j.state != "running"]
         for job in sorted(finished, key=lambda j: j.started_at)[: max(0, len(self._jobs) - self._keep)]:
             del self._jobs[job.id]
+            self._cancels.pop(job.id, None)
+            self._keys.pop(job.id, None)
 
     def _update(self, job_id: str, **fields: object) -> Job:
         with self._lock:
@@ -79,8 +173,26 @@ class PullJobs:
             self._jobs[job_id] = job
             return job
 
-    def _run(self, job_id: str, request: PullRequest, loop: asyncio.AbstractEventLoop) -> None:
-        last = [0.0, "starting"]
+    def _wait_turn(self, job_id: str, cancel: threading.Event) -> bool:
+        """Wait until ``job_id`` heads the queue of heavy jobs; False if it was cancelled meanwhile."""
+        with self._heavy:
+            while self._heavy_queue[0] != job_id and not cancel.is_set():
+                self._heavy.wait()
+            if cancel.is_set():
+                self._heavy_queue.remove(job_id)
+                self._heavy.notify_all()
+                return False
+            return True
+
+    def _done_turn(self, job_id: str) -> None:
+        with self._heavy:
+            if job_id in self._heavy_queue:
+                self._heavy_queue.remove(job_id)
+            self._heavy.notify_all()
+
+    def _run(self, job_id: str, work: Work, heavy: bool, loop: asyncio.AbstractEventLoop) -> None:
+        last = [0.0, ""]
+        cancel = self._cancels[job_id]
 
         def publish(job: Job) -> None:
             try:
@@ -97,14 +209,22 @@ class PullJobs:
                 publish(job)
 
         try:
-            stored = pull(request.model, store=self.store, progress=on_progress, force=request.force,
-                          accept_license=request.accept_license)
+            if heavy and not self._wait_turn(job_id, cancel):
+                raise OperationCancelledError("cancelled before it started.")
+            publish(self._update(job_id, stage="starting"))
+            stored = work(on_progress, cancel)
+        except OperationCancelledError:
+            job = self._update(job_id, state="cancelled", finished_at=time.time(), stage="cancelled",
+                               message="cancelled; partial files were deleted")
         except Exception as exc:  # reported in the job; the server goes on
             job = self._update(job_id, state="failed", finished_at=time.time(), stage="failed",
                                error=error_message(exc, request_id=job_id))
         else:
             job = self._update(job_id, state="done", finished_at=time.time(), stage="done",
                                fraction=1.0, stored_name=stored.name)
+        finally:
+            if heavy:
+                self._done_turn(job_id)
         publish(job)
 
     def _publish(self, job: Job) -> None:
@@ -114,3 +234,14 @@ class PullJobs:
                 listener(message)
             except Exception:  # one closed socket must not stop the others
                 pass
+
+
+def _checked(check: Callable[[], object]) -> object:
+    """Run a check of the request; its llamalab error becomes a ``ConfigError`` (HTTP 400)
+    unless it is a licence to accept or a missing model, which keep their own codes."""
+    try:
+        return check()
+    except (ConfigError, ModelNotFoundError):
+        raise
+    except LlamalabError as exc:
+        raise ConfigError(str(exc)) from None

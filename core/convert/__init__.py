@@ -27,16 +27,17 @@ Importing this package is light: numpy, gguf and llama_cpp load when a conversio
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Optional
 
 from ..errors import CheckpointError, ConfigError
-from ..progress import ProgressCallback
+from ..progress import ProgressCallback, cancellable
 from .params import LlamaParams, meta_hidden_dim
 from .pipeline import convert_and_register, quantize_and_register
 
-__all__ = ["convert_checkpoint", "detect_layout", "OUTTYPES", "LlamaParams", "meta_hidden_dim",
-           "convert_and_register", "quantize_and_register"]
+__all__ = ["convert_checkpoint", "detect_layout", "checkpoint_license", "OUTTYPES", "LlamaParams",
+           "meta_hidden_dim", "convert_and_register", "quantize_and_register"]
 
 OUTTYPES = ("f32", "f16", "bf16")
 
@@ -67,17 +68,32 @@ def detect_layout(folder: os.PathLike[str] | str) -> str:
                           "Hugging Face model (config.json, *.safetensors).")
 
 
+def checkpoint_license(folder: os.PathLike[str] | str) -> Optional[str]:
+    """The id of the licence converting ``folder`` needs accepted (``llama2`` for Meta's
+    checkpoints), or None; a ``CheckpointError`` when it is no checkpoint folder. Cheap: it reads
+    no weights, so a caller can ask for the acceptance before starting a long conversion."""
+    from .hf import _license
+
+    path = Path(folder).expanduser()
+    if detect_layout(path) == "meta":
+        return "llama2"
+    return _license(path, path.name)
+
+
 def convert_checkpoint(src_dir: os.PathLike[str] | str, out_path: Optional[os.PathLike[str] | str] = None,
                        outtype: str = "f16", progress: Optional[ProgressCallback] = None,
                        accept_license: bool = False, *, name: Optional[str] = None,
-                       chat: Optional[bool] = None, store: Optional[object] = None) -> Path:
+                       chat: Optional[bool] = None, store: Optional[object] = None,
+                       cancel: Optional[threading.Event] = None) -> Path:
     """Convert a checkpoint folder to a GGUF file and return its path.
 
     ``out_path`` defaults to ``SRC_DIR/<folder>.<outtype>.gguf``. ``outtype`` is f32, f16
     (default) or bf16 (1-D norm weights stay f32). ``accept_license`` accepts the Llama 2
     licence for this store if it was not accepted yet. ``name`` sets ``general.name``
     (default: the folder name); ``chat`` forces the chat template on or off (default: on
-    for -chat/-Instruct folders). The file appears only once written and checked.
+    for -chat/-Instruct folders). The file appears only once written and checked. Setting
+    ``cancel`` stops the conversion between two tensors with ``OperationCancelledError`` (the
+    ``.part`` file is deleted).
     """
     from ..license import require_license
     from .hf import plan_hf
@@ -88,6 +104,7 @@ def convert_checkpoint(src_dir: os.PathLike[str] | str, out_path: Optional[os.Pa
     src = Path(src_dir).expanduser()
     out_type = normalize_outtype(outtype)
     layout = detect_layout(src)
+    progress = cancellable(progress, cancel, f"the conversion of {src.name}")
     out = Path(out_path).expanduser() if out_path is not None else src / f"{src.name}.{out_type.lower()}.gguf"
     with (plan_meta if layout == "meta" else plan_hf)(src, out_type) as plan:
         require_license(plan.license, accept=accept_license, store=store)  # type: ignore[arg-type]

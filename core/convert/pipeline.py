@@ -4,7 +4,8 @@
 (through a hidden temporary GGUF that is always deleted), runs ``smoke_test`` on the
 result and registers it. ``quantize_and_register`` does the same from a GGUF. If any step
 fails, the output file is removed and nothing is registered: a model is in the store
-only once it has loaded and generated tokens.
+only once it has loaded and generated tokens. Both take ``cancel`` (a ``threading.Event``):
+once set, the running step stops with ``OperationCancelledError`` and leaves no file behind.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -76,7 +78,8 @@ def _removed_on_failure(created_dir: Optional[Path]) -> Iterator[None]:
 def convert_and_register(src_dir: os.PathLike[str] | str, *, outtype: str = "f16", quant: Optional[str] = None,
                          out: Optional[os.PathLike[str] | str] = None, name: Optional[str] = None,
                          accept_license: bool = False, store: Any = None,
-                         progress: Optional[ProgressCallback] = None) -> Any:
+                         progress: Optional[ProgressCallback] = None,
+                         cancel: Optional[threading.Event] = None) -> Any:
     """Convert ``src_dir`` (and quantize to ``quant``), test the result, register it as ``name``.
 
     Returns the ``StoredModel``. The file goes to ``out`` or into the store's models folder.
@@ -95,12 +98,12 @@ def convert_and_register(src_dir: os.PathLike[str] | str, *, outtype: str = "f16
     created = _new_dir(target.parent)
     with _removed_on_failure(created):
         if qtype is None:
-            convert_checkpoint(src, target, out_type, progress, accept_license, store=store)
+            convert_checkpoint(src, target, out_type, progress, accept_license, store=store, cancel=cancel)
         else:
             temporary = target.with_name(f".{target.stem}.{out_type.lower()}.tmp.gguf")
             try:
-                convert_checkpoint(src, temporary, out_type, progress, accept_license, store=store)
-                quantize_gguf(temporary, target, qtype, progress=progress)
+                convert_checkpoint(src, temporary, out_type, progress, accept_license, store=store, cancel=cancel)
+                quantize_gguf(temporary, target, qtype, progress=progress, cancel=cancel)
             finally:
                 for leftover in (temporary, part_path(temporary)):
                     with contextlib.suppress(OSError):
@@ -110,7 +113,8 @@ def convert_and_register(src_dir: os.PathLike[str] | str, *, outtype: str = "f16
 
 def quantize_and_register(src: os.PathLike[str] | str, qtype: str, *, out: Optional[os.PathLike[str] | str] = None,
                           name: Optional[str] = None, store: Any = None,
-                          progress: Optional[ProgressCallback] = None) -> Any:
+                          progress: Optional[ProgressCallback] = None,
+                          cancel: Optional[threading.Event] = None) -> Any:
     """Quantize the GGUF ``src`` to ``qtype`` with llama.cpp, test it, register it as ``name``."""
     from ..gguf_info import read_gguf_info
     from ..quantize import normalize_quant_type, quantize_gguf
@@ -124,5 +128,5 @@ def quantize_and_register(src: os.PathLike[str] | str, qtype: str, *, out: Optio
     target = Path(out).expanduser().absolute() if out else store.model_dir(name) / f"{base}.{key}.gguf"
     created = _new_dir(target.parent)
     with _removed_on_failure(created):
-        quantize_gguf(path, target, key, progress=progress)
+        quantize_gguf(path, target, key, progress=progress, cancel=cancel)
     return _finish(store, name, target, f"quantize:{path.resolve()}", created)

@@ -12,12 +12,13 @@ from tornado.httpclient import HTTPClientError
 
 from llamalab.extension.completions import handlers as completion_handlers
 from llamalab.extension.handlers import handlers as rest_handlers
+from llamalab.extension.job_routes import handlers as job_handlers
 from llamalab.extension.openai import handlers as openai_handlers
 
 
 def _routes() -> list[tuple[str, str]]:
     routes = []
-    for pattern, handler in rest_handlers() + openai_handlers() + completion_handlers():
+    for pattern, handler in rest_handlers() + openai_handlers() + completion_handlers() + job_handlers():
         path = re.sub(r"\(\?P<\w+>[^)]*\)", "abc123", pattern).lstrip("/")
         for method in ("get", "post", "patch", "put", "delete"):
             if any(method in cls.__dict__ for cls in handler.__mro__ if cls.__module__.startswith("llamalab")):
@@ -34,13 +35,15 @@ def test_every_route_is_listed():
     paths = {path for _, path in ROUTES}
     assert {"llamalab/models", "llamalab/pulls", "llamalab/hardware", "llamalab/settings", "llamalab/v1/models",
             "llamalab/v1/completions", "llamalab/v1/chat/completions", "llamalab/tokenize",
-            "llamalab/complete"} <= paths
+            "llamalab/complete", "llamalab/jobs", "llamalab/convert", "llamalab/quantize",
+            "llamalab/jobs/abc123", "llamalab/jobs/abc123/events"} <= paths
+    assert ("DELETE", "llamalab/jobs/abc123") in ROUTES
     assert ("PATCH", "llamalab/settings") in ROUTES and ("POST", "llamalab/pulls") in ROUTES
 
 
 async def _status(jp_fetch, method: str, path: str, headers: dict[str, str]) -> int:
     body = json.dumps({"model": "default", "prompt": "hi", "messages": [{"role": "user", "content": "hi"}],
-                       "content": "hi"}) if method != "GET" else None
+                       "content": "hi"}) if method not in ("GET", "DELETE") else None
     try:
         response = await jp_fetch(*path.split("/"), method=method, body=body, headers=dict(headers))
     except HTTPClientError as exc:
