@@ -199,3 +199,17 @@ describe('ChatModel', () => {
     expect(model.version).toBeGreaterThan(before);
   });
 });
+
+describe('ChatModel model picking', () => {
+  it('goes back to the previous pick when the load fails', async () => {
+    const { model, store } = setup({
+      load: async () => {
+        throw Object.assign(new Error('not allowed'), { code: 'model_not_allowed' });
+      }
+    });
+    store.model = 'demo';
+    await model.pickModel('forbidden');
+    expect(store.model).toBe('demo');
+    expect(store.active.entries[store.active.entries.length - 1]).toMatchObject({ role: 'error', code: 'model_not_allowed' });
+  });
+});

@@ -11,6 +11,8 @@ export interface MessageListProps {
   actions: CodeActions;
   /** Shown when the conversation is empty. */
   empty: React.ReactNode;
+  /** The name shown on an answer until it says which model wrote it. */
+  modelName: string;
 }
 
 function Markdown(props: { text: string; streaming: boolean; rendermime: IRenderMimeRegistry; actions: CodeActions }) {
@@ -70,7 +72,12 @@ const FINISH_NOTES: Record<string, string> = {
   cancelled: 'Stopped.'
 };
 
-const Message = React.memo(function Message(props: { entry: ChatEntry; rendermime: IRenderMimeRegistry; actions: CodeActions }) {
+const Message = React.memo(function Message(props: {
+  entry: ChatEntry;
+  rendermime: IRenderMimeRegistry;
+  actions: CodeActions;
+  modelName: string;
+}) {
   const { entry } = props;
   if (entry.role === 'error') {
     return <ErrorLine entry={entry} />;
@@ -102,7 +109,7 @@ const Message = React.memo(function Message(props: { entry: ChatEntry; rendermim
       aria-label="The model's answer"
     >
       <div className="llamalab-message-author" title={usageText(entry)}>
-        {entry.model || 'Model'}
+        {entry.model || props.modelName}
       </div>
       {streaming && !entry.content ? (
         <div className="llamalab-thinking" aria-label="The model is thinking">
@@ -172,7 +179,13 @@ export function MessageList(props: MessageListProps) {
         {props.entries.length === 0
           ? props.empty
           : props.entries.map(entry => (
-              <Message key={`${entry.role}:${entry.id}`} entry={entry} rendermime={props.rendermime} actions={props.actions} />
+              <Message
+                key={`${entry.role}:${entry.id}`}
+                entry={entry}
+                rendermime={props.rendermime}
+                actions={props.actions}
+                modelName={props.modelName}
+              />
             ))}
       </div>
     </div>

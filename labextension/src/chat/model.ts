@@ -247,6 +247,7 @@ export class ChatModel {
 
   /** Picks the model chats ask for ('' : the server's default) and loads it now. */
   async pickModel(name: string): Promise<void> {
+    const previous = this.store.model;
     this.store.model = name;
     const current = this.client.model?.name;
     const wanted = name || this.defaultModel;
@@ -258,6 +259,7 @@ export class ChatModel {
     try {
       await this._api.load(name || null);
     } catch (err) {
+      this.store.model = previous;
       this.reportError(toChatError(err, `Could not load ${wanted}.`));
     } finally {
       this.loading = null;

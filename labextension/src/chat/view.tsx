@@ -263,10 +263,20 @@ export function ChatView({ model, workspace, rendermime }: ChatViewProps) {
       </div>
       <Status model={model} />
       <Settings model={model} />
-      <MessageList entries={conversation.entries} rendermime={rendermime} actions={workspace} empty={<Empty onPick={text => send(text)} />} />
+      <MessageList
+        entries={conversation.entries}
+        rendermime={rendermime}
+        actions={workspace}
+        modelName={model.loaded?.name || model.store.model || model.defaultModel || 'Model'}
+        empty={<Empty onPick={text => send(text)} />}
+      />
       <div className="llamalab-chat-composer">
-        <div className="llamalab-context-toggles" role="group" aria-label="Send along with the message">
-          <span className="llamalab-field-label">Include</span>
+        <div
+          className="llamalab-context-toggles"
+          role="group"
+          aria-label="Send along with the message"
+          title="Send the active cell, the selection or the whole notebook along with your message"
+        >
           <Toggle id="cell" label="Cell" title={where.cell ? `The ${where.cell}` : 'Open a notebook or file first'} choice={choice} disabled={!where.cell} set={setChoice} />
           <Toggle id="selection" label="Selection" title="The selected text of the active cell or editor" choice={choice} disabled={!where.cell} set={setChoice} />
           <Toggle id="notebook" label="Notebook" title={where.notebook ? `The whole notebook ${where.notebook}` : 'Open a notebook first'} choice={choice} disabled={!where.notebook} set={setChoice} />
