@@ -73,3 +73,12 @@ async def test_an_unreachable_remote_is_an_error_reply(open_chat, extension):
     await socket.send({"type": "chat", "id": "r2", "content": "hi"})
     error = await socket.reply_to("r2")
     assert error["type"] == "error" and error["code"] == "engine_error" and "cannot reach" in error["message"]
+
+
+async def test_inline_completion_falls_back_to_the_remote_completion_api(fetch_json, extension):
+    status, reply = await fetch_json("POST", "llamalab/complete", {
+        "prefix": "import numpy as np\n\nx = np.", "suffix": "\nprint(x)\n", "max_tokens": 12})
+    assert status == 200, reply
+    assert reply["fim"] is False and reply["model"] == "upstream-smollm2" and "\n" not in reply["text"]
+    assert reply["text"].strip() and reply["finish_reason"] in ("stop", "length")
+    assert extension.manager._engine is None  # nothing loaded in the Jupyter server
