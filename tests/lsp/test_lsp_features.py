@@ -291,3 +291,19 @@ async def test_a_one_character_edit_reevaluates_few_prompt_tokens(client):
         prompt, evaluated = int(stats[1]), int(stats[3])
         assert evaluated <= max(3, prompt // 10), stats[0]
     configure(client, prefixTokens=OPTIONS["prefixTokens"])
+
+
+async def test_debounce_lets_only_the_last_of_a_burst_generate(client):
+    configure(client, debounceMs=300)
+    try:
+        seen = len(client.log_messages)
+        burst = [asyncio.ensure_future(inline(client, MAIN, MID_LINE)) for _ in range(3)]
+        await asyncio.sleep(0)
+        results = await asyncio.wait_for(asyncio.gather(*burst), 60)
+        assert results[0] == [] and results[1] == [] and results[2]
+        await next_stats(client, seen, MAIN)
+        await asyncio.sleep(0.2)
+        generations = [m for m in client.log_messages[seen:] if (s := STATS.search(m.message)) and s[6] == MAIN]
+        assert len(generations) == 1, [m.message for m in generations]  # the first two never reached the model
+    finally:
+        configure(client, debounceMs=0)

@@ -97,8 +97,9 @@ def client(demo_model, tmp_path_factory):
     c.call("initialize", {
         "processId": None, "rootUri": None, "capabilities": {},
         "initializationOptions": {"model": str(demo_model), "maxTokens": 8, "debounceMs": 0, "nCtx": 1024,
-                                  "prefixTokens": 256, "suffixTokens": 64, "contextTokens": 0},
+                                  "prefixTokens": 256, "suffixTokens": 64, "contextTokens": 0, "nCtxx": 2},
     })
+    c.init_warning = c.notifications.get(timeout=10)
     c.notify("initialized", {})
     c.notify("textDocument/didOpen", {"textDocument": {"uri": DOC_URI, "languageId": "python",
                                                        "version": 1, "text": DOC}})
@@ -122,6 +123,14 @@ def assert_still_serving(client: Client) -> None:
     reply = client.wait(inline(client, CURSOR))
     assert reply["result"]["items"], reply
     assert client.proc.poll() is None
+
+
+def test_an_unknown_initialization_option_is_shown_not_fatal(client):
+    assert client.init_warning["method"] == "window/showMessage"
+    assert client.init_warning["params"]["type"] == 2  # Warning
+    assert "'nCtxx'" in client.init_warning["params"]["message"]
+    assert "nCtx" in client.init_warning["params"]["message"]  # the known settings are listed
+    assert_still_serving(client)
 
 
 def test_a_body_that_is_not_json_gets_a_parse_error(client):
