@@ -4,9 +4,11 @@ import {
   CompletionError,
   CompletionRequestBody,
   DEFAULT_SETTINGS,
+  fitToCursor,
   keepHead,
   keepTail,
   languageOf,
+  linePrefix,
   readSettings,
   replyToItems,
   shouldRequest
@@ -119,6 +121,22 @@ describe('shouldRequest', () => {
   });
   it('always asks when invoked', () => {
     expect(shouldRequest({ text: '', offset: 0 }, true)).toBe(true);
+  });
+});
+
+describe('fitToCursor', () => {
+  it('drops a leading line break and the indentation the cursor stands on, on a blank line', () => {
+    expect(fitToCursor('\n    area = 1\n    return area', '    ')).toBe('area = 1\n    return area');
+    expect(fitToCursor('\n\nx = 1', '')).toBe('x = 1');
+    expect(fitToCursor('  \n        y', '    ')).toBe('    y');
+  });
+  it('leaves suggestions alone elsewhere', () => {
+    expect(fitToCursor('\n    return 1', 'def f():')).toBe('\n    return 1');
+    expect(fitToCursor('area = 1', '    ')).toBe('area = 1');
+  });
+  it('reads the line before the cursor', () => {
+    expect(linePrefix('a\n    b', 6)).toBe('    ');
+    expect(linePrefix('abc', 2)).toBe('ab');
   });
 });
 

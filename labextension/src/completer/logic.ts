@@ -96,6 +96,28 @@ export function shouldRequest(editor: EditorContext, invoked: boolean): boolean 
   return beforeCursor.trim() !== '';
 }
 
+/** The current line's text before the cursor. */
+export function linePrefix(text: string, offset: number): string {
+  const before = text.slice(0, Math.max(0, offset));
+  return before.slice(before.lastIndexOf('\n') + 1);
+}
+
+/**
+ * Fits a suggestion to a cursor on a blank (or indented, empty) line: a model that starts
+ * with a line break there would leave an empty line behind, so leading blank lines go, and
+ * with them the indentation the cursor already stands on.
+ */
+export function fitToCursor(suggestion: string, lineBefore: string): string {
+  if (lineBefore.trim() !== '' || !/^[ \t]*\r?\n/.test(suggestion)) {
+    return suggestion;
+  }
+  let text = suggestion.replace(/^(?:[ \t]*\r?\n)+/, '');
+  if (lineBefore && text.startsWith(lineBefore)) {
+    text = text.slice(lineBefore.length);
+  }
+  return text;
+}
+
 /** The inline items for a reply: none for an empty suggestion. */
 export function replyToItems(reply: Pick<CompletionReply, 'text'> | null): { insertText: string }[] {
   if (!reply || !reply.text || reply.text.trim() === '') {

@@ -27,7 +27,9 @@ import {
   CompleterSettings,
   DEFAULT_SETTINGS,
   EditorContext,
+  fitToCursor,
   languageOf,
+  linePrefix,
   readSettings,
   replyToItems,
   shouldRequest
@@ -143,14 +145,16 @@ export class LlamalabInlineProvider implements IInlineCompletionProvider {
       mode: this._settings.mode,
       stream: invoked
     };
+    const lineBefore = linePrefix(request.text, request.offset);
     if (invoked) {
       const token = `llamalab-${++this._counter}`;
       this._pending.clear();
-      this._pending.set(token, body);
+      this._pending.set(token, { body, lineBefore });
       return { items: [{ insertText: '', isIncomplete: true, token }] };
     }
     try {
-      return { items: replyToItems(await this._client.complete(body)) };
+      const reply = await this._client.complete(body);
+      return { items: replyToItems(reply && { text: fitToCursor(reply.text, lineBefore) }) };
     } catch (err) {
       console.warn('llamalab inline completion failed:', (err as Error).message);
       return { items: [] };
@@ -158,15 +162,15 @@ export class LlamalabInlineProvider implements IInlineCompletionProvider {
   }
 
   async *stream(token: string): AsyncGenerator<{ response: IInlineCompletionItem }> {
-    const body = this._pending.get(token);
+    const pending = this._pending.get(token);
     this._pending.delete(token);
-    if (!body) {
+    if (!pending) {
       return;
     }
     let text = '';
     try {
-      for await (const part of this._client.stream(body)) {
-        text = part.text;
+      for await (const part of this._client.stream(pending.body)) {
+        text = fitToCursor(part.text, pending.lineBefore);
         yield { response: { insertText: text, isIncomplete: !part.final, token } };
       }
     } catch (err) {
@@ -177,6 +181,6 @@ export class LlamalabInlineProvider implements IInlineCompletionProvider {
 
   private _settings: CompleterSettings = DEFAULT_SETTINGS;
   private readonly _client: CompletionClient;
-  private readonly _pending = new Map<string, CompletionRequestBody>();
+  private readonly _pending = new Map<string, { body: CompletionRequestBody; lineBefore: string }>();
   private _counter = 0;
 }
