@@ -432,17 +432,22 @@ def _clean_artifacts() -> None:
 
 ASSISTANT = '#llamalab-chat .llamalab-message[data-role="assistant"]'
 
+# The text of an answer: its Markdown body, without the author line, the notes or the spinner.
 # Samples the newest assistant message every 15 ms until it has a finish reason (or the time is
 # up): its text length and its data-streaming / data-finish-reason attributes, in order.
+ANSWER_TEXT_JS = """
+(m) => { const body = m && m.querySelector('.llamalab-message-body'); return body ? body.textContent : ''; }
+"""
 WATCH_ANSWER_JS = """
 async ([selector, count, timeoutMs]) => {
+  const answerText = """ + ANSWER_TEXT_JS.strip() + """;
   const samples = [];
   const start = performance.now();
   while (performance.now() - start < timeoutMs) {
     const all = document.querySelectorAll(selector);
     const m = all.length > count ? all[all.length - 1] : null;
     if (m) {
-      const s = {t: Math.round(performance.now() - start), len: (m.textContent || '').length,
+      const s = {t: Math.round(performance.now() - start), len: answerText(m).length,
                  streaming: m.getAttribute('data-streaming'), finish: m.getAttribute('data-finish-reason')};
       const last = samples[samples.length - 1];
       if (!last || last.len !== s.len || last.streaming !== s.streaming || last.finish !== s.finish) samples.push(s);
@@ -488,6 +493,17 @@ class Chat:
         """Samples of the answer after the first ``before`` ones until it finished."""
         return self.lab.page.evaluate(WATCH_ANSWER_JS, [ASSISTANT, before, int(timeout * 1000)])
 
+    def wait_streaming(self, index: int, min_chars: int = 40, timeout: float = 60.0) -> None:
+        """Until answer ``index`` is streaming and shows at least ``min_chars`` of text."""
+        self.lab.page.wait_for_function(
+            "([sel, i, n]) => { const text = " + ANSWER_TEXT_JS.strip() + ";"
+            " const m = document.querySelectorAll(sel)[i];"
+            " return m && m.getAttribute('data-streaming') === 'true' && text(m).length >= n; }",
+            arg=[ASSISTANT, index, min_chars], timeout=timeout * 1000)
+
+    def answer_text(self, index: int) -> str:
+        return self.answer(index).evaluate(ANSWER_TEXT_JS)
+
     def answer(self, index: int) -> Any:
         return self.answers.nth(index)
 
@@ -496,7 +512,7 @@ class Chat:
         answer.wait_for(state="attached", timeout=timeout * 1000)
         self.lab.page.wait_for_function(
             "([sel, i]) => { const m = document.querySelectorAll(sel)[i];"
-            " return m && m.hasAttribute('data-finish-reason'); }", [ASSISTANT, index], timeout=timeout * 1000)
+            " return m && m.hasAttribute('data-finish-reason'); }", arg=[ASSISTANT, index], timeout=timeout * 1000)
         return answer
 
 

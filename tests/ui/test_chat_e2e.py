@@ -1,0 +1,148 @@
+"""The chat side panel in a real JupyterLab, answering from the demo model: opening it from the
+palette and the keyboard, streamed tokens, stopping with the button and with Escape."""
+
+from __future__ import annotations
+
+import time
+
+from tests.ui.conftest import PACKAGE, Chat, Lab
+
+LONG_PROMPT = "Write a very long story about a llama who learns to program, at least 1000 words."
+
+
+def focused_in_chat(lab: Lab) -> dict:
+    return lab.page.evaluate(
+        "() => { const a = document.activeElement; const p = document.getElementById('llamalab-chat');"
+        " return {inside: !!(p && a && p.contains(a)), testid: a && a.getAttribute('data-testid')}; }")
+
+
+def test_plugins_activate_and_the_panel_has_an_icon(lab: Lab) -> None:
+    for plugin in ("chat", "completer", "manager"):
+        assert lab.plugin_activated(f"{PACKAGE}:{plugin}"), f"{PACKAGE}:{plugin} did not activate"
+    failures = [line for line in lab.console if "failed to activate" in line.lower() and "llamalab" in line]
+    assert not failures, failures
+    tab = lab.page.locator('.jp-SideBar [data-id="llamalab-chat"]')
+    assert tab.count() == 1, "no side-bar tab for the chat panel"
+    assert tab.locator("svg").count() >= 1, "the chat panel's tab has no icon"
+    assert tab.get_attribute("title"), "the chat panel's tab has no caption"
+
+
+def test_palette_command_opens_the_panel(lab: Lab, chat: Chat) -> None:
+    page = lab.page
+    page.locator("#jp-main-dock-panel").click()  # focus the main area, away from the panel
+    page.keyboard.press("Control+Shift+C")
+    palette = page.locator("#command-palette")
+    palette.wait_for(state="visible")
+    page.keyboard.type("Open llamalab Chat")
+    item = palette.locator('.lm-CommandPalette-item:has-text("Open llamalab Chat")').first
+    item.wait_for(state="visible")
+    lab.shot("palette")
+    page.keyboard.press("Enter")
+    chat.panel.wait_for(state="visible")
+    chat.input.wait_for(state="visible")
+    assert chat.input.get_attribute("aria-label") == "Message the model"
+    assert page.locator("#command-palette").is_hidden()
+    lab.shot("opened")
+
+
+def test_shortcut_opens_and_focuses_the_panel(lab: Lab, chat: Chat) -> None:
+    page = lab.page
+    assert not chat.panel.is_visible()
+    page.locator("#jp-main-dock-panel").click()
+    page.keyboard.press("Control+Shift+Y")
+    chat.input.wait_for(state="visible", timeout=10_000)
+    page.wait_for_function("() => document.activeElement && document.activeElement.getAttribute('data-testid')"
+                           " === 'llamalab-chat-input'", timeout=5000)
+    assert focused_in_chat(lab)["inside"]
+
+
+def test_tokens_stream_into_the_answer(lab: Lab, chat: Chat) -> None:
+    chat.open()
+    before = chat.send("Name five animals that live on farms and say one sentence about each.")
+    samples = chat.watch(before, timeout=90)
+    lab.shot("answered", chat.panel)
+    assert samples and samples[-1]["finish"], f"the answer never finished: {samples[-5:]}"
+    streaming = [s for s in samples if s["streaming"] == "true" and s["len"] > 0]
+    lengths = sorted({s["len"] for s in streaming})
+    assert len(lengths) >= 2, f"no growth seen while data-streaming='true': {samples[:20]}"
+    assert samples[-1]["streaming"] != "true", "data-streaming stays 'true' after the answer finished"
+    assert samples[-1]["finish"] in ("stop", "length"), samples[-1]
+    assert chat.answer_text(before).strip(), "the finished answer is empty"
+    user = lab.page.locator('#llamalab-chat .llamalab-message[data-role="user"]').last
+    assert "five animals" in user.inner_text()
+    assert chat.stop_button.count() == 0, "the stop button stays after the answer finished"
+    assert chat.messages.get_attribute("role") == "log"
+
+
+def test_stop_button_cancels_a_long_answer(lab: Lab, chat: Chat) -> None:
+    chat.open()
+    before = chat.send(LONG_PROMPT)
+    chat.stop_button.wait_for(state="visible", timeout=30_000)
+    chat.wait_streaming(before, min_chars=40)
+    partial = chat.answer_text(before)
+    lab.shot("generating", chat.panel)
+    clicked = time.monotonic()
+    chat.stop_button.click()
+    answer = chat.wait_finished(before, timeout=5)
+    took = time.monotonic() - clicked
+    assert answer.get_attribute("data-finish-reason") == "cancelled"
+    assert took < 3.0, f"the answer stopped {took:.1f}s after the click"
+    chat.stop_button.wait_for(state="detached", timeout=3000)
+    assert answer.get_attribute("data-streaming") != "true"
+    kept = chat.answer_text(before)
+    assert kept.startswith(partial[:30]), f"the stopped answer lost its text: {partial!r} -> {kept!r}"
+    chat.send_button.wait_for(state="visible")
+    lab.shot("stopped", chat.panel)
+
+
+def test_keyboard_only_send_and_escape(lab: Lab, chat: Chat) -> None:
+    page = lab.page
+    page.locator("#jp-main-dock-panel").click()
+    page.keyboard.press("Control+Shift+Y")
+    page.wait_for_function("() => document.activeElement && document.activeElement.getAttribute('data-testid')"
+                           " === 'llamalab-chat-input'", timeout=10_000)
+    before = chat.answer_count()
+    page.keyboard.type(LONG_PROMPT)
+    page.keyboard.press("Enter")
+    chat.wait_streaming(before, min_chars=40)
+    assert chat.input.input_value() == "", "Enter sent the message but left it in the input"
+    user = page.locator('#llamalab-chat .llamalab-message[data-role="user"]').last
+    assert "llama who learns to program" in user.inner_text()
+    page.keyboard.press("Escape")
+    answer = chat.wait_finished(before, timeout=5)
+    assert answer.get_attribute("data-finish-reason") == "cancelled"
+    chat.stop_button.wait_for(state="detached", timeout=3000)
+    lab.shot("escaped", chat.panel)
+
+
+def _colors(lab: Lab) -> dict:
+    return lab.page.evaluate(
+        "() => { const style = (el) => el ? getComputedStyle(el) : null;"
+        " const i = document.querySelector('[data-testid=\"llamalab-chat-input\"]');"
+        " const p = document.getElementById('llamalab-chat');"
+        " const bg = (el) => { while (el) { const c = getComputedStyle(el).backgroundColor;"
+        "   if (c && c !== 'rgba(0, 0, 0, 0)' && c !== 'transparent') return c; el = el.parentElement; } return null; };"
+        " return {panel: bg(p), input: bg(i), inputText: style(i).color}; }")
+
+
+def test_light_and_dark_theme(lab: Lab, chat: Chat) -> None:
+    chat.open()
+    before = chat.send("Say hello in one short sentence.")
+    chat.wait_finished(before, timeout=90)
+    light = _colors(lab)
+    lab.shot("light", chat.panel)
+    lab.shot("light-full")
+    try:
+        lab.command("apputils:change-theme", {"theme": "JupyterLab Dark"})
+        lab.page.wait_for_function("() => document.body.dataset.jpThemeName === 'JupyterLab Dark'"
+                                   " && document.body.dataset.jpThemeLight === 'false'", timeout=30_000)
+        lab.page.wait_for_timeout(500)  # the theme's stylesheet applies
+        dark = _colors(lab)
+        lab.shot("dark", chat.panel)
+        lab.shot("dark-full")
+        assert dark["panel"] != light["panel"], f"the panel keeps its background in the dark theme: {dark}"
+        assert dark["input"] != light["input"] or dark["inputText"] != light["inputText"], (
+            f"the chat input ignores the theme: light {light}, dark {dark}")
+    finally:
+        lab.command("apputils:change-theme", {"theme": "JupyterLab Light"})
+        lab.page.wait_for_function("() => document.body.dataset.jpThemeName === 'JupyterLab Light'", timeout=30_000)
