@@ -5,7 +5,8 @@
  */
 import type { LoadedModel, ModelsReply, SamplingParams, StoredModelInfo } from '../wire';
 import { ChatClient, ChatError, ConnectionState } from './client';
-import { ChatEntry, ConversationStore, carryOver, newId, turnsOf } from './conversations';
+import { ChatEntry, ConversationStore, newId } from './conversations';
+import { carryOver, turnsOf } from './prompts';
 
 /** The REST calls the chat needs (GET /llamalab/models, POST /llamalab/models/load). */
 export interface ModelsApi {

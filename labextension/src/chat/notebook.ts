@@ -10,7 +10,7 @@ import type { IEditorTracker } from '@jupyterlab/fileeditor';
 import { INotebookTracker, NotebookActions, NotebookPanel } from '@jupyterlab/notebook';
 import type { Widget } from '@lumino/widgets';
 
-import { CellError, CellLike, ContextBlock, findError, notebookAsScript, truncate } from './conversations';
+import { CellError, CellLike, ContextBlock, findError, notebookAsScript, truncate } from './prompts';
 import type { CodeActions } from './markdown';
 
 export interface ContextChoice {

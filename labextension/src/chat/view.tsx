@@ -4,12 +4,12 @@ import { addIcon, deleteIcon, refreshIcon, stopIcon } from '@jupyterlab/ui-compo
 import React, { useEffect, useState } from 'react';
 
 import type { ConnectionState } from './client';
-import { withContext } from './conversations';
+import { withContext } from './prompts';
 import type { CodeActions } from './markdown';
 import { MessageList } from './messages';
 import type { ChatModel } from './model';
 import type { ContextChoice } from './notebook';
-import type { ContextBlock } from './conversations';
+import type { ContextBlock } from './prompts';
 
 /** What the view needs from the documents around it. */
 export interface ViewWorkspace extends CodeActions {
