@@ -402,6 +402,13 @@ def lab(request: pytest.FixtureRequest, browser: Any, lab_server: LabServer) -> 
     lab = Lab(page, lab_server, request.node.name)
     try:
         lab.open()
+        override = os.environ.get("LLAMALAB_UI_LABEXTENSION")
+        if override:  # make sure the page runs that build
+            expected = json.loads((Path(override) / "package.json").read_text())["jupyterlab"]["_build"]["load"]
+            loaded = page.evaluate(
+                "(name) => JSON.parse(document.getElementById('jupyter-config-data').textContent)"
+                ".federated_extensions.filter(e => e.name === name).map(e => e.load)", PACKAGE)
+            assert loaded == [expected], f"the page loads {loaded}, not {override}'s {expected}"
         yield lab
     finally:
         failed = any(getattr(getattr(request.node, f"rep_{when}", None), "failed", False)

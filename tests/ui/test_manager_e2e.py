@@ -1,0 +1,125 @@
+"""The model manager in a real JupyterLab: the stored models, and a pull from a URL whose job row
+shows its progress until the model is in the store (a loopback HTTP server stands in for the Web)."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from tests.ui.conftest import Lab
+
+PULLED = "ui-pulled-smollm2"  # the store name a pull of PULLED.gguf gets
+CHUNKS = 40  # the file goes out in this many pieces, PAUSE apart, so its progress can be watched
+PAUSE = 0.1
+
+
+@pytest.fixture(scope="module")
+def lab_options() -> dict[str, Any]:
+    return {"own_store": True}  # the pulled model must not show up in the other modules' stores
+
+
+class SlowFileServer:
+    """Serves one file over HTTP on 127.0.0.1, a piece at a time."""
+
+    def __init__(self, name: str, body: bytes) -> None:
+        served = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if self.path.split("?")[0].lstrip("/") != name:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                served.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                step = max(1, len(body) // CHUNKS + 1)
+                for start in range(0, len(body), step):
+                    self.wfile.write(body[start:start + step])
+                    self.wfile.flush()
+                    time.sleep(PAUSE)
+
+        self.requests = 0
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/{name}"
+
+    def __enter__(self) -> "SlowFileServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def gguf_url(demo_model: Path) -> Iterator[str]:
+    """The demo model's GGUF under another name, as a download."""
+    with SlowFileServer(f"{PULLED}.gguf", demo_model.read_bytes()) as server:
+        yield server.url
+
+
+def open_manager(lab: Lab) -> Any:
+    lab.command("llamalab:open-model-manager")
+    manager = lab.page.locator("#llamalab-model-manager")
+    manager.wait_for(state="visible")
+    return manager
+
+
+def test_manager_lists_the_stored_demo_model(lab: Lab) -> None:
+    manager = open_manager(lab)
+    row = manager.locator('[data-testid="llamalab-stored-model"][data-model="smollm2-135m-instruct:q4_1"]')
+    row.wait_for(state="visible", timeout=30_000)
+    assert manager.get_by_test_id("llamalab-catalog-model").count() >= 1, "the catalog is not shown"
+    manager.get_by_test_id("llamalab-hardware").wait_for(state="visible", timeout=30_000)
+    lab.shot("manager", manager)
+
+
+def test_pull_a_model_with_progress(lab: Lab, gguf_url: str) -> None:
+    manager = open_manager(lab)
+    manager.get_by_test_id("llamalab-pull-input").fill(gguf_url)
+    manager.get_by_test_id("llamalab-pull-button").click()
+    job = manager.locator('[data-testid="llamalab-job"][data-kind="pull"]').last
+    job.wait_for(state="visible", timeout=15_000)
+    seen: list[tuple[str, Any]] = []
+    deadline = time.monotonic() + 60
+    shot_running = False
+    while time.monotonic() < deadline:
+        state = job.get_attribute("data-state")
+        progress = job.locator("progress")
+        value = progress.first.get_attribute("value") if progress.count() else None
+        if not seen or seen[-1] != (state, value):
+            seen.append((state, value))
+        if state == "running" and value not in (None, "0") and not shot_running:
+            lab.shot("pulling", manager)
+            shot_running = True
+        if state in ("done", "failed", "cancelled"):
+            break
+        time.sleep(0.05)
+    error = manager.get_by_test_id("llamalab-manager-error")
+    assert seen[-1][0] == "done", f"the pull ended as {seen[-1]} ({error.all_inner_texts()}); states {seen}"
+    running = [float(v) for s, v in seen if s == "running" and v not in (None, "")]
+    assert any(0 < v < float(job.locator('progress').first.get_attribute('max') or 1) for v in running), (
+        f"no progress between start and end was shown: {seen}")
+    row = manager.locator(f'[data-testid="llamalab-stored-model"][data-model="{PULLED}"]')
+    row.wait_for(state="visible", timeout=15_000)
+    stored = [m["name"] for m in lab.server.api("llamalab/models")["stored"]]
+    assert PULLED in stored, stored
+    assert row.get_attribute("data-loaded") != "true"
+    lab.page.wait_for_timeout(500)  # the manager refreshes its other sections after a pull
+    assert error.count() == 0 or not error.first.is_visible(), f"the manager shows an error: {error.all_inner_texts()}"
+    lab.shot("pulled", manager)
