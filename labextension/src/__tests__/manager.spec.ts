@@ -1,4 +1,5 @@
 import {
+  canQuantize,
   convertBody,
   fitLabel,
   formatBytes,
@@ -137,12 +138,19 @@ describe('formatting', () => {
     expect(jobFraction(job('a'))).toBeNull();
     expect(jobFraction(job('a', { state: 'done' }))).toBe(1);
     expect(jobFraction(job('a', { fraction: 7 }))).toBe(1);
+    expect(jobFraction(job('a', { state: 'failed' }))).toBe(0);
   });
 
   it('merges jobs newest first', () => {
     const jobs = mergeJob([job('a', { started_at: 1 }), job('b', { started_at: 2 })], job('a', { started_at: 1, state: 'done' }));
     expect(jobs.map(j => `${j.id}:${j.state}`)).toEqual(['b:running', 'a:done']);
     expect(mergeJob(jobs, job('c', { started_at: 3 }))[0].id).toBe('c');
+  });
+
+  it('offers quantization only from float weights', () => {
+    expect(canQuantize('F16')).toBe(true);
+    expect(canQuantize('bf16')).toBe(true);
+    expect(canQuantize('Q4_1')).toBe(false);
   });
 
   it('builds pull references and convert bodies', () => {
@@ -168,8 +176,10 @@ describe('formatting', () => {
     expect(toShownError(new ApiError('Nope.', 'busy')).detail).toBeNull();
     expect(licenseOf(new ApiError('accept', 'license_required', { license: 'llama2', license_url: 'https://example.org/l' }))).toEqual({
       license: 'llama2',
-      licenseUrl: 'https://example.org/l'
+      licenseUrl: 'https://example.org/l',
+      notice: null
     });
+    expect(licenseOf(new ApiError('accept', 'license_required', { license: 'llama2', notice: 'Terms.' }))?.notice).toBe('Terms.');
     expect(licenseOf(new ApiError('x', 'busy'))).toBeNull();
   });
 });
@@ -279,7 +289,7 @@ describe('ManagerModel', () => {
     });
     const model = new ManagerModel(api);
     await model.quantize('x', 'Q4_K_M');
-    expect(model.state.error).toEqual({ message: 'Could not start the quantize of x: No such model.', detail: 'traceback…' });
+    expect(model.state.error).toEqual({ message: 'Could not start the quantization of x: No such model.', detail: 'traceback…' });
     expect(model.state.gate).toBeNull();
     model.dismissError();
     expect(model.state.error).toBeNull();

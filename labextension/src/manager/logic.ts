@@ -26,6 +26,8 @@ export interface LicenseGate {
   subject: string;
   license: string;
   licenseUrl: string | null;
+  /** the server's summary of the licence's terms, when it sends one */
+  notice: string | null;
   /** runs the same request again with accept_license */
   accept: () => Promise<void>;
 }
@@ -75,7 +77,12 @@ export function fitLabel(fit: ModelFitInfo): string {
   return `${fit.n_gpu_layers} of ${fit.total_layers} layers on the GPU`;
 }
 
-/** A job's progress in [0, 1], or null when unknown (an indeterminate bar). */
+/** Whether llama.cpp's quantizer can take a stored model (it needs F32, F16 or BF16 weights). */
+export function canQuantize(quantization: string): boolean {
+  return ['F32', 'F16', 'BF16'].includes(quantization.toUpperCase());
+}
+
+/** A job's progress in [0, 1], or null when unknown (an indeterminate bar while it runs). */
 export function jobFraction(job: Job): number | null {
   if (job.state === 'done') {
     return 1;
@@ -86,7 +93,7 @@ export function jobFraction(job: Job): number | null {
   if (job.total && job.total > 0) {
     return Math.min(1, Math.max(0, job.done / job.total));
   }
-  return null;
+  return job.state === 'running' ? null : 0;
 }
 
 /** The job list with `job` added or replaced, newest first. */
@@ -108,15 +115,16 @@ export function toShownError(err: unknown, doing?: string): ShownError {
 }
 
 /** The licence named by a `license_required` error, or null for any other error. */
-export function licenseOf(err: unknown): { license: string; licenseUrl: string | null } | null {
+export function licenseOf(err: unknown): { license: string; licenseUrl: string | null; notice: string | null } | null {
   const e = (err ?? {}) as { code?: unknown; detail?: unknown };
   if (e.code !== 'license_required') {
     return null;
   }
-  const detail = (e.detail ?? {}) as { license?: unknown; license_url?: unknown };
+  const detail = (e.detail ?? {}) as { license?: unknown; license_url?: unknown; notice?: unknown };
   return {
     license: typeof detail.license === 'string' ? detail.license : 'its licence',
-    licenseUrl: typeof detail.license_url === 'string' ? detail.license_url : null
+    licenseUrl: typeof detail.license_url === 'string' ? detail.license_url : null,
+    notice: typeof detail.notice === 'string' && detail.notice.trim() ? detail.notice : null
   };
 }
 
@@ -323,7 +331,8 @@ export class ManagerModel {
     start: () => Promise<Job>,
     retryAccepting: (() => Promise<void>) | null
   ): Promise<void> {
-    await this._action(kind, `Could not start the ${kind} of ${subject}`, async () => {
+    const noun = { pull: 'pull', convert: 'conversion', quantize: 'quantization' }[kind] ?? kind;
+    await this._action(kind, `Could not start the ${noun} of ${subject}`, async () => {
       try {
         const job = await start();
         this._set({ gate: null });
@@ -336,7 +345,7 @@ export class ManagerModel {
         if (license && retryAccepting) {
           this._set({
             error: null,
-            gate: { subject, license: license.license, licenseUrl: license.licenseUrl, accept: retryAccepting }
+            gate: { subject, ...license, accept: retryAccepting }
           });
           return;
         }

@@ -7,6 +7,7 @@ import * as React from 'react';
 
 import type { CatalogModelInfo, Job, StoredModelInfo } from '../wire';
 import {
+  canQuantize,
   CONVERT_DEFAULT_QUANT,
   fitLabel,
   formatBytes,
@@ -55,6 +56,7 @@ function LicenseGateBox({ model, state }: { model: ManagerModel; state: ManagerS
       <p>
         <strong>{gate.subject}</strong> is published under <strong>{gate.license}</strong>. Read the licence and accept it to go on.
       </p>
+      {gate.notice && <pre className="llamalab-Manager-notice">{gate.notice}</pre>}
       <div className="llamalab-Manager-actions">
         {gate.licenseUrl && (
           <a href={gate.licenseUrl} target="_blank" rel="noopener noreferrer" className="llamalab-Manager-licenseLink">
@@ -147,6 +149,8 @@ function StoredRow({ info, model, state }: { info: StoredModelInfo; model: Manag
             <button
               className="llamalab-Manager-button"
               data-testid="llamalab-quantize-open"
+              disabled={!canQuantize(info.quantization)}
+              title={canQuantize(info.quantization) ? undefined : `${info.quantization} is already quantized: quantize an F16, BF16 or F32 model`}
               aria-expanded={quantizing}
               aria-label={`Quantize ${info.name}`}
               onClick={() => setQuantizing(!quantizing)}
@@ -421,7 +425,7 @@ function JobRow({ job, model, state }: { job: Job; model: ManagerModel; state: M
         {fraction !== null && job.state === 'running' ? `${Math.round(fraction * 100)}% ` : ''}
         {bytes}
         {job.message ? ` — ${job.message}` : ''}
-        {job.state === 'done' && job.stored_name ? ` Stored as ${job.stored_name}.` : ''}
+        {job.state === 'done' && job.stored_name ? `${bytes || job.message ? '. ' : ''}Stored as ${job.stored_name}.` : ''}
       </div>
       {job.error && (
         <div className="llamalab-Manager-jobError" role="status">
