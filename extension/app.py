@@ -170,6 +170,7 @@ class LlamalabExtension(ExtensionApp):
             self.log.warning("llamalab: could not preload the model: %s", exc)
 
     async def stop_extension(self) -> None:
+        self.jobs.cancel_all()
         if self._restore_env is not None:
             self._restore_env()
             self._restore_env = None

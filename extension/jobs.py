@@ -159,6 +159,12 @@ class Jobs:
             job = self._jobs[job_id] = job.model_copy(update={"message": "cancelling"})
         return job
 
+    def cancel_all(self) -> None:
+        """Stop every running job (the server is stopping: no quantizer outlives it)."""
+        for job in self.list():
+            if job.state == "running":
+                self.cancel(job.id)
+
     # -- running (on the job's thread) ----------------------------------------------------
     def _forget_old(self) -> None:
         finished = [j for j in self._jobs.values() if j.state != "running"]
