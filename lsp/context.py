@@ -31,7 +31,7 @@ from typing import Callable, Optional, Protocol, Sequence
 
 from llamalab import FimTokens, build_fim_prompt
 
-__all__ = ["GRID_LINES", "CHARS_PER_TOKEN", "LINE_COMMENTS", "BLOCK_COMMENTS", "ContextDocument", "PromptPlan",
+__all__ = ["MemoTokenizer", "GRID_LINES", "CHARS_PER_TOKEN", "LINE_COMMENTS", "BLOCK_COMMENTS", "ContextDocument", "PromptPlan",
            "Tokenizes", "comment_header", "prefix_window", "context_chunks", "plan_prompt", "display_path"]
 
 GRID_LINES = 16
@@ -75,6 +75,27 @@ class PromptPlan:
     anchor_line: int  # where the prefix window starts (a line number in the document)
     context_paths: tuple[str, ...]  # other documents whose chunks lead the prompt
     dropped_prefix_tokens: int  # cut by tokens when even the cursor's own grid cell did not fit
+
+
+class MemoTokenizer:
+    """A tokenizer that remembers its last few answers: planning one prompt asks for the same
+    window's ids up to three times (does it fit, is it still too long, the prompt itself), and
+    tokenizing a few kilobytes costs milliseconds."""
+
+    def __init__(self, tokenizer: Tokenizes, size: int = 8) -> None:
+        self._tokenizer = tokenizer
+        self._size = size
+        self._memo: dict[tuple[str, bool, bool], list[int]] = {}
+
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = False) -> list[int]:
+        key = (text, add_bos, special)
+        ids = self._memo.pop(key, None)
+        if ids is None:
+            ids = self._tokenizer.tokenize(text, add_bos=add_bos, special=special)
+        self._memo[key] = ids  # most recent last
+        while len(self._memo) > self._size:
+            del self._memo[next(iter(self._memo))]
+        return list(ids)
 
 
 def comment_header(language_id: str, path: str) -> Optional[str]:
@@ -172,6 +193,8 @@ def plan_prompt(tokenizer: Tokenizes, fim: FimTokens, text: str, offset: int, *,
                 previous_anchor: Optional[int] = None) -> PromptPlan:
     """The prompt's ids for a cursor at ``offset`` in ``text``, with ``context`` (from
     ``context_chunks``) ahead of the prefix window."""
+
+    tokenizer = MemoTokenizer(tokenizer)
 
     def count(part: str) -> int:
         return len(tokenizer.tokenize(part)) if part else 0
