@@ -130,6 +130,7 @@ describe('formatting', () => {
     expect(fitLabel(fit({ n_gpu_layers: 20 }))).toBe('20 of 32 layers on the GPU');
     expect(fitLabel(fit({}))).toMatch(/CPU/);
     expect(fitLabel(fit({ problem: 'no GPU' }))).toBe('no GPU');
+    expect(fitLabel(fit({}), false)).toBe('runs on the CPU');
   });
 
   it('computes a job fraction from fraction, done/total, or not at all', () => {

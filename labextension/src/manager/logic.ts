@@ -64,9 +64,12 @@ export function formatBytes(bytes: number | null | undefined): string {
 }
 
 /** What a model's fit on the GPU looks like in words. */
-export function fitLabel(fit: ModelFitInfo): string {
+export function fitLabel(fit: ModelFitInfo, hasGpu = true): string {
   if (fit.problem) {
     return fit.problem;
+  }
+  if (!hasGpu) {
+    return 'runs on the CPU';
   }
   if (fit.fits_fully) {
     return 'fits fully on the GPU';

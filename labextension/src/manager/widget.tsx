@@ -3,6 +3,7 @@
  * row and control carries the data-testid the browser tests look for.
  */
 import { ReactWidget } from '@jupyterlab/ui-components';
+import type { Message } from '@lumino/messaging';
 import * as React from 'react';
 
 import type { CatalogModelInfo, Job, StoredModelInfo } from '../wire';
@@ -387,11 +388,30 @@ function ConvertSection({ model, state }: { model: ManagerModel; state: ManagerS
   );
 }
 
+/** The line under a job's bar: percent, bytes, the server's message, where it was stored. */
+function jobSummary(job: Job, fraction: number | null): string {
+  const parts: string[] = [];
+  if (fraction !== null && job.state === 'running') {
+    parts.push(`${Math.round(fraction * 100)}%`);
+  }
+  if (job.total) {
+    parts.push(`${formatBytes(job.done)} of ${formatBytes(job.total)}`);
+  } else if (job.done) {
+    parts.push(formatBytes(job.done));
+  }
+  if (job.message) {
+    parts.push(job.message);
+  }
+  if (job.state === 'done' && job.stored_name) {
+    parts.push(`stored as ${job.stored_name}`);
+  }
+  return parts.join(' · ');
+}
+
 function JobRow({ job, model, state }: { job: Job; model: ManagerModel; state: ManagerState }): JSX.Element {
   const fraction = jobFraction(job);
   const [open, setOpen] = React.useState(false);
   const label = `${job.kind} ${job.model}`;
-  const bytes = job.total ? `${formatBytes(job.done)} of ${formatBytes(job.total)}` : job.done ? formatBytes(job.done) : '';
   return (
     <li
       className={`llamalab-Manager-job llamalab-mod-${job.state}`}
@@ -422,10 +442,7 @@ function JobRow({ job, model, state }: { job: Job; model: ManagerModel; state: M
         <progress aria-label={`Progress of the ${label}`} max={1} value={fraction} />
       )}
       <div className="llamalab-Manager-note">
-        {fraction !== null && job.state === 'running' ? `${Math.round(fraction * 100)}% ` : ''}
-        {bytes}
-        {job.message ? ` — ${job.message}` : ''}
-        {job.state === 'done' && job.stored_name ? `${bytes || job.message ? '. ' : ''}Stored as ${job.stored_name}.` : ''}
+        {jobSummary(job, fraction)}
       </div>
       {job.error && (
         <div className="llamalab-Manager-jobError" role="status">
@@ -511,7 +528,7 @@ function HardwareSection({ state }: { state: ManagerState }): JSX.Element {
                     <th scope="row">{fit.name}</th>
                     <td>{fit.quantization}</td>
                     <td>{formatBytes(fit.needed_bytes)}</td>
-                    <td>{fitLabel(fit)}</td>
+                    <td>{fitLabel(fit, hw.gpus.length > 0)}</td>
                   </tr>
                 ))}
               </tbody>
@@ -567,6 +584,17 @@ export class ModelManagerWidget extends ReactWidget {
   protected render(): JSX.Element {
     return <ManagerView model={this.model} />;
   }
+
+  /** Coming back to the tab re-reads the store: a chat or a kernel may have switched models. */
+  protected onAfterShow(msg: Message): void {
+    super.onAfterShow(msg);
+    if (this._shownOnce) {
+      void this.model.refreshModels();
+    }
+    this._shownOnce = true;
+  }
+
+  private _shownOnce = false;
 
   dispose(): void {
     if (!this.isDisposed) {
