@@ -310,8 +310,24 @@ class Lab:
         self.console: list[str] = []
         self.errors: list[str] = []  # console errors and uncaught exceptions, as text
         self.shots: list[Path] = []
+        self.sent: list[dict[str, Any]] = []  # JSON frames the page sent on llamalab's chat WebSocket
         page.on("console", self._on_console)
         page.on("pageerror", self._on_page_error)
+        page.on("websocket", self._on_websocket)
+
+    def _on_websocket(self, ws: Any) -> None:
+        if "/llamalab/chat" in ws.url:
+            ws.on("framesent", self._on_frame_sent)
+
+    def _on_frame_sent(self, payload: Any) -> None:
+        try:
+            self.sent.append(json.loads(payload))
+        except (TypeError, ValueError):
+            pass
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        """The ``chat`` messages the page sent, oldest first."""
+        return [m for m in self.sent if isinstance(m, dict) and m.get("type") == "chat"]
 
     def _on_console(self, message: Any) -> None:
         line = f"[{message.type}] {message.text}"

@@ -1,5 +1,6 @@
-"""A code block of the model's answer goes into the notebook: into the active cell, and as a new
-cell below it, with one click each."""
+"""The chat panel with notebooks: a code block of the model's answer goes into the active cell and
+into a new cell below it with one click each; the active cell goes along as context when ticked;
+"Explain this error" on a failed cell asks the model about its traceback."""
 
 from __future__ import annotations
 
@@ -71,3 +72,40 @@ def test_insert_a_code_block_into_the_active_cell_and_a_new_cell(lab: Lab, chat:
     cells = lab.notebook_cell_texts("insert.ipynb")
     assert cells[1].strip() == code.strip(), cells
     lab.shot("new-cell")
+
+
+def test_the_active_cell_goes_along_as_context(lab: Lab, chat: Chat) -> None:
+    source = "values = [3, 1, 2]\nprint(sorted(values))"
+    lab.new_notebook("context.ipynb", cells=[source])
+    lab.page.locator(".jp-NotebookPanel .jp-Cell .cm-content").first.click()
+    chat.open()
+    toggle = lab.page.get_by_test_id("llamalab-context-cell")
+    assert toggle.is_enabled(), "the Cell context toggle is disabled with a notebook cell active"
+    toggle.check()
+    before = chat.send("What does this code print?")
+    chat.wait_finished(before, timeout=60)
+    sent = lab.chat_requests()[-1]
+    assert "print(sorted(values))" in sent["content"], sent
+    assert "What does this code print?" in sent["content"], sent
+    user = lab.page.locator('#llamalab-chat .llamalab-message[data-role="user"]').last
+    assert "What does this code print?" in user.inner_text()
+    lab.shot("cell-context", chat.panel)
+
+
+def test_explain_this_error_on_a_failed_cell(lab: Lab, chat: Chat) -> None:
+    page = lab.page
+    lab.new_notebook("explain.ipynb", cells=["numbers = [1, 2, 3]\nprint(numbers[10])"])
+    page.locator(".jp-NotebookPanel .jp-Cell .cm-content").first.click()
+    lab.command("notebook:run-cell")
+    button = page.get_by_test_id("llamalab-explain-error")
+    button.wait_for(state="visible", timeout=60_000)
+    assert "IndexError" in (button.get_attribute("title") or ""), button.get_attribute("title")
+    lab.shot("failed-cell")
+    before = chat.answer_count()
+    button.click()
+    chat.panel.wait_for(state="visible")
+    chat.wait_finished(before, timeout=60)
+    sent = lab.chat_requests()[-1]
+    assert "IndexError" in sent["content"] and "numbers[10]" in sent["content"], sent["content"][-2000:]
+    assert chat.answer_text(before).strip(), "the explanation is empty"
+    lab.shot("explained")
