@@ -24,14 +24,35 @@ export class ChatPanel extends ReactWidget {
     return <ChatView model={this.model} workspace={this._workspace} rendermime={this._rendermime} />;
   }
 
-  /** Puts the cursor in the message box (once the view has rendered). */
-  focusInput(tries = 10): void {
-    const input = this.node.querySelector<HTMLTextAreaElement>('textarea[data-testid="llamalab-chat-input"]');
-    if (input && this.isVisible) {
-      input.focus();
-    } else if (tries > 0) {
-      requestAnimationFrame(() => this.focusInput(tries - 1));
-    }
+  /**
+   * Puts the cursor in the message box once the view has rendered, and keeps it there for a
+   * moment: a command run from the palette gives the focus back to where it was when the
+   * palette closes, after the command ran. A click or Tab inside the panel ends the watch.
+   */
+  focusInput(watchMs = 600, waitMs = 5000): void {
+    const start = performance.now();
+    let focusedAt: number | null = null;
+    const attempt = () => {
+      if (this.isDisposed) {
+        return;
+      }
+      const now = performance.now();
+      const input = this.node.querySelector<HTMLTextAreaElement>('textarea[data-testid="llamalab-chat-input"]');
+      const active = document.activeElement;
+      if (focusedAt !== null && active !== input && active instanceof Node && this.node.contains(active)) {
+        return; // the user moved on inside the panel
+      }
+      if (input && this.isVisible) {
+        if (active !== input) {
+          input.focus();
+        }
+        focusedAt = focusedAt ?? now;
+      }
+      if (focusedAt === null ? now - start < waitMs : now - focusedAt < watchMs) {
+        requestAnimationFrame(attempt);
+      }
+    };
+    attempt();
   }
 
   protected onActivateRequest(msg: Message): void {
