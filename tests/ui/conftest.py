@@ -536,7 +536,22 @@ class Chat:
         self.lab.page.wait_for_function(
             "([sel, i]) => { const m = document.querySelectorAll(sel)[i];"
             " return m && m.hasAttribute('data-finish-reason'); }", arg=[ASSISTANT, index], timeout=timeout * 1000)
+        self.wait_settled(index)
         return answer
+
+    def wait_settled(self, index: int, quiet: float = 0.5, timeout: float = 5.0) -> str:
+        """The answer's text once it stopped changing for ``quiet`` seconds: the Markdown body is
+        rendered asynchronously and may show its last tokens a moment after data-finish-reason."""
+        text, since = self.answer_text(index), time.monotonic()
+        deadline = since + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = self.answer_text(index)
+            if now != text:
+                text, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                break
+        return text
 
 
 @pytest.fixture

@@ -1,11 +1,22 @@
 """The chat side panel in a real JupyterLab, answering from the demo model: opening it from the
-palette and the keyboard, streamed tokens, stopping with the button and with Escape."""
+palette and the keyboard, streamed tokens, stopping with the button and with Escape, conversations
+kept across a reload, errors in one line with details on demand, light and dark themes."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
+
+import pytest
 
 from tests.ui.conftest import PACKAGE, Chat, Lab
+
+MAX_PROMPT_CHARS = 3000
+
+
+@pytest.fixture(scope="module")
+def lab_options() -> dict[str, Any]:
+    return {"llamalab": {"max_prompt_chars": MAX_PROMPT_CHARS}}
 
 LONG_PROMPT = "Write a very long story about a llama who learns to program, at least 1000 words."
 
@@ -67,7 +78,7 @@ def test_tokens_stream_into_the_answer(lab: Lab, chat: Chat) -> None:
     assert len(lengths) >= 2, f"no growth seen while data-streaming='true': {samples[:20]}"
     assert samples[-1]["streaming"] != "true", "data-streaming stays 'true' after the answer finished"
     assert samples[-1]["finish"] in ("stop", "length"), samples[-1]
-    assert chat.answer_text(before).strip(), "the finished answer is empty"
+    assert chat.wait_settled(before).strip(), "the finished answer is empty"
     user = lab.page.locator('#llamalab-chat .llamalab-message[data-role="user"]').last
     assert "five animals" in user.inner_text()
     assert chat.stop_button.count() == 0, "the stop button stays after the answer finished"
@@ -146,3 +157,63 @@ def test_light_and_dark_theme(lab: Lab, chat: Chat) -> None:
     finally:
         lab.command("apputils:change-theme", {"theme": "JupyterLab Light"})
         lab.page.wait_for_function("() => document.body.dataset.jpThemeName === 'JupyterLab Light'", timeout=30_000)
+
+
+def test_shift_enter_is_a_new_line_not_a_send(lab: Lab, chat: Chat) -> None:
+    chat.open()
+    chat.input.click()
+    before = chat.answer_count()
+    lab.page.keyboard.type("first line")
+    lab.page.keyboard.press("Shift+Enter")
+    lab.page.keyboard.type("second line")
+    assert chat.input.input_value() == "first line\nsecond line"
+    lab.page.wait_for_timeout(300)
+    assert chat.answer_count() == before and not lab.chat_requests()
+
+
+def test_conversations_survive_a_reload_and_a_new_one_starts_empty(lab: Lab, chat: Chat) -> None:
+    chat.open()
+    before = chat.send("Say the word banana.")
+    chat.wait_finished(before, timeout=90)
+    answer = chat.answer_text(before)
+    lab.page.reload()
+    lab.wait_ready()
+    chat.open()
+    user = lab.page.locator('#llamalab-chat .llamalab-message[data-role="user"]')
+    user.first.wait_for(state="visible", timeout=10_000)
+    assert "Say the word banana." in user.last.inner_text()
+    assert chat.answer_text(chat.answer_count() - 1).strip() == answer.strip()
+    lab.shot("after-reload", chat.panel)
+    picker = lab.page.get_by_test_id("llamalab-conversation-picker")
+    options_before = picker.locator("option").count()
+    lab.page.get_by_test_id("llamalab-chat-new").click()
+    lab.page.wait_for_function("() => !document.querySelector('#llamalab-chat .llamalab-message[data-role=\"user\"]')",
+                               timeout=5000)
+    assert picker.locator("option").count() == options_before + 1
+    picker.select_option(index=[o.get_attribute("value") for o in picker.locator("option").all()].index(
+        next(o.get_attribute("value") for o in picker.locator("option").all() if "banana" in o.inner_text())))
+    user.first.wait_for(state="visible", timeout=5000)
+    assert "Say the word banana." in user.last.inner_text()
+
+
+def test_an_error_is_one_line_with_details_on_demand(lab: Lab, chat: Chat) -> None:
+    chat.open()
+    chat.input.fill("x" * (MAX_PROMPT_CHARS + 500))
+    chat.send_button.click()
+    error = lab.page.get_by_test_id("llamalab-chat-error").last
+    error.wait_for(state="visible", timeout=30_000)
+    summary = error.locator("summary")
+    line = error.locator(".llamalab-error-text").inner_text().strip()
+    assert "3000" in line, line
+    assert line and "\n" not in line, f"the error is not one line: {line!r}"
+    box = summary.bounding_box()
+    assert box and box["height"] < 40, f"the error line is {box} tall"
+    detail = error.locator(".llamalab-error-detail")
+    assert not detail.is_visible(), "the details show before they are asked for"
+    lab.shot("error-line", chat.panel)
+    summary.click()
+    detail.wait_for(state="visible")
+    assert "prompt_too_long" in detail.inner_text()
+    lab.shot("error-details", chat.panel)
+    chat.stop_button.wait_for(state="detached", timeout=5000)
+    assert chat.send_button.is_visible()
