@@ -22,12 +22,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from llamalab import (AsyncTokenStream, CursorContext, Engine, FimTokens, GenerationParams, GenerationResult,
                       LocalEngine, RemoteEngine, locate, postprocess_completion, should_stop_completion)
 
-from .context import ContextDocument, PromptPlan, context_chunks, plan_prompt, prefix_window
+from .context import ContextDocument, LineCachedTokenizer, PromptPlan, context_chunks, plan_prompt, prefix_window
 from .settings import ENGINE_FIELDS, Settings
 
 __all__ = ["Completer", "CompletionStats", "format_stats"]
@@ -68,6 +68,8 @@ class Completer:
         self._latest: dict[str, int] = {}  # uri -> number of its newest request
         self._streams: dict[str, AsyncTokenStream] = {}  # uri -> its running generation
         self._anchors: dict[str, int] = {}  # uri -> anchor line of its last prefix window
+        self._tokenizers: dict[str, LineCachedTokenizer] = {}  # uri -> its prompt tokenizer
+        self._context_cache: Optional[tuple[Any, tuple[str, tuple[str, ...]]]] = None
         self._counter = 0
         self._background: set[asyncio.Task[None]] = set()
 
@@ -114,6 +116,7 @@ class Completer:
         """A document was closed."""
         self.cancel(uri)
         self._anchors.pop(uri, None)
+        self._tokenizers.pop(uri, None)
 
     def cancel(self, uri: Optional[str] = None) -> None:
         """Stop the running generation of one document, or of all."""
@@ -133,18 +136,32 @@ class Completer:
         """The prompt's ids for a local model (tokenizes: call it off the event loop). ``remember``
         keeps its anchor line for the document's next prompt."""
         s = self.settings
+        tokenizer = self._tokenizers.get(uri)
+        if tokenizer is None or tokenizer.tokenizer is not engine:  # one per document and model
+            tokenizer = self._tokenizers[uri] = LineCachedTokenizer(engine)
 
         def count(part: str) -> int:
             return len(engine.tokenize(part)) if part else 0
 
-        context, paths = (context_chunks(others, language_id, s.context_tokens, count)
-                          if self._with_context(others) else ("", ()))
-        plan = plan_prompt(engine, FimTokens.from_info(engine.info), ctx.prefix + ctx.suffix, len(ctx.prefix),
+        context, paths = self._context(others, language_id, count) if self._with_context(others) else ("", ())
+        plan = plan_prompt(tokenizer, FimTokens.from_info(engine.info), ctx.prefix + ctx.suffix, len(ctx.prefix),
                            prefix_tokens=s.prefix_tokens, suffix_tokens=s.suffix_tokens, context=context,
                            context_paths=paths, previous_anchor=self._anchors.get(uri))
         if remember:
             self._anchors[uri] = plan.anchor_line
         return plan
+
+    def _context(self, others: Sequence[ContextDocument], language_id: str,
+                 count: Callable[[str], int]) -> tuple[str, tuple[str, ...]]:
+        """``context_chunks``, remembered until the other documents or the budget change (a
+        document's text is the same object between keystrokes elsewhere, and keeps its hash)."""
+        key = (language_id, self.settings.context_tokens, tuple((d.path, hash(d.text), len(d.text)) for d in others))
+        cached = self._context_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        result = context_chunks(others, language_id, self.settings.context_tokens, count)
+        self._context_cache = (key, result)
+        return result
 
     def text_prompt(self, uri: str, ctx: CursorContext, others: Sequence[ContextDocument] = (),
                     language_id: str = "", remember: bool = True) -> str:

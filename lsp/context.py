@@ -9,9 +9,12 @@ text into ids). Everything is chosen so that the prompt stays the *same* between
 up to the cursor, because llama.cpp then only evaluates the tokens after the edit:
 
 - the prefix window starts on an anchor line, a multiple of ``GRID_LINES`` (absolute line
-  numbers in the document), the earliest one whose window fits ``prefixTokens``; the previous
-  anchor is kept while it still fits and fills at least half the budget, so typing never
-  moves the start of the window, and it jumps ``GRID_LINES`` at a time when it must;
+  numbers in the document), the earliest one whose window fits three quarters of
+  ``prefixTokens`` (the rest is room for typing); the previous anchor is kept while its window
+  still fits the whole budget and fills at least half of it, so typing moves the start of the
+  window only once every few hundred tokens, by whole grid steps;
+- the window is tokenized as its stable head plus the line being typed
+  (``LineCachedTokenizer``), so a keystroke costs the tokenizing of one line;
 - chunks of other open documents of the same language (most recently used first) come
   before the prefix, each headed by a comment naming its path in the language's own comment
   syntax (``# path: util.py``), as Code Llama's repository-level prompts and llm-ls do; each
@@ -26,12 +29,13 @@ a 5 MB document costs no more than a small one.
 from __future__ import annotations
 
 import posixpath
+import threading
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence
 
 from llamalab import FimTokens, build_fim_prompt
 
-__all__ = ["MemoTokenizer", "GRID_LINES", "CHARS_PER_TOKEN", "LINE_COMMENTS", "BLOCK_COMMENTS", "ContextDocument", "PromptPlan",
+__all__ = ["LineCachedTokenizer", "GRID_LINES", "CHARS_PER_TOKEN", "LINE_COMMENTS", "BLOCK_COMMENTS", "ContextDocument", "PromptPlan",
            "Tokenizes", "comment_header", "prefix_window", "context_chunks", "plan_prompt", "display_path"]
 
 GRID_LINES = 16
@@ -77,25 +81,53 @@ class PromptPlan:
     dropped_prefix_tokens: int  # cut by tokens when even the cursor's own grid cell did not fit
 
 
-class MemoTokenizer:
-    """A tokenizer that remembers its last few answers: planning one prompt asks for the same
-    window's ids up to three times (does it fit, is it still too long, the prompt itself), and
-    tokenizing a few kilobytes costs milliseconds."""
+class LineCachedTokenizer:
+    """Tokenizes a prompt text as its stable part plus the line being typed.
 
-    def __init__(self, tokenizer: Tokenizes, size: int = 8) -> None:
-        self._tokenizer = tokenizer
-        self._size = size
-        self._memo: dict[tuple[str, bool, bool], list[int]] = {}
+    A window's text up to the end of the line before the cursor's (``head``) does not change
+    while a person types on one line, and tokenizing a few kilobytes costs milliseconds on
+    every keystroke. So the head's ids are kept (a few heads, most recent first) and only the
+    rest (``tail``: the last newline, the indentation and the typed text) is tokenized again.
+    The split sits between a non-blank character and whitespace, where pre-tokenizers of the
+    GPT-2 kind always cut; whether this tokenizer cuts there is checked once per head against
+    a whole-text tokenization (a SentencePiece tokenizer, which adds a space to every text's
+    start, fails the check), and a head that fails is always tokenized whole."""
+
+    def __init__(self, tokenizer: Tokenizes, heads: int = 4) -> None:
+        self.tokenizer = tokenizer
+        self._heads = heads
+        self._cache: dict[str, Optional[list[int]]] = {}  # head -> its ids, None: do not split there
+        self._lock = threading.Lock()  # a superseded request may still be planning on its thread
+
+    @staticmethod
+    def split(text: str) -> int:
+        newline = text.rfind("\n")
+        if newline <= 0:
+            return 0
+        return len(text[:newline].rstrip())
 
     def tokenize(self, text: str, *, add_bos: bool = False, special: bool = False) -> list[int]:
-        key = (text, add_bos, special)
-        ids = self._memo.pop(key, None)
-        if ids is None:
-            ids = self._tokenizer.tokenize(text, add_bos=add_bos, special=special)
-        self._memo[key] = ids  # most recent last
-        while len(self._memo) > self._size:
-            del self._memo[next(iter(self._memo))]
-        return list(ids)
+        cut = self.split(text)
+        if add_bos or special or cut == 0:
+            return self.tokenizer.tokenize(text, add_bos=add_bos, special=special)
+        with self._lock:
+            return self._tokenize(text, cut)
+
+    def _tokenize(self, text: str, cut: int) -> list[int]:
+        head, tail = text[:cut], text[cut:]
+        if head in self._cache:
+            head_ids = self._cache.pop(head)
+            self._cache[head] = head_ids  # most recent last
+            if head_ids is not None:
+                return head_ids + self.tokenizer.tokenize(tail)
+            return self.tokenizer.tokenize(text)
+        whole = self.tokenizer.tokenize(text)
+        head_ids = self.tokenizer.tokenize(head)
+        agrees = whole[:len(head_ids)] == head_ids and whole[len(head_ids):] == self.tokenizer.tokenize(tail)
+        self._cache[head] = head_ids if agrees else None
+        while len(self._cache) > self._heads:
+            del self._cache[next(iter(self._cache))]
+        return whole
 
 
 def comment_header(language_id: str, path: str) -> Optional[str]:
@@ -137,15 +169,16 @@ def prefix_window(prefix: str, budget: int, count: Callable[[str], int],
         used = size(previous_anchor)
         if used <= budget and (previous_anchor == 0 or 2 * used >= budget):
             return previous_anchor, offset(previous_anchor)
-    lo, hi = 0, len(grid_lines)  # the earliest grid line that fits (later lines hold fewer tokens)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if size(grid_lines[mid]) <= budget:
-            hi = mid
-        else:
-            lo = mid + 1
-    if lo < len(grid_lines):
-        return grid_lines[lo], offset(grid_lines[lo])
+    for limit in (budget - budget // 4, budget):  # leave a quarter free for typing if possible
+        lo, hi = 0, len(grid_lines)  # the earliest grid line that fits (later lines hold fewer tokens)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if size(grid_lines[mid]) <= limit:
+                hi = mid
+            else:
+                lo = mid + 1
+        if lo < len(grid_lines):
+            return grid_lines[lo], offset(grid_lines[lo])
     return cursor_line, offset(cursor_line)
 
 
@@ -193,8 +226,6 @@ def plan_prompt(tokenizer: Tokenizes, fim: FimTokens, text: str, offset: int, *,
                 previous_anchor: Optional[int] = None) -> PromptPlan:
     """The prompt's ids for a cursor at ``offset`` in ``text``, with ``context`` (from
     ``context_chunks``) ahead of the prefix window."""
-
-    tokenizer = MemoTokenizer(tokenizer)
 
     def count(part: str) -> int:
         return len(tokenizer.tokenize(part)) if part else 0

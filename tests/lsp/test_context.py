@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("pygls")
 
-from llamalab.lsp.context import (GRID_LINES, ContextDocument, comment_header, context_chunks,  # noqa: E402
-                                  display_path, prefix_window)
+from llamalab.lsp.context import (GRID_LINES, ContextDocument, LineCachedTokenizer, comment_header,  # noqa: E402
+                                  context_chunks, display_path, prefix_window)
 from llamalab.lsp.settings import Settings  # noqa: E402
 
 
@@ -21,14 +21,14 @@ def document(lines: int) -> str:
     return "".join(f"value_{i} = compute({i}, factor)\n" for i in range(lines))
 
 
-def test_the_window_starts_on_a_grid_line_and_fits_the_budget():
+def test_the_window_starts_on_a_grid_line_and_leaves_room_for_typing():
     prefix = document(400) + "result = "
     anchor, offset = prefix_window(prefix, 200, words)
     assert anchor % GRID_LINES == 0 and anchor > 0
     assert prefix[offset:].startswith(f"value_{anchor} = ")
-    assert words(prefix[offset:]) <= 200
+    assert words(prefix[offset:]) <= 150  # three quarters of the budget
     earlier = len(document(anchor - GRID_LINES))  # where the grid line before it starts
-    assert words(prefix[earlier:]) > 200  # the earliest grid line that fits
+    assert words(prefix[earlier:]) > 150  # the earliest grid line that does
 
 
 def test_typing_at_the_cursor_keeps_the_window_start():
@@ -39,6 +39,13 @@ def test_typing_at_the_cursor_keeps_the_window_start():
         typed += char
         new_anchor, new_offset = prefix_window(typed, 200, words, previous_anchor=anchor)
         assert (new_anchor, new_offset) == (anchor, offset)
+
+
+def test_typing_a_quarter_of_the_budget_never_moves_the_window():
+    base = document(400)
+    anchor, offset = prefix_window(base, 200, words)
+    typed = base + "x = 1\n" * 20  # 40 more words
+    assert prefix_window(typed, 200, words, previous_anchor=anchor) == (anchor, offset)
 
 
 def test_the_window_moves_a_whole_grid_step_when_it_must():
@@ -106,3 +113,41 @@ def test_a_null_setting_clears_a_string_and_keeps_a_number():
     assert problems == [] and settings.model is None and settings.remote_url is None and settings.max_tokens == 64
     assert Settings().changed(settings) == []
     assert Settings().changed(Settings(n_ctx=1024)) == ["n_ctx"]
+
+
+class CountingTokenizer:
+    """Characters as ids (a GPT-2-like cut between words and whitespace), counting its work."""
+
+    def __init__(self) -> None:
+        self.characters = 0
+
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = False) -> list[int]:
+        self.characters += len(text)
+        return [ord(c) for c in text]
+
+
+class SpaceAddingTokenizer(CountingTokenizer):
+    """Adds a space to every text's start, as SentencePiece does."""
+
+    def tokenize(self, text: str, *, add_bos: bool = False, special: bool = False) -> list[int]:
+        return [32] + super().tokenize(text)
+
+
+def test_the_line_cache_tokenizes_only_the_typed_line_and_agrees_with_a_whole_tokenization():
+    inner = CountingTokenizer()
+    tokenizer = LineCachedTokenizer(inner)
+    head = document(200) + "def f(x):\n    return x"
+    text = head + " +"
+    assert tokenizer.tokenize(text) == inner.tokenize(text)
+    inner.characters = 0
+    for typed in (" + 1", " + 12", " + 123"):
+        assert tokenizer.tokenize(head + typed) == [ord(c) for c in head + typed]
+    assert inner.characters < 3 * 40  # the last line each time, not the whole window
+
+
+def test_the_line_cache_falls_back_when_splitting_changes_the_ids():
+    inner = SpaceAddingTokenizer()
+    tokenizer = LineCachedTokenizer(inner)
+    text = document(50) + "y = "
+    assert tokenizer.tokenize(text) == inner.tokenize(text)
+    assert tokenizer.tokenize(text + "2") == inner.tokenize(text + "2")  # never head + tail with two spaces
