@@ -38,7 +38,7 @@ def test_plugins_activate_and_the_panel_has_an_icon(lab: Lab) -> None:
     assert tab.get_attribute("title"), "the chat panel's tab has no caption"
 
 
-def test_palette_command_opens_the_panel(lab: Lab, chat: Chat) -> None:
+def test_palette_command_opens_and_focuses_the_panel(lab: Lab, chat: Chat) -> None:
     page = lab.page
     page.locator("#jp-main-dock-panel").click()  # focus the main area, away from the panel
     page.keyboard.press("Control+Shift+C")
@@ -53,6 +53,10 @@ def test_palette_command_opens_the_panel(lab: Lab, chat: Chat) -> None:
     chat.input.wait_for(state="visible")
     assert chat.input.get_attribute("aria-label") == "Message the model"
     assert page.locator("#command-palette").is_hidden()
+    page.wait_for_function("() => document.activeElement && document.activeElement.getAttribute('data-testid')"
+                           " === 'llamalab-chat-input'", timeout=5000)
+    page.wait_for_timeout(500)  # still there once the palette has given focus back
+    assert focused_in_chat(lab)["testid"] == "llamalab-chat-input", focused_in_chat(lab)
     lab.shot("opened")
 
 
