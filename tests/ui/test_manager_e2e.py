@@ -14,6 +14,7 @@ import pytest
 from tests.ui.conftest import Lab
 
 PULLED = "ui-pulled-smollm2"  # the store name a pull of PULLED.gguf gets
+CANCELLED = "ui-cancelled-smollm2"
 CHUNKS = 40  # the file goes out in this many pieces, PAUSE apart, so its progress can be watched
 PAUSE = 0.1
 
@@ -24,9 +25,9 @@ def lab_options() -> dict[str, Any]:
 
 
 class SlowFileServer:
-    """Serves one file over HTTP on 127.0.0.1, a piece at a time."""
+    """Serves files over HTTP on 127.0.0.1, each a piece at a time."""
 
-    def __init__(self, name: str, body: bytes) -> None:
+    def __init__(self, files: dict[str, bytes]) -> None:
         served = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -36,7 +37,8 @@ class SlowFileServer:
                 pass
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                if self.path.split("?")[0].lstrip("/") != name:
+                body = files.get(self.path.split("?")[0].lstrip("/"))
+                if body is None:
                     self.send_response(404)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
@@ -55,7 +57,7 @@ class SlowFileServer:
         self.requests = 0
         self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/{name}"
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     def __enter__(self) -> "SlowFileServer":
         self._thread.start()
@@ -67,9 +69,10 @@ class SlowFileServer:
 
 
 @pytest.fixture(scope="module")
-def gguf_url(demo_model: Path) -> Iterator[str]:
-    """The demo model's GGUF under another name, as a download."""
-    with SlowFileServer(f"{PULLED}.gguf", demo_model.read_bytes()) as server:
+def files_url(demo_model: Path) -> Iterator[str]:
+    """The demo model's GGUF under other names, as downloads."""
+    body = demo_model.read_bytes()
+    with SlowFileServer({f"{PULLED}.gguf": body, f"{CANCELLED}.gguf": body}) as server:
         yield server.url
 
 
@@ -89,9 +92,9 @@ def test_manager_lists_the_stored_demo_model(lab: Lab) -> None:
     lab.shot("manager", manager)
 
 
-def test_pull_a_model_with_progress(lab: Lab, gguf_url: str) -> None:
+def test_pull_a_model_with_progress(lab: Lab, files_url: str) -> None:
     manager = open_manager(lab)
-    manager.get_by_test_id("llamalab-pull-input").fill(gguf_url)
+    manager.get_by_test_id("llamalab-pull-input").fill(f"{files_url}/{PULLED}.gguf")
     manager.get_by_test_id("llamalab-pull-button").click()
     job = manager.locator('[data-testid="llamalab-job"][data-kind="pull"]').last
     job.wait_for(state="visible", timeout=15_000)
@@ -123,3 +126,46 @@ def test_pull_a_model_with_progress(lab: Lab, gguf_url: str) -> None:
     lab.page.wait_for_timeout(500)  # the manager refreshes its other sections after a pull
     assert error.count() == 0 or not error.first.is_visible(), f"the manager shows an error: {error.all_inner_texts()}"
     lab.shot("pulled", manager)
+
+
+def test_cancel_a_pull(lab: Lab, files_url: str) -> None:
+    manager = open_manager(lab)
+    manager.get_by_test_id("llamalab-pull-input").fill(f"{files_url}/{CANCELLED}.gguf")
+    manager.get_by_test_id("llamalab-pull-button").click()
+    job = manager.locator(f'[data-testid="llamalab-job"][data-kind="pull"]:has-text("{CANCELLED}")').last
+    job.wait_for(state="visible", timeout=15_000)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # until some bytes have come
+        value = job.locator("progress").first.get_attribute("value") if job.locator("progress").count() else None
+        if value not in (None, "", "0") and float(value) > 0:
+            break
+        time.sleep(0.05)
+    assert job.get_attribute("data-state") == "running", job.get_attribute("data-state")
+    job.get_by_test_id("llamalab-job-cancel").click()
+    deadline = time.monotonic() + 10
+    while job.get_attribute("data-state") == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.get_attribute("data-state") == "cancelled", job.get_attribute("data-state")
+    assert job.get_by_test_id("llamalab-job-cancel").count() == 0, "a cancelled job still offers Cancel"
+    lab.shot("cancelled", manager)
+    lab.page.wait_for_timeout(1000)  # the download must not finish behind the user's back
+    stored = [m["name"] for m in lab.server.api("llamalab/models")["stored"]]
+    assert CANCELLED not in stored, stored
+    assert manager.locator(f'[data-testid="llamalab-stored-model"][data-model="{CANCELLED}"]').count() == 0
+
+
+def test_a_llama_2_pull_asks_for_the_licence_first(lab: Lab) -> None:
+    manager = open_manager(lab)
+    row = manager.locator('[data-testid="llamalab-catalog-model"][data-model="llama-2-7b-chat"]')
+    row.wait_for(state="visible", timeout=30_000)
+    jobs_before = len(lab.server.api("llamalab/jobs")["jobs"])
+    row.get_by_test_id("llamalab-catalog-pull").click()
+    gate = manager.get_by_test_id("llamalab-license-gate")
+    gate.wait_for(state="visible", timeout=15_000)
+    assert "llama2" in gate.inner_text().lower().replace(" ", "").replace("-", ""), gate.inner_text()
+    assert manager.get_by_test_id("llamalab-accept-license").is_visible()
+    lab.shot("licence-gate", manager)
+    assert len(lab.server.api("llamalab/jobs")["jobs"]) == jobs_before, "a job started before the licence was accepted"
+    gate.get_by_role("button", name="Cancel").click()
+    gate.wait_for(state="detached", timeout=5000)
+    assert len(lab.server.api("llamalab/jobs")["jobs"]) == jobs_before
