@@ -5,7 +5,9 @@ request streams ``token`` messages and ends with ``done`` (or ``error``), all ca
 request's ``id``; conversations are independent, so several can stream at once (they queue
 FIFO on the one model), while a conversation answers one request at a time. ``cancel``
 and ``reset`` are acknowledged at once and the cancelled generation still ends with its
-``done`` (``finish_reason == "cancelled"``). Anything malformed gets an ``error`` reply and
+``done`` (``finish_reason == "cancelled"``). A conversation the connection does not know
+yet may bring its earlier turns (``history``, after a reconnect): they become its history
+once the first answer is done, and are ignored when it already has turns. Anything malformed gets an ``error`` reply and
 the connection stays open. ``model_changed`` and ``job_progress`` events are pushed to
 every connection.
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import ws_authenticated
@@ -30,7 +32,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from tornado import web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from .errors import BusyError, error_message, validation_message
+from .errors import BusyError, PromptTooLongError, error_message, validation_message
 from .handlers import AUTH_RESOURCE
 from .manager import EngineManager, Generation
 from .messages import (CLIENT_TYPES, AckMessage, CancelRequest, ChatRequest, ChatTurn, ClientMessage, DoneMessage,
@@ -49,14 +51,19 @@ class Conversation:
     turns: list[ChatTurn] = dataclasses.field(default_factory=list)
     running: Optional[str] = None  # the id of the request answering now
 
-    def messages(self, content: str, default_system: str) -> list[dict[str, str]]:
+    def seed(self, history: Optional[list[ChatTurn]]) -> list[ChatTurn]:
+        """The earlier turns a request brings: used while this conversation has none of its own."""
+        return list(history or ()) if not self.turns else []
+
+    def messages(self, content: str, default_system: str, seed: Sequence[ChatTurn] = ()) -> list[dict[str, str]]:
         system = self.system if self.system is not None else default_system
         head = [{"role": "system", "content": system}] if system else []
-        return head + [t.model_dump() for t in self.turns] + [{"role": "user", "content": content}]
+        earlier = [t.model_dump() for t in [*seed, *self.turns][-MAX_TURNS:]]
+        return head + earlier + [{"role": "user", "content": content}]
 
-    def record(self, question: str, answer: str) -> None:
-        self.turns += [ChatTurn(role="user", content=question), ChatTurn(role="assistant", content=answer)]
-        del self.turns[:-MAX_TURNS]
+    def record(self, question: str, answer: str, seed: Sequence[ChatTurn] = ()) -> None:
+        self.turns = [*seed, *self.turns, ChatTurn(role="user", content=question),
+                      ChatTurn(role="assistant", content=answer)][-MAX_TURNS:]
 
 
 @dataclasses.dataclass
@@ -97,7 +104,9 @@ class ChatSocket(WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, Jupyte
         self._tasks: set[asyncio.Task[None]] = set()
         self._unsubscribe = [self.manager.add_listener(self.send),
                              self.settings["llamalab_jobs"].add_listener(self.send)]
-        self.send(HelloMessage(model=self.manager.loaded, default_model=self.manager.default_model()))
+        config = self.manager.config
+        self.send(HelloMessage(model=self.manager.loaded, default_model=self.manager.default_model(),
+                               max_prompt_chars=config.max_prompt_chars, max_tokens_limit=config.max_tokens_limit))
 
     def on_close(self) -> None:
         for remove in getattr(self, "_unsubscribe", []):
@@ -159,17 +168,22 @@ class ChatSocket(WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, Jupyte
             raise BusyError(f"conversation '{request.conversation_id}' is still answering request "
                             f"'{conversation.running}'; wait for it or cancel it.")
         params = self.manager.params(request.params)  # ConfigError for impossible values
+        seed = conversation.seed(request.history)
+        limit = self.manager.config.max_prompt_chars
+        if (chars := sum(len(t.content) for t in seed)) > limit:
+            raise PromptTooLongError(f"the history has {chars} characters, over this server's limit of {limit}; "
+                                     "send fewer earlier turns.")
         if request.system is not None:
             conversation.system = request.system
-        messages = conversation.messages(request.content, self.manager.config.system_prompt)
+        messages = conversation.messages(request.content, self.manager.config.system_prompt, seed)
         conversation.running = request.id
         self._running[request.id] = Running(request.conversation_id)
-        task = asyncio.ensure_future(self._stream(request, conversation, messages, params))
+        task = asyncio.ensure_future(self._stream(request, conversation, messages, params, seed))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _stream(self, request: ChatRequest, conversation: Conversation, messages: list[dict[str, str]],
-                      params: Any) -> None:
+                      params: Any, seed: Sequence[ChatTurn]) -> None:
         running = self._running[request.id]
         generation: Optional[Generation] = None
         try:
@@ -181,7 +195,7 @@ class ChatSocket(WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, Jupyte
                 self.send(TokenMessage(id=request.id, conversation_id=request.conversation_id, text=piece))
             result = generation.result
             assert result is not None
-            conversation.record(request.content, result.text)
+            conversation.record(request.content, result.text, seed)  # seeded once it answered
             notice = (f"{result.dropped_messages} earlier messages were left out to fit the context window."
                       if result.dropped_messages else None)
             self.send(DoneMessage(

@@ -11,7 +11,8 @@ generates its types from that file instead of copying them by hand.
 
     client -> server (WebSocket /llamalab/chat)    server -> client
     ----------------------------------------       ---------------------------------------
-    chat     {id, conversation_id, content, ...}    hello          on connect: model, protocol
+    chat     {id, conversation_id, content,         hello          on connect: model, protocol, limits
+              history?, ...}
     cancel   {id, target?, conversation_id?}        token          {id, conversation_id, text}
     reset    {id, conversation_id}                  done           {id, ..., finish_reason, usage}
     history  {id, conversation_id}                  ack            {id, of, cancelled}
@@ -25,9 +26,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 PROTOCOL_VERSION = 1
+MAX_HISTORY_TURNS = 200  # the most earlier turns a chat request may seed a conversation with
 
 RequestId = Annotated[str, Field(min_length=1, max_length=128, description="chosen by the client, repeated in every reply")]
 ConversationId = Annotated[str, Field(min_length=1, max_length=128)]
@@ -97,7 +99,15 @@ class Usage(_Wire):
 # -- client -> server (WebSocket) --------------------------------------------------------
 class ChatRequest(_Wire):
     """Send ``content`` as the user's next message in ``conversation_id``; the server keeps the
-    conversation's history for the life of the connection."""
+    conversation's history for the life of the connection.
+
+    ``history`` seeds a conversation the server does not know yet (its first request on this
+    connection, say after a reconnect or a page reload): the earlier turns, oldest first,
+    alternating user and assistant and ending with an answer (no system turn: the system prompt
+    goes in ``system``). Once the conversation has turns on this connection, ``history`` is
+    ignored: the server's own turns win. Its characters together count against the server's
+    ``max_prompt_chars``, and turns that do not fit the context window are left out, oldest first,
+    as for any conversation (``done.notice`` says so)."""
 
     type: Literal["chat"]
     id: RequestId
@@ -106,6 +116,24 @@ class ChatRequest(_Wire):
     system: Optional[str] = Field(None, description="replaces the conversation's system prompt")
     model: Optional[str] = Field(None, description="a model name; omitted: the server's current model")
     params: SamplingParams = Field(default_factory=SamplingParams)
+    history: Optional[list[ChatTurn]] = Field(
+        None, max_length=MAX_HISTORY_TURNS,
+        description="earlier turns (user, assistant, ...) for a conversation new to this connection; "
+                    "ignored when the server already has turns for it")
+
+    @field_validator("history")
+    @classmethod
+    def _alternating(cls, turns: Optional[list[ChatTurn]]) -> Optional[list[ChatTurn]]:
+        for i, turn in enumerate(turns or ()):
+            if turn.role == "system":
+                raise ValueError(f"turn {i} is a system turn; send the system prompt in the 'system' field")
+            expected = "user" if i % 2 == 0 else "assistant"
+            if turn.role != expected:
+                raise ValueError(f"turn {i} should be the {expected}'s: turns alternate user and assistant, "
+                                 "starting with the user's")
+        if turns and len(turns) % 2:
+            raise ValueError("the last turn should be the assistant's (the new message is the user's)")
+        return turns
 
 
 class CancelRequest(_Wire):
@@ -143,6 +171,8 @@ class HelloMessage(_Wire):
     protocol: int = PROTOCOL_VERSION
     model: Optional[LoadedModel] = Field(None, description="None until the first request loads it")
     default_model: str = Field(description="what a request naming no model gets ('' : the remote server's choice)")
+    max_prompt_chars: int = Field(description="the longest message (and, apart, history) a chat request may send")
+    max_tokens_limit: int = Field(description="the largest max_tokens honoured; larger requests are capped")
 
 
 class TokenMessage(_Wire):

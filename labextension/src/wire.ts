@@ -108,6 +108,14 @@ export interface CatalogModelInfo {
  * Send ``content`` as the user's next message in ``conversation_id``; the server keeps the
  * conversation's history for the life of the connection.
  *
+ * ``history`` seeds a conversation the server does not know yet (its first request on this
+ * connection, say after a reconnect or a page reload): the earlier turns, oldest first,
+ * alternating user and assistant and ending with an answer (no system turn: the system prompt
+ * goes in ``system``). Once the conversation has turns on this connection, ``history`` is
+ * ignored: the server's own turns win. Its characters together count against the server's
+ * ``max_prompt_chars``, and turns that do not fit the context window are left out, oldest first,
+ * as for any conversation (``done.notice`` says so).
+ *
  * This interface was referenced by `LlamalabWire`'s JSON-Schema
  * via the `definition` "ChatRequest".
  */
@@ -128,6 +136,10 @@ export interface ChatRequest {
    */
   model?: string | null;
   params?: SamplingParams;
+  /**
+   * earlier turns (user, assistant, ...) for a conversation new to this connection; ignored when the server already has turns for it
+   */
+  history?: ChatTurn[] | null;
 }
 /**
  * Sampling settings; a field left out takes the server's default.
@@ -392,6 +404,14 @@ export interface HelloMessage {
    * what a request naming no model gets ('' : the remote server's choice)
    */
   default_model: string;
+  /**
+   * the longest message (and, apart, history) a chat request may send
+   */
+  max_prompt_chars: number;
+  /**
+   * the largest max_tokens honoured; larger requests are capped
+   */
+  max_tokens_limit: number;
 }
 /**
  * The model the server has loaded (or, remote, the one it talks to).

@@ -123,3 +123,66 @@ async def test_one_request_at_a_time_per_conversation(open_chat):
     error = await socket.reply_to("second")
     assert error["type"] == "error" and error["code"] == "busy" and "first" in error["message"]
     assert (await socket.reply_to("first"))["type"] == "done"
+
+
+def turns(*pairs: tuple[str, str]) -> list[dict]:
+    return [t for q, a in pairs for t in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+
+
+async def test_hello_tells_the_limits(open_chat, extension):
+    socket = await open_chat()
+    hello = next(m for m in socket.received if m["type"] == "hello")
+    config = extension.manager.config
+    assert (hello["max_prompt_chars"], hello["max_tokens_limit"]) == (config.max_prompt_chars, config.max_tokens_limit)
+
+
+async def test_history_seeds_a_conversation_new_to_the_connection(open_chat):
+    socket = await open_chat()
+    await socket.send(chat("plain", "What is my name?", "fresh"))
+    plain = await socket.reply_to("plain")
+    seeded_turns = turns(("My name is Ada and I keep llamas.", "Nice to meet you, Ada."))
+    await socket.send({**chat("s1", "What is my name?", "seeded"), "history": seeded_turns})
+    first = await socket.reply_to("s1")
+    assert plain["type"] == first["type"] == "done", (plain, first)
+    assert first["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"] + 10  # the model saw the seeded turns
+    assert first["usage"]["dropped_messages"] == 0 and first["notice"] is None
+
+    # Now the server has the conversation: a second message keeps the seeded turns, and a history sent again is ignored.
+    await socket.send({**chat("s2", "And what do I keep?", "seeded"), "history": turns(("Other.", "Ignored."))})
+    second = await socket.reply_to("s2")
+    assert second["type"] == "done" and second["usage"]["prompt_tokens"] > first["usage"]["prompt_tokens"]
+    await socket.send({"type": "history", "id": "h", "conversation_id": "seeded"})
+    history = (await socket.reply_to("h"))["messages"]
+    assert history[:2] == seeded_turns
+    assert [t["content"] for t in history[2::2]] == ["What is my name?", "And what do I keep?"]
+    assert history[3]["content"] == first["text"] and len(history) == 6
+
+
+async def test_a_seeded_history_too_long_for_the_context_loses_its_oldest_turns(open_chat):
+    socket = await open_chat()
+    long = turns(*[(f"Question {i}: " + "llama " * 50, f"Answer {i}: " + "alpaca " * 50) for i in range(12)])
+    await socket.send({**chat("big", "Say hi.", "long"), "history": long})
+    done = await socket.reply_to("big")
+    assert done["type"] == "done", done
+    assert done["usage"]["dropped_messages"] > 0 and "left out" in done["notice"]
+    assert done["usage"]["prompt_tokens"] <= 1024
+
+
+async def test_a_bad_history_gets_an_error_naming_it(open_chat, extension):
+    socket = await open_chat()
+    cases = [
+        ([{"role": "system", "content": "Be terse."}, *turns(("q", "a"))], "bad_request", "system"),
+        ([{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}], "bad_request", "alternate"),
+        ([{"role": "user", "content": "q"}], "bad_request", "assistant"),
+        (turns(*[("q", "a")] * 101), "bad_request", "200"),
+        ([{"role": "user", "content": 3}, {"role": "assistant", "content": "a"}], "bad_request", "content"),
+        ("not a list", "bad_request", "list"),
+        (turns(("q" * 150_000, "a" * 60_000)), "prompt_too_long", "history"),
+    ]
+    for i, (history, code, word) in enumerate(cases):
+        await socket.send({**chat(f"b{i}", "hi", f"bad{i}"), "history": history})
+        reply = await socket.reply_to(f"b{i}")
+        assert (reply["type"], reply["code"]) == ("error", code), (i, reply)
+        assert "history" in reply["message"] and word in reply["message"] and "\n" not in reply["message"], (i, reply)
+    await socket.send({"type": "history", "id": "h", "conversation_id": "bad0"})
+    assert (await socket.reply_to("h"))["messages"] == []

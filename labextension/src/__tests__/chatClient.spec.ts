@@ -49,6 +49,17 @@ describe('ChatClient connection', () => {
     expect(events.map(e => e.kind)).toEqual(['state', 'state', 'hello']);
   });
 
+  it("keeps the server's limits from each hello", () => {
+    const { client, socket, timers } = setup();
+    client.connect();
+    socket().open('demo', { max_prompt_chars: 5000, max_tokens_limit: 256 });
+    expect(client.limits).toEqual({ maxPromptChars: 5000, maxTokensLimit: 256 });
+    socket().drop();
+    timers.advance(500);
+    socket().open(); // an older server: no limits
+    expect(client.limits).toBeNull();
+  });
+
   it('reconnects with growing delays and resets them once open', () => {
     const { client, sockets, socket, timers } = setup();
     client.connect();

@@ -26,14 +26,15 @@ export class FakeSocket implements SocketLike {
   }
 
   /** The server accepts the connection and says hello. */
-  open(model: string | null = 'demo'): void {
+  open(model: string | null = 'demo', hello: Record<string, unknown> = {}): void {
     this.readyState = 1;
     this.onopen?.({});
     this.receive({
       type: 'hello',
       protocol: 1,
       model: model ? loaded(model) : null,
-      default_model: 'demo'
+      default_model: 'demo',
+      ...hello
     });
   }
 

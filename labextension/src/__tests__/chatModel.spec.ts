@@ -107,12 +107,14 @@ describe('ChatModel', () => {
     expect(model.isGenerating()).toBe(false);
   });
 
-  it('keeps a partial answer when the connection drops, then carries the conversation over', () => {
+  it('keeps a partial answer when the connection drops, then sends the earlier turns as history', () => {
     const { model, store, socket, timers } = setup();
     const first = model.send('q1')!;
+    expect(socket().last().history).toBeUndefined(); // nothing earlier
     socket().receive(done(first, 'a1'));
     const second = model.send('q2')!;
-    expect(socket().last().content).toBe('q2'); // the server has q1/a1 on this connection
+    expect(socket().last()).toMatchObject({ content: 'q2' }); // the server has q1/a1 on this connection
+    expect(socket().last().history).toBeUndefined();
     socket().receive({ type: 'token', id: second, conversation_id: 'c', text: 'part' });
     socket().drop();
     expect(store.active.entries.map(e => [e.role, e.content])).toEqual([
@@ -125,18 +127,98 @@ describe('ChatModel', () => {
     timers.advance(500);
     socket().open();
     model.send('q3');
-    const sent = socket().last().content as string;
-    expect(sent).toBe('Our conversation so far:\n\nUser: q1\n\nAssistant: a1\n\nUser: q2\n\nAssistant: part\n\n---\n\nq3');
+    expect(socket().last().content).toBe('q3');
+    expect(socket().last().history).toEqual([
+      { role: 'user', content: 'q1' },
+      { role: 'assistant', content: 'a1' },
+      { role: 'user', content: 'q2' },
+      { role: 'assistant', content: 'part' }
+    ]);
   });
 
-  it('carries a kept conversation over on a fresh connection, only once', () => {
+  it('sends the history exactly once per conversation per connection', () => {
+    const { model, store, socket, timers } = setup();
+    const a = store.active.id;
+    store.append(a, { id: 'o', role: 'user', content: 'old', sent: 'ctx\n\nold', time: 1 }, { id: 'o', role: 'assistant', content: 'reply', time: 1 });
+    const b = store.create().id;
+    store.append(b, { id: 'p', role: 'user', content: 'other', time: 1 }, { id: 'p', role: 'assistant', content: 'answer', time: 1 });
+    const seeded = { a: [{ role: 'user', content: 'ctx\n\nold' }, { role: 'assistant', content: 'reply' }], b: [{ role: 'user', content: 'other' }, { role: 'assistant', content: 'answer' }] };
+    const histories = () => socket().sent.filter(f => f.type === 'chat').map(f => [f.conversation_id, f.content, f.history ?? null]);
+
+    for (const [cid, turns] of [[a, seeded.a], [b, seeded.b]] as const) {
+      const id = model.send('new', { conversationId: cid })!;
+      socket().receive(done(id, 'ok'));
+      const next = model.send('next', { conversationId: cid })!;
+      socket().receive(done(next, 'ok'));
+      expect(histories().slice(-2)).toEqual([[cid, 'new', turns], [cid, 'next', null]]);
+    }
+    // A new connection: each conversation sends its (longer) history once more.
+    socket().drop();
+    timers.advance(500);
+    socket().open();
+    const id = model.send('again', { conversationId: a })!;
+    expect(histories().slice(-1)[0][2]).toHaveLength(6);
+    socket().receive(done(id, 'ok'));
+    model.send('and again', { conversationId: a });
+    expect(histories().slice(-1)[0][2]).toBeNull();
+    expect(socket().sent.filter(f => f.type === 'chat' && f.history).length).toBe(1);
+  });
+
+  it('sends the history again when the message that carried it failed', () => {
     const { model, store, socket } = setup();
     store.append(store.active.id, { id: 'o', role: 'user', content: 'old', time: 1 }, { id: 'o', role: 'assistant', content: 'reply', time: 1 });
     const id = model.send('new')!;
-    expect(socket().last().content).toContain('User: old\n\nAssistant: reply');
-    socket().receive(done(id, 'ok'));
-    model.send('next');
-    expect(socket().last().content).toBe('next');
+    expect(socket().last().history).toHaveLength(2);
+    socket().receive({ type: 'error', id, code: 'engine_error', message: 'failed' });
+    model.send('retry');
+    expect(socket().last().history).toHaveLength(2);
+  });
+
+  it("keeps the history within the setting's and the server's character budgets", () => {
+    const { model, store, socket, timers } = setup();
+    const cid = store.active.id;
+    for (let i = 0; i < 5; i++) {
+      store.append(cid, { id: `q${i}`, role: 'user', content: `q${i}`.padEnd(100, '.'), time: i }, { id: `q${i}`, role: 'assistant', content: `a${i}`.padEnd(100, '.'), time: i });
+    }
+    model.settings = { ...model.settings, carryOverChars: 450 };
+    let id = model.send('new')!;
+    expect((socket().last().history as { content: string }[]).map(t => t.content.slice(0, 2))).toEqual(['q3', 'a3', 'q4', 'a4']);
+    socket().receive({ type: 'error', id, code: 'engine_error', message: 'failed' });
+
+    socket().drop(); // the next server allows less than the setting
+    timers.advance(500);
+    socket().open('demo', { max_prompt_chars: 250, max_tokens_limit: 4096 });
+    id = model.send('new')!;
+    expect((socket().last().history as { content: string }[]).map(t => t.content.slice(0, 2))).toEqual(['q4', 'a4']);
+    socket().receive({ type: 'error', id, code: 'engine_error', message: 'failed' });
+
+    model.settings = { ...model.settings, carryOverChars: 0 };
+    model.send('new');
+    expect(socket().last().history).toBeUndefined();
+  });
+
+  it("cuts context blocks to the server's max_prompt_chars and says so on the message", () => {
+    const { model, store, socket, timers } = setup();
+    const blocks = [
+      { label: 'The active cell', language: 'python', text: 'x = 1\n'.repeat(200) },
+      { label: 'Selected code', language: 'python', text: 'y = 2' }
+    ];
+    model.sendWithContext('What does it do?', blocks);
+    expect(socket().last().content.length).toBeGreaterThan(1200); // no limit known: sent whole
+    socket().receive(done(socket().last().id, 'ok'));
+
+    socket().drop();
+    timers.advance(500);
+    socket().open('demo', { max_prompt_chars: 500, max_tokens_limit: 4096 });
+    model.sendWithContext('What does it do?', blocks);
+    const sent = socket().last().content as string;
+    expect(sent.length).toBeLessThanOrEqual(500);
+    expect(sent).toContain('more characters left out');
+    expect(sent).toContain('y = 2');
+    expect(sent.endsWith('What does it do?')).toBe(true);
+    const entry = store.active.entries[store.active.entries.length - 2];
+    expect(entry).toMatchObject({ role: 'user', content: 'What does it do?', sent });
+    expect(entry.context).toEqual(["The active cell (shortened to fit the server's limit of 500 characters)", 'Selected code']);
   });
 
   it('resets the server conversation when cleared or deleted', () => {

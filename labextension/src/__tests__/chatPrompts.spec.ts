@@ -1,6 +1,9 @@
 import { titleFrom } from '../chat/conversations';
 import {
-  carryOver,
+  fitContext,
+  historyOf,
+  MAX_HISTORY_TURNS,
+  shortenedNote,
   explainErrorRequest,
   fenceFor,
   findError,
@@ -87,7 +90,7 @@ describe('errors', () => {
   });
 });
 
-describe('carry-over', () => {
+describe('history', () => {
   it('turns entries into the turns the model saw, leaving out unanswered questions', () => {
     const turns = turnsOf([
       { id: '1', role: 'user', content: 'shown', sent: 'sent with context', time: 1 },
@@ -105,17 +108,50 @@ describe('carry-over', () => {
     ]);
   });
 
-  it('prepends the newest turns that fit', () => {
+  it('keeps the newest whole pairs that fit the budget', () => {
     const earlier = [
       { role: 'user' as const, content: 'old question '.repeat(10) },
       { role: 'assistant' as const, content: 'old answer' },
       { role: 'user' as const, content: 'q' },
       { role: 'assistant' as const, content: 'a' }
     ];
-    expect(carryOver([], 'new')).toBe('new');
-    const all = carryOver(earlier, 'new');
-    expect(all.startsWith('Our conversation so far:\n\nUser: old question')).toBe(true);
-    expect(all.endsWith('User: q\n\nAssistant: a\n\n---\n\nnew')).toBe(true);
-    expect(carryOver(earlier, 'new', 50)).toBe('Our conversation so far:\n\nAssistant: old answer\n\nUser: q\n\nAssistant: a\n\n---\n\nnew');
+    expect(historyOf([], 1000)).toEqual([]);
+    expect(historyOf(earlier, 1000)).toEqual(earlier);
+    expect(historyOf(earlier, 50)).toEqual(earlier.slice(2));
+    expect(historyOf(earlier, 1)).toEqual([]);
+    expect(historyOf(earlier, 1000, 2)).toEqual(earlier.slice(2));
+    const many = Array.from({ length: 500 }, (_, i) => ({ role: i % 2 ? ('assistant' as const) : ('user' as const), content: 'x' }));
+    expect(historyOf(many, 1e6)).toHaveLength(MAX_HISTORY_TURNS);
+  });
+});
+
+describe('the server limits', () => {
+  const blocks = [
+    { label: 'Big', language: 'python', text: 'a'.repeat(3000) },
+    { label: 'Small', language: '', text: 'short' },
+    { label: 'Tail', language: '', text: 'b'.repeat(1000) + 'END', keep: 'end' as const }
+  ];
+
+  it('sends blocks as they are within the limit or without one', () => {
+    expect(fitContext('Why?', blocks, null)).toEqual({ content: withContext('Why?', blocks), context: ['Big', 'Small', 'Tail'], shortened: false });
+    expect(fitContext('Why?', blocks, 10000).shortened).toBe(false);
+  });
+
+  it('cuts the longest blocks first, keeping the chosen end, within the limit', () => {
+    const fitted = fitContext('Why?', blocks, 1500);
+    expect(fitted.shortened).toBe(true);
+    expect(fitted.content.length).toBeLessThanOrEqual(1500);
+    expect(fitted.content.length).toBeGreaterThan(1300);
+    expect(fitted.content).toContain('Small:\n```\nshort\n```');
+    expect(fitted.content).toContain('END\n```');
+    expect(fitted.content.endsWith('\n\nWhy?')).toBe(true);
+    const note = shortenedNote(1500);
+    expect(fitted.context).toEqual([`Big${note}`, 'Small', `Tail${note}`]);
+  });
+
+  it('never cuts the message itself', () => {
+    const fitted = fitContext('m'.repeat(200), blocks, 100);
+    expect(fitted.content.endsWith('m'.repeat(200))).toBe(true);
+    expect(fitted.shortened).toBe(true);
   });
 });

@@ -8,7 +8,8 @@
  * exponential backoff (and jitter), reporting its state; chats that were answering get a
  * `disconnected` error (the server stops them when the socket closes), frames sent while
  * disconnected wait in an outbox until the next connection opens. Each connection is an
- * `epoch`: the server's conversation history lives only as long as one.
+ * `epoch`: the server's conversation history lives only as long as one. The `hello` that opens
+ * a connection also tells the server's limits (`limits`), so that callers can trim what they send.
  */
 import type {
   AckMessage,
@@ -37,6 +38,13 @@ export interface SocketLike {
 export type SocketFactory = (url: string) => SocketLike;
 
 export type ConnectionState = 'connecting' | 'open' | 'reconnecting' | 'closed';
+
+/** The server's limits on what a chat request sends, from its `hello`. */
+export interface ServerLimits {
+  /** The longest message (and, apart, history) in characters. */
+  maxPromptChars: number;
+  maxTokensLimit: number;
+}
 
 /** An error for a request: the server's ErrorMessage, or one the client made. */
 export interface ChatError {
@@ -128,6 +136,7 @@ export class ChatClient {
   private _epoch = 0;
   private _model: LoadedModel | null = null;
   private _defaultModel = '';
+  private _limits: ServerLimits | null = null;
   private readonly _backoff: Backoff;
   private readonly _timers: Timers;
   private readonly _random: () => number;
@@ -156,6 +165,11 @@ export class ChatClient {
 
   get defaultModel(): string {
     return this._defaultModel;
+  }
+
+  /** The server's limits, from the last `hello` (null before the first; older servers send none). */
+  get limits(): ServerLimits | null {
+    return this._limits;
   }
 
   /** When the next reconnection attempt starts (ms since the epoch), while reconnecting. */
@@ -409,6 +423,10 @@ export class ChatClient {
       case 'hello':
         this._model = message.model;
         this._defaultModel = message.default_model;
+        this._limits =
+          typeof message.max_prompt_chars === 'number' && typeof message.max_tokens_limit === 'number'
+            ? { maxPromptChars: message.max_prompt_chars, maxTokensLimit: message.max_tokens_limit }
+            : null;
         this._emit({ kind: 'hello', message });
         break;
       case 'model_changed':

@@ -6,7 +6,7 @@
 import type { LoadedModel, ModelsReply, SamplingParams, StoredModelInfo } from '../wire';
 import { ChatClient, ChatError, ConnectionState } from './client';
 import { ChatEntry, ConversationStore, newId } from './conversations';
-import { carryOver, turnsOf } from './prompts';
+import { ContextBlock, fitContext, historyOf, turnsOf } from './prompts';
 
 /** The REST calls the chat needs (GET /llamalab/models, POST /llamalab/models/load). */
 export interface ModelsApi {
@@ -18,7 +18,10 @@ export interface ChatSettings {
   /** null: the server's default. */
   maxTokens: number | null;
   temperature: number | null;
-  /** How much of a conversation the first message after a reconnect carries (characters). */
+  /**
+   * How much of a conversation (characters of its newest turns) the first message on a new
+   * connection sends as `history`, so the server knows the earlier turns; 0 sends none.
+   */
   carryOverChars: number;
 }
 
@@ -131,10 +134,9 @@ export class ChatModel {
       user.context = options.context;
     }
     // The server knows this conversation's earlier turns only if they were answered on the
-    // connection the request will go out on.
+    // connection the request will go out on; else they go with it as `history`.
     const epoch = this.client.state === 'open' ? this.client.epoch : this.client.epoch + 1;
-    const earlier = turnsOf(conversation.entries);
-    const wire = this._synced.get(cid) === epoch || !earlier.length ? content : carryOver(earlier, content, this.settings.carryOverChars);
+    const history = this._synced.get(cid) === epoch ? [] : this._history(conversation.entries);
 
     this.store.append(cid, user, { id, role: 'assistant', content: '', streaming: true, time: now });
     this._running.set(cid, id);
@@ -150,10 +152,11 @@ export class ChatModel {
       {
         id,
         conversation_id: cid,
-        content: wire,
+        content,
         system: conversation.system,
         model: this.store.model || null,
-        params
+        params,
+        ...(history.length ? { history } : {})
       },
       {
         onToken: piece => {
@@ -187,6 +190,19 @@ export class ChatModel {
       }
     );
     return id;
+  }
+
+  /**
+   * Sends `message` with context blocks, the blocks cut to fit the server's `max_prompt_chars`
+   * (the labels shown on the message say which were shortened). Returns as `send`.
+   */
+  sendWithContext(message: string, blocks: readonly ContextBlock[], options: SendOptions = {}): string | null {
+    const fitted = fitContext(message, blocks, this.client.limits?.maxPromptChars);
+    return this.send(fitted.content, {
+      ...options,
+      display: options.display ?? message,
+      context: fitted.context.length ? fitted.context : options.context
+    });
   }
 
   /** Stops the answer of a conversation (the active one by default). */
@@ -266,6 +282,13 @@ export class ChatModel {
       this.loading = null;
       this._changed();
     }
+  }
+
+  /** The earlier turns sent to a server that does not know the conversation: as many as the budget allows. */
+  private _history(entries: readonly ChatEntry[]): ReturnType<typeof turnsOf> {
+    const limit = this.client.limits?.maxPromptChars;
+    const budget = Math.min(Math.max(0, this.settings.carryOverChars), limit ?? Infinity);
+    return budget > 0 ? historyOf(turnsOf(entries), budget) : [];
   }
 
   private _finished(conversationId: string, requestId: string): void {

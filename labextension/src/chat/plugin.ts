@@ -105,7 +105,7 @@ export const chatPlugin: JupyterFrontEndPlugin<void> = {
         model.newConversation();
       }
       const request = explainErrorRequest(error.source, error.error, error.language, error.where);
-      model.send(request.content, { display: request.display, context: request.context });
+      model.sendWithContext(request.ask, request.blocks, { display: request.display });
     };
 
     app.commands.addCommand(COMMANDS.explainError, {

@@ -5,8 +5,10 @@
  *   user's message as fenced blocks with a short label.
  * - errors: ANSI codes stripped from tracebacks, the error of a cell's outputs found, and
  *   the "explain this error" request built from them.
- * - carry-over: the server keeps a conversation's history only for the life of one
- *   WebSocket connection, so the first message after a reconnect carries the earlier turns.
+ * - history: the server keeps a conversation's turns only for the life of one WebSocket
+ *   connection, so the first message on a new connection sends the earlier turns it should
+ *   know (`ChatRequest.history`), the newest that fit a budget.
+ * - limits: context blocks cut so that a message fits the server's `max_prompt_chars`.
  */
 import type { ChatTurn } from '../wire';
 import { ChatEntry, isObject, titleFrom } from './conversations';
@@ -20,6 +22,8 @@ export interface ContextBlock {
   /** The fence's info string ("python", "" for plain text). */
   language: string;
   text: string;
+  /** Which end of `text` to keep when it must be shortened (the start by default). */
+  keep?: 'start' | 'end';
 }
 
 /** A code fence longer than any run of backticks in `text` (at least three). */
@@ -128,52 +132,111 @@ export function explainErrorRequest(
   error: CellError,
   language = 'python',
   where = 'the cell'
-): { display: string; content: string; context: string[] } {
+): { display: string; ask: string; blocks: ContextBlock[]; content: string; context: string[] } {
   const display = `Explain this error and how to fix it: ${titleFrom(errorLine(error), 160)}`;
   const blocks: ContextBlock[] = [
     { label: `The code of ${where}`, language, text: truncate(source, 12000) },
-    { label: 'The error it raised', language: '', text: truncate(error.traceback, 8000, 'end') }
+    { label: 'The error it raised', language: '', text: truncate(error.traceback, 8000, 'end'), keep: 'end' }
   ];
   const ask =
     'Explain what caused this error in a few sentences, then show the corrected code in one code block.';
-  return { display, content: withContext(ask, blocks), context: blocks.map(b => b.label) };
+  return { display, ask, blocks, content: withContext(ask, blocks), context: blocks.map(b => b.label) };
 }
 
-// -- carry-over after a reconnect ---------------------------------------------------------------
+// -- the server's limits ----------------------------------------------------------------------
 
-/** The turns of a conversation the model saw: user messages as sent, answers as received. */
-export function turnsOf(entries: readonly ChatEntry[]): ChatTurn[] {
-  const turns: ChatTurn[] = [];
-  for (const entry of entries) {
-    if (entry.role === 'user') {
-      turns.push({ role: 'user', content: entry.sent ?? entry.content });
-    } else if (entry.role === 'assistant' && entry.content) {
-      turns.push({ role: 'assistant', content: entry.content });
-    }
-  }
-  // A question without an answer (an error, a dropped connection) is left out.
-  return turns.filter((turn, i) => turn.role === 'assistant' || turns[i + 1]?.role === 'assistant');
+/** What `fitContext` sends: the message with its blocks, and the labels to show on it. */
+export interface FittedMessage {
+  content: string;
+  /** The blocks' labels, those that were cut marked so. */
+  context: string[];
+  /** Whether any block was cut. */
+  shortened: boolean;
+}
+
+/** The note added to the label of a block cut to fit. */
+export function shortenedNote(maxChars: number): string {
+  return ` (shortened to fit the server's limit of ${maxChars} characters)`;
 }
 
 /**
- * The first message of a conversation on a new connection, when the conversation already has
- * turns the server no longer knows: the newest earlier turns (as many as fit `maxChars`) as a
- * transcript, then the new message. Without earlier turns, the message itself.
+ * `withContext(message, blocks)`, its blocks cut (the longest first, each with a marked cut) so
+ * that the whole stays within `maxChars` (the server's `max_prompt_chars`); the message itself
+ * is never cut. Without a limit, or within it, the blocks go as they are.
  */
-export function carryOver(earlier: readonly ChatTurn[], content: string, maxChars = 12000): string {
-  const lines: string[] = [];
+export function fitContext(message: string, blocks: readonly ContextBlock[], maxChars: number | null | undefined): FittedMessage {
+  const kept = blocks.filter(b => b.text.trim());
+  const labels = kept.map(b => b.label);
+  let content = withContext(message, kept);
+  if (!maxChars || content.length <= maxChars || !kept.length) {
+    return { content, context: labels, shortened: false };
+  }
+  const MARK = 64; // room for truncate's "… (N more characters left out)" and a longer fence
+  let excess = content.length - maxChars;
+  let sizes = kept.map(b => b.text.length);
+  for (let round = 0; round < 4 && excess > 0; round++) {
+    sizes = shrink(sizes, sizes.reduce((a, b) => a + b, 0) - excess - MARK * kept.length);
+    const cut = kept.map((b, i) => ({ ...b, text: b.text.length > sizes[i] ? truncate(b.text, sizes[i], b.keep) : b.text }));
+    content = withContext(message, cut);
+    excess = content.length - maxChars;
+  }
+  const note = shortenedNote(maxChars);
+  const context = kept.map((b, i) => (b.text.length > sizes[i] ? `${b.label}${note}` : b.label));
+  return { content, context, shortened: true };
+}
+
+/** `sizes` lowered, the largest first, so that they add up to at most `total` (never below 0). */
+function shrink(sizes: readonly number[], total: number): number[] {
+  const budget = Math.max(0, total);
+  const order = sizes.map((size, i) => ({ size, i })).sort((a, b) => a.size - b.size);
+  const out = [...sizes];
+  let left = budget;
+  order.forEach(({ size, i }, k) => {
+    const share = Math.floor(left / (order.length - k));
+    out[i] = Math.min(size, share);
+    left -= out[i];
+  });
+  return out;
+}
+
+// -- history for a new connection -------------------------------------------------------------
+
+/** The most turns a chat request may carry as `history` (the server's MAX_HISTORY_TURNS). */
+export const MAX_HISTORY_TURNS = 200;
+
+/**
+ * The turns of a conversation the model saw, as user/assistant pairs: user messages as sent,
+ * answers as received. A question without an answer (an error, a dropped connection) is left out.
+ */
+export function turnsOf(entries: readonly ChatEntry[]): ChatTurn[] {
+  const turns: ChatTurn[] = [];
+  let question: ChatEntry | null = null;
+  for (const entry of entries) {
+    if (entry.role === 'user') {
+      question = entry;
+    } else if (entry.role === 'assistant' && entry.content && question) {
+      turns.push({ role: 'user', content: question.sent ?? question.content }, { role: 'assistant', content: entry.content });
+      question = null;
+    }
+  }
+  return turns;
+}
+
+/**
+ * The `history` of the first message of a conversation on a new connection: the newest whole
+ * user/assistant pairs of `turns` (as `turnsOf` gives them) whose characters add up to at most
+ * `maxChars`, oldest first, at most `maxTurns` turns. Empty when none fits.
+ */
+export function historyOf(turns: readonly ChatTurn[], maxChars: number, maxTurns = MAX_HISTORY_TURNS): ChatTurn[] {
   let used = 0;
-  for (let i = earlier.length - 1; i >= 0; i--) {
-    const turn = earlier[i];
-    const line = `${turn.role === 'user' ? 'User' : 'Assistant'}: ${turn.content.trim()}`;
-    if (used + line.length > maxChars) {
+  let start = turns.length - (turns.length % 2);
+  while (start >= 2 && turns.length - start + 2 <= maxTurns) {
+    const size = turns[start - 2].content.length + turns[start - 1].content.length;
+    if (used + size > maxChars) {
       break;
     }
-    lines.unshift(line);
-    used += line.length + 2;
+    used += size;
+    start -= 2;
   }
-  if (!lines.length) {
-    return content;
-  }
-  return `Our conversation so far:\n\n${lines.join('\n\n')}\n\n---\n\n${content}`;
+  return turns.slice(start, turns.length - (turns.length % 2));
 }

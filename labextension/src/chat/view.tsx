@@ -4,7 +4,6 @@ import { addIcon, deleteIcon, refreshIcon, stopIcon } from '@jupyterlab/ui-compo
 import React, { useEffect, useState } from 'react';
 
 import type { ConnectionState } from './client';
-import { withContext } from './prompts';
 import type { CodeActions } from './markdown';
 import { MessageList } from './messages';
 import type { ChatModel } from './model';
@@ -195,7 +194,7 @@ export function ChatView({ model, workspace, rendermime }: ChatViewProps) {
       return;
     }
     const blocks = workspace.contextBlocks(choice);
-    const id = model.send(withContext(message, blocks), { display: message, context: blocks.map(b => b.label) });
+    const id = model.sendWithContext(message, blocks, { display: message });
     if (id && text === draft) {
       setDraft('');
     }
