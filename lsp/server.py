@@ -32,7 +32,7 @@ from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.workspace import TextDocument
 
-from llamalab import CursorContext, LocalEngine, __version__
+from llamalab import CursorContext, LlamalabError, LocalEngine, __version__
 
 from .completer import Completer, CompletionStats
 from .context import ContextDocument, display_path
@@ -51,6 +51,7 @@ class LlamalabLanguageServer(LanguageServer):
         super().__init__("llamalab", __version__, protocol_cls=LlamalabProtocol)
         self.completer = Completer(self._report_stats)
         self._used: dict[str, int] = {}  # uri -> when it was last opened or changed (a counter)
+        self._shown_errors: set[str] = set()
 
     @property
     def settings(self) -> Settings:
@@ -59,6 +60,7 @@ class LlamalabLanguageServer(LanguageServer):
     # -- settings -----------------------------------------------------------------------------
     def apply_settings(self, options: Any, origin: str) -> None:
         settings, problems = self.settings.updated(options)
+        self._shown_errors.clear()  # new settings may fix (or change) what failed
         for problem in problems:
             log.warning("%s: %s", origin, problem)
             self.window_show_message(types.ShowMessageParams(type=types.MessageType.Warning,
@@ -92,7 +94,20 @@ class LlamalabLanguageServer(LanguageServer):
         text = document.source
         offset = document.offset_at_position(position)
         others = self.context_documents(document) if self.settings.context_tokens else []
-        return await self.completer.suggest(uri, text, offset, document.language_id or "", others)
+        try:
+            return await self.completer.suggest(uri, text, offset, document.language_id or "", others)
+        except LlamalabError as exc:  # no model, a server that is down: say so once, answer empty
+            self.show_error_once(str(exc))
+            return None
+
+    def show_error_once(self, message: str) -> None:
+        """``window/showMessage`` an error, once per distinct text (a request per keystroke would
+        otherwise repeat it); always logged."""
+        log.error("%s", message)
+        if message not in self._shown_errors:
+            self._shown_errors.add(message)
+            self.window_show_message(types.ShowMessageParams(type=types.MessageType.Error,
+                                                             message=f"llamalab: {message}"))
 
     # -- reports ------------------------------------------------------------------------------
     def _report_stats(self, stats: CompletionStats) -> None:

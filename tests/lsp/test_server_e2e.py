@@ -8,6 +8,7 @@ The LSP features themselves are tested through pytest-lsp in ``test_lsp_features
 from __future__ import annotations
 
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -264,3 +265,26 @@ def test_a_storm_of_edits_and_cancels(client):
         "context": {"triggerKind": 1}}})
     assert "result" in client.wait("final", timeout=60)
     assert_still_serving(client)
+
+
+def test_a_model_that_cannot_be_found_is_shown_once_and_requests_answer_empty(tmp_path):
+    env = dict(os.environ, LLAMALAB_HOME=str(tmp_path / "home"))
+    proc = subprocess.Popen([sys.executable, "-m", "llamalab.lsp"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env=env)
+    c = Client(proc)
+    try:
+        c.call("initialize", {"processId": None, "rootUri": None, "capabilities": {},
+                              "initializationOptions": {"model": str(tmp_path / "missing.gguf"), "debounceMs": 0}})
+        c.notify("initialized", {})
+        c.notify("textDocument/didOpen", {"textDocument": {"uri": DOC_URI, "languageId": "python",
+                                                           "version": 1, "text": DOC}})
+        for _ in range(2):
+            assert c.wait(inline(c, CURSOR), timeout=60)["result"]["items"] == []
+        shown = c.notifications.get(timeout=10)
+        assert shown["method"] == "window/showMessage" and shown["params"]["type"] == 1  # Error
+        assert "missing.gguf" in shown["params"]["message"], shown
+        time.sleep(0.2)
+        assert c.notifications.empty()  # once, not once per request
+        assert proc.poll() is None
+    finally:
+        proc.kill()
