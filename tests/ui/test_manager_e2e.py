@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.ui.conftest import Lab
+from tests.ui.conftest import Chat, Lab, LabServer
 
 PULLED = "ui-pulled-smollm2"  # the store name a pull of PULLED.gguf gets
 CANCELLED = "ui-cancelled-smollm2"
@@ -74,6 +74,18 @@ def files_url(demo_model: Path) -> Iterator[str]:
     body = demo_model.read_bytes()
     with SlowFileServer({f"{PULLED}.gguf": body, f"{CANCELLED}.gguf": body}) as server:
         yield server.url
+
+
+def ensure_stored(server: LabServer, url: str, name: str) -> None:
+    """Pull ``url`` through the REST API unless the store has ``name`` (tests stay independent)."""
+    if name in [m["name"] for m in server.api("llamalab/models")["stored"]]:
+        return
+    job = server.api("llamalab/pulls", "POST", {"model": url})
+    deadline = time.monotonic() + 60
+    while job["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job = server.api(f"llamalab/jobs/{job['id']}")
+    assert job["state"] == "done", job
 
 
 def open_manager(lab: Lab) -> Any:
@@ -169,3 +181,23 @@ def test_a_llama_2_pull_asks_for_the_licence_first(lab: Lab) -> None:
     gate.get_by_role("button", name="Cancel").click()
     gate.wait_for(state="detached", timeout=5000)
     assert len(lab.server.api("llamalab/jobs")["jobs"]) == jobs_before
+
+
+def test_a_pulled_model_answers_in_the_chat(lab: Lab, files_url: str) -> None:
+    ensure_stored(lab.server, f"{files_url}/{PULLED}.gguf", PULLED)
+    chat = Chat(lab).open()
+    picker = lab.page.get_by_test_id("llamalab-model-picker")
+    # The panel read the store when it connected, before this pull: its refresh button re-reads it.
+    chat.panel.get_by_role("button", name="Refresh the model list").click()
+    picker.locator(f'option[value="{PULLED}"]').wait_for(state="attached", timeout=15_000)
+    picker.select_option(PULLED)
+    lab.page.wait_for_function(
+        "(name) => { const s = document.querySelector('[data-testid=\"llamalab-model-picker\"]');"
+        " return s && !s.disabled && s.value === name; }", arg=PULLED, timeout=60_000)
+    before = chat.send("Say hello.")
+    answer = chat.wait_finished(before, timeout=90)
+    assert answer.get_attribute("data-finish-reason") in ("stop", "length")
+    assert PULLED in answer.locator(".llamalab-message-author").inner_text()
+    loaded = lab.server.api("llamalab/models")["loaded"]
+    assert loaded and loaded["name"] == PULLED, loaded
+    lab.shot("picked-model")
