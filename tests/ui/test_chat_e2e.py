@@ -221,3 +221,36 @@ def test_an_error_is_one_line_with_details_on_demand(lab: Lab, chat: Chat) -> No
     lab.shot("error-details", chat.panel)
     chat.stop_button.wait_for(state="detached", timeout=5000)
     assert chat.send_button.is_visible()
+
+
+UNNAMED_CONTROLS_JS = """
+(root) => [...root.querySelectorAll('button, select, textarea, input, [role=button]')]
+  .filter(el => el.offsetParent !== null)
+  .filter(el => {
+    const label = el.getAttribute('aria-label') || el.getAttribute('title') || (el.textContent || '').trim();
+    const byId = el.getAttribute('aria-labelledby');
+    const wrapped = el.closest('label') && el.closest('label').textContent.trim();
+    const forLabel = el.id && document.querySelector(`label[for="${el.id}"]`);
+    return !(label || byId || wrapped || forLabel);
+  })
+  .map(el => el.outerHTML.slice(0, 160))
+"""
+
+
+def test_every_control_has_a_name_and_tab_reaches_send(lab: Lab, chat: Chat) -> None:
+    chat.open()
+    before = chat.send("Say hi.")
+    chat.wait_finished(before, timeout=90)
+    unnamed = chat.panel.evaluate(UNNAMED_CONTROLS_JS)
+    assert not unnamed, f"controls without an accessible name: {unnamed}"
+    chat.input.fill("typed")
+    chat.input.focus()
+    page = lab.page
+    for _ in range(6):  # Tab moves on from the message box to the send button
+        page.keyboard.press("Tab")
+        if page.evaluate("() => document.activeElement.getAttribute('data-testid')") == "llamalab-chat-send":
+            break
+    else:
+        pytest.fail("Tab from the message box never reached the send button")
+    page.keyboard.press("Enter")  # a focused button sends
+    chat.wait_finished(before + 1, timeout=90)
