@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -50,7 +51,8 @@ class LlamalabLanguageServer(LanguageServer):
     def __init__(self) -> None:
         super().__init__("llamalab", __version__, protocol_cls=LlamalabProtocol)
         self.completer = Completer(self._report_stats)
-        self._used: dict[str, int] = {}  # uri -> when it was last opened or changed (a counter)
+        self._used: dict[str, int] = {}  # uri -> when it was last opened or changed
+        self._clock = itertools.count(1)
         self._shown_errors: set[str] = set()
 
     @property
@@ -69,7 +71,11 @@ class LlamalabLanguageServer(LanguageServer):
 
     # -- documents ------------------------------------------------------------------------------
     def touch(self, uri: str) -> None:
-        self._used[uri] = len(self._used) + max(self._used.values(), default=0) + 1
+        self._used[uri] = next(self._clock)
+
+    def close_document(self, uri: str) -> None:
+        self.completer.forget(uri)
+        self._used.pop(uri, None)
 
     def open_document(self, uri: str) -> Optional[TextDocument]:
         """The open document at ``uri``; None (and a log line) when the client never opened it."""
@@ -81,8 +87,8 @@ class LlamalabLanguageServer(LanguageServer):
     def context_documents(self, current: TextDocument) -> list[ContextDocument]:
         """The other open documents of the same language, most recently used first."""
         root = self.workspace.root_path
-        others = [d for uri, d in self.workspace.text_documents.items()
-                  if uri != current.uri and d.language_id == current.language_id]
+        others = [d for d in self.workspace.text_documents.values()
+                  if d is not current and d.language_id == current.language_id]
         others.sort(key=lambda d: -self._used.get(d.uri, 0))
         return [ContextDocument(display_path(unquote(urlparse(d.uri).path), root), d.source) for d in others]
 
@@ -187,8 +193,7 @@ def create_server() -> LlamalabLanguageServer:
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: LlamalabLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
-        ls.completer.forget(params.text_document.uri)
-        ls._used.pop(params.text_document.uri, None)
+        ls.close_document(params.text_document.uri)
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: LlamalabLanguageServer, params: types.InlineCompletionParams
