@@ -175,6 +175,27 @@ def test_shift_enter_is_a_new_line_not_a_send(lab: Lab, chat: Chat) -> None:
     assert chat.answer_count() == before and not lab.chat_requests()
 
 
+def test_after_a_reload_the_first_message_sends_the_kept_turns_as_history(lab: Lab, chat: Chat) -> None:
+    chat.open()
+    lab.page.get_by_test_id("llamalab-chat-new").click()
+    before = chat.send("My favourite fruit is the banana.")
+    chat.wait_finished(before, timeout=90)
+    lab.page.reload()
+    lab.wait_ready()
+    chat.open()
+    lab.page.locator('#llamalab-chat .llamalab-message[data-role="user"]').first.wait_for(state="visible", timeout=10_000)
+    before = chat.send("Which fruit did I name?")
+    chat.wait_finished(before, timeout=90)
+    first = lab.chat_requests()[-1]
+    assert first["content"] == "Which fruit did I name?"  # no text preamble any more
+    assert [t["role"] for t in first["history"]] == ["user", "assistant"]
+    assert first["history"][0]["content"] == "My favourite fruit is the banana."
+    assert first["history"][1]["content"].strip()  # the answer as streamed (Markdown source)
+    before = chat.send("Thanks.")
+    chat.wait_finished(before, timeout=90)
+    assert not lab.chat_requests()[-1].get("history")  # the server has the turns on this connection
+
+
 def test_conversations_survive_a_reload_and_a_new_one_starts_empty(lab: Lab, chat: Chat) -> None:
     chat.open()
     before = chat.send("Say the word banana.")
