@@ -513,15 +513,23 @@ async def _kernel_magic(server: Server, client: Any, model: Path, tokens: int) -
     """``%load_ext llamalab`` + ``%%llama`` in a kernel the server starts, as JupyterLab starts one."""
     from jupyter_client.asynchronous import AsyncKernelClient
 
-    r = await client.post(f"{server.root}/api/kernels", json={"name": "python3"}, headers=server.headers)
-    if r.status_code != 201:
-        raise SystemExit(f"starting a kernel: HTTP {r.status_code}: {r.text[:500]}")
-    kernel_id = r.json()["id"]
-    kc = AsyncKernelClient(connection_file=str(server.runtime / f"kernel-{kernel_id}.json"))
-    try:
+    for attempt in (1, 2):  # a kernel can die at start when another process takes one of its ports
+        r = await client.post(f"{server.root}/api/kernels", json={"name": "python3"}, headers=server.headers)
+        if r.status_code != 201:
+            raise SystemExit(f"starting a kernel: HTTP {r.status_code}: {r.text[:500]}")
+        kernel_id = r.json()["id"]
+        kc = AsyncKernelClient(connection_file=str(server.runtime / f"kernel-{kernel_id}.json"))
         kc.load_connection_file()
         kc.start_channels()
-        await kc.wait_for_ready(timeout=120)
+        try:
+            await kc.wait_for_ready(timeout=120)
+            break
+        except RuntimeError:
+            kc.stop_channels()
+            await client.delete(f"{server.root}/api/kernels/{kernel_id}", headers=server.headers)
+            if attempt == 2:
+                raise
+    try:
 
         async def run(code: str) -> list[dict[str, Any]]:
             outputs: list[dict[str, Any]] = []

@@ -1,15 +1,17 @@
 """Where a code completion stops and how it is cleaned up: pure functions on text, shared by
 the language server and the JupyterLab inline completer.
 
-``CursorContext.at(text, offset)`` describes the cursor; ``mode`` picks a single-line
-completion when there is code after the cursor on its line or before it (mid-line), and a
-multi-line one on a blank line. ``should_stop`` is checked while the model streams, so a
+``CursorContext.at(text, offset)`` describes the cursor; ``mode`` picks a multi-line completion
+on a blank line and at the end of a line that opens a block (``:``, ``(``, ``[``, ``{``), and a
+single-line one elsewhere (mid-line, or after a complete statement). ``should_stop`` is checked while the model streams, so a
 generation ends as soon as its answer is complete; ``postprocess`` then cuts and cleans
 the text:
 
 - single line: the first line only;
 - multi-line: up to the end of the current indented block (the first line indented less than
-  the cursor's line), and before the first line that repeats the suffix's next line;
+  the cursor's line; at the end of a line that opens a block, such as ``def f(n):``, the first
+  line not indented deeper than it, keeping a closing ``}``/``)``), and before the first line
+  that repeats the suffix's next line;
 - trailing whitespace trimmed;
 - closing brackets that the text after the cursor already has are not written twice;
 - a suggestion that only repeats what follows the cursor is dropped (empty string).
@@ -20,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["CursorContext", "Mode", "choose_mode", "should_stop", "postprocess", "cut_to_block",
+__all__ = ["CursorContext", "Mode", "block_opener", "choose_mode", "should_stop", "postprocess", "cut_to_block",
            "cut_at_suffix_repeat", "balance_closers", "only_repeats_suffix", "trim_trailing_whitespace",
            "indent_of"]
 
@@ -34,9 +36,21 @@ def indent_of(line: str) -> int:
     return len(line) - len(line.lstrip(" \t"))
 
 
+def block_opener(line_prefix: str, line_suffix: str) -> str:
+    """The character that opens a block at the end of the cursor's line (``def f(n):|``,
+    ``if (x) {|``, ``call(|``), or '' when the line does not end in one."""
+    if line_suffix.strip():
+        return ""
+    end = line_prefix.rstrip()[-1:]
+    return end if end and end in ":" + OPENERS else ""
+
+
 def choose_mode(line_prefix: str, line_suffix: str) -> Mode:
-    """Multi-line on a blank line (nothing before or after the cursor on it), else single-line."""
-    return "multi" if not line_prefix.strip() and not line_suffix.strip() else "single"
+    """Multi-line on a blank line (nothing before or after the cursor on it) and at the end of a
+    line that opens a block; single-line elsewhere."""
+    if not line_prefix.strip() and not line_suffix.strip():
+        return "multi"
+    return "multi" if block_opener(line_prefix, line_suffix) else "single"
 
 
 @dataclass(frozen=True)
@@ -60,9 +74,17 @@ class CursorContext:
         return self.suffix.split("\n", 1)[0]
 
     @property
+    def opener(self) -> str:
+        """See ``block_opener``: what the cursor's line opens, if anything."""
+        return block_opener(self.line_prefix, self.line_suffix) if self.line_prefix.strip() else ""
+
+    @property
     def block_indent(self) -> int:
-        """The indentation of the block the cursor is in: that of the cursor's line."""
-        return indent_of(self.line_prefix) if self.line_prefix.strip() else len(self.line_prefix)
+        """The indentation the completion's lines must keep: that of the cursor's line, or
+        deeper than it when the line opens a block (its body)."""
+        if not self.line_prefix.strip():
+            return len(self.line_prefix)
+        return indent_of(self.line_prefix) + (1 if self.opener else 0)
 
     @property
     def next_suffix_line(self) -> str:
@@ -73,12 +95,15 @@ class CursorContext:
         return ""
 
 
-def cut_to_block(completion: str, indent: int) -> str:
-    """Keep the lines up to the first non-blank line (after the first) indented less than ``indent``."""
+def cut_to_block(completion: str, indent: int, closer: str = "") -> str:
+    """Keep the lines up to the first non-blank line (after the first) indented less than
+    ``indent``; a line that starts with ``closer`` one column back (the ``}`` or ``)`` closing
+    the bracket the block opened) is kept as the block's last line."""
     lines = completion.split("\n")
     for i, line in enumerate(lines[1:], start=1):
         if line.strip() and indent_of(line) < indent:
-            return "\n".join(lines[:i])
+            keep = bool(closer) and line.strip().startswith(closer) and indent_of(line) == indent - 1
+            return "\n".join(lines[:i + 1] if keep else lines[:i])
     return completion
 
 
@@ -132,13 +157,17 @@ def only_repeats_suffix(completion: str, suffix: str) -> bool:
     return not text or suffix.lstrip().startswith(text)
 
 
+def _closer(ctx: CursorContext) -> str:
+    return {"(": ")", "[": "]", "{": "}"}.get(ctx.opener, "")
+
+
 def should_stop(generated: str, ctx: CursorContext) -> bool:
     """Whether a streaming completion is already complete (checked after each piece)."""
     if ctx.mode == "single":
         return "\n" in (generated if ctx.line_prefix.strip() else generated.lstrip("\n"))
     complete_lines = generated.split("\n")[:-1]  # the last one may still grow
     text = "\n".join(complete_lines)
-    return (cut_to_block(text, ctx.block_indent) != text
+    return (cut_to_block(text, ctx.block_indent, _closer(ctx)) != text
             or cut_at_suffix_repeat(text, ctx.next_suffix_line) != text)
 
 
@@ -149,7 +178,7 @@ def postprocess(completion: str, ctx: CursorContext) -> str:
         text = text.lstrip("\n") if not ctx.line_prefix.strip() else text
         text = text.split("\n", 1)[0]
     else:
-        text = cut_to_block(text, ctx.block_indent)
+        text = cut_to_block(text, ctx.block_indent, _closer(ctx))
         text = cut_at_suffix_repeat(text, ctx.next_suffix_line)
     text = trim_trailing_whitespace(text)
     text = balance_closers(text, ctx.line_suffix)

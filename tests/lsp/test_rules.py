@@ -64,3 +64,25 @@ def test_closing_brackets_already_after_the_cursor_are_not_doubled():
     assert balance_closers("1, 2])", "])") == "1, 2"
     assert balance_closers("1, 2]", ")") == "1, 2]"  # not the same bracket: left alone
     assert postprocess("'hello')", ctx("print(|)\n")) == "'hello'"
+
+
+def test_end_of_a_line_that_opens_a_block_asks_for_its_body():
+    assert choose_mode("def area(r):", "") == "multi"
+    assert choose_mode("if (x) {", "  ") == "multi"
+    assert choose_mode("def area(r):", "  # comment") == "single"
+    assert choose_mode("x = y", "") == "single"
+    c = ctx("import math\n\ndef area(r):|\n\nprint(area(2))\n")
+    assert c.mode == "multi" and c.block_indent == 1
+    body = "\n    return math.pi * r ** 2\n\ndef other():\n    pass\n"
+    assert postprocess(body, c) == "\n    return math.pi * r ** 2"
+    assert should_stop("\n    return math.pi * r ** 2\n\ndef other():\n", c)
+    assert not should_stop("\n    return math.pi", c)
+
+
+def test_a_bracket_opened_at_the_end_of_the_line_keeps_its_closing_line():
+    c = ctx("    items = [|\n    print(items)\n")
+    assert c.mode == "multi" and c.block_indent == 5
+    completion = "\n        1,\n        2,\n    ]\n    total = sum(items)\n"
+    assert postprocess(completion, c) == "\n        1,\n        2,\n    ]"
+    js = ctx("function f(a) {|\n")
+    assert postprocess("\n  return a + 1;\n}\nf(2);\n", js) == "\n  return a + 1;\n}"
