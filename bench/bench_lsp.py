@@ -21,7 +21,9 @@ two sides run one after the other, never at once.
 
 * latency: llamalab from just before the ``didChange`` is written to the reply read back (the
   client's view: JSON-RPC, document sync, prompt building, the engine's queue and threads);
-  direct from just before ``create_completion`` to its last chunk.
+  direct from just before ``create_completion`` to its last chunk. Which side runs first
+  alternates from request to request; when the direct side goes first it needs the prompt
+  first, so the ``didChange`` is sent before the clock starts for the server's request.
 * prompt tokens re-evaluated: from the server's ``window/logMessage`` statistics
   (``prompt N tokens, reused M, evaluated K``), i.e. what llama.cpp's KV cache did not keep.
 
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import itertools
 import json
 import os
 import platform
@@ -48,7 +51,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 OVERHEAD_TARGET = 0.10  # p50 latency through the server at most this much above direct
 REEVAL_TARGET = 0.10  # after a one-character edit, at most this fraction of the prompt evaluated
@@ -69,6 +72,7 @@ class Request:
     generated_tokens: int
     ended_by: str
     same_text: bool  # the server's suggestion equals the direct generation, post-processed alike
+    direct_first: bool  # the direct side ran first this time (its didChange then is not timed)
 
 
 class Client:
@@ -207,6 +211,14 @@ def bursts(text: str, rng: random.Random, limit: int) -> list[str]:
     return out
 
 
+def _load() -> Optional[float]:
+    """The 1-minute load average (the machine may be shared), None where the OS has none."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def _utf16(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
@@ -222,7 +234,7 @@ def _direct(llama: Any, tokens: list[int], max_tokens: int, stop: list[str]) -> 
 
 
 def _type_line(client: Client, llama: Any, uri: str, lines: list[str], index: int, args: argparse.Namespace,
-               rng: random.Random) -> list[Request]:
+               rng: random.Random, turn: Iterator[int]) -> list[Request]:
     from llamalab import CursorContext, postprocess_completion
 
     line = lines[index]
@@ -235,25 +247,32 @@ def _type_line(client: Client, llama: Any, uri: str, lines: list[str], index: in
         start = {"line": index, "character": _utf16(typed)}
         typed += burst
         cursor = {"line": index, "character": _utf16(typed)}
-        t0 = time.perf_counter()
-        client.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": n + 2}, "contentChanges": [
-            {"range": {"start": start, "end": start}, "text": burst}]})
-        reply = client.call("textDocument/inlineCompletion", {"textDocument": {"uri": uri}, "position": cursor,
-                                                              "context": {"triggerKind": 2}})
-        lsp_ms = (time.perf_counter() - t0) * 1000
-        stats = client.stats(uri)
-        info = client.call("llamalab/prompt", {"textDocument": {"uri": uri}, "position": cursor})
-        if len(info["tokens"]) != int(stats[1]):
-            print(f"warning: llamalab/prompt gave {len(info['tokens'])} tokens, the generation had {stats[1]}",
-                  file=sys.stderr)
         ctx = CursorContext.at("\n".join(lines[:index] + [typed] + lines[index + 1:]),
                                len("\n".join(lines[:index] + [typed])))
         stop = ["\n"] if ctx.mode == "single" and ctx.line_prefix.strip() else []
-        direct_ms, direct_text = _direct(llama, info["tokens"], args.max_tokens, stop)
+        change = {"textDocument": {"uri": uri, "version": n + 2},
+                  "contentChanges": [{"range": {"start": start, "end": start}, "text": burst}]}
+        request = {"textDocument": {"uri": uri}, "position": cursor, "context": {"triggerKind": 2}}
+        direct_first = next(turn) % 2 == 1  # alternate which side runs first
+        t0 = time.perf_counter()
+        client.notify("textDocument/didChange", change)
+        if direct_first:  # the prompt the server will use, asked for before it generates
+            info = client.call("llamalab/prompt", {"textDocument": {"uri": uri}, "position": cursor})
+            direct_ms, direct_text = _direct(llama, info["tokens"], args.max_tokens, stop)
+            t0 = time.perf_counter()
+        reply = client.call("textDocument/inlineCompletion", request)
+        lsp_ms = (time.perf_counter() - t0) * 1000
+        stats = client.stats(uri)
+        if not direct_first:
+            info = client.call("llamalab/prompt", {"textDocument": {"uri": uri}, "position": cursor})
+            direct_ms, direct_text = _direct(llama, info["tokens"], args.max_tokens, stop)
+        if len(info["tokens"]) != int(stats[1]):
+            print(f"warning: llamalab/prompt gave {len(info['tokens'])} tokens, the generation had {stats[1]}",
+                  file=sys.stderr)
         suggestion = reply["items"][0]["insertText"] if reply["items"] else ""
         results.append(Request(index, len(burst), n == 0, lsp_ms, direct_ms, int(stats[1]), int(stats[2]),
                                int(stats[3]), int(stats[4]), stats[5],
-                               suggestion == postprocess_completion(direct_text, ctx)))
+                               suggestion == postprocess_completion(direct_text, ctx), direct_first))
     client.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
     return results
 
@@ -268,6 +287,7 @@ def _measure(args: argparse.Namespace, path: Path) -> tuple[list[Request], dict[
     source = source_path.read_text(encoding="utf-8")
     lines = source.split("\n")
     threads, threads_batch = default_threads()
+    load_before = _load()
     llama = llama_cpp.Llama(model_path=str(path), n_ctx=args.n_ctx, n_gpu_layers=0, n_threads=threads,
                             n_threads_batch=threads_batch, n_batch=512, seed=0, verbose=False)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -289,14 +309,16 @@ def _measure(args: argparse.Namespace, path: Path) -> tuple[list[Request], dict[
               f"{args.n_ctx} | {source_path.name}, lines {', '.join(str(t + 1) for t in targets)} | max_tokens "
               f"{args.max_tokens} | prefix window {args.prefix_tokens} tokens", flush=True)
         rng = random.Random(args.seed)
+        turn = itertools.count()
         requests: list[Request] = []
         for k, index in enumerate(targets):
             requests += _type_line(client, llama, source_path.with_name(f"typed_{k}.py").as_uri(), lines, index,
-                                   args, rng)
+                                   args, rng, turn)
     finally:
         client.close()
         llama.close()
     info = {"llama_cpp": llama_cpp.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
+            "load_average_before": load_before, "load_average_after": _load(),
             "threads": threads, "model": str(path), "module": str(source_path), "lines": targets}
     return requests, info
 
@@ -377,6 +399,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     summary = summarize(requests)
     print()
     print_table(summary)
+    print(f"load average (1 min) before / after: {info['load_average_before']} / {info['load_average_after']} "
+          f"on {info['cpus']} CPUs")
     if args.json:
         report = {"config": {k: v for k, v in vars(args).items() if k != "json"}, "environment": info,
                   "targets": {"p50_overhead_max": OVERHEAD_TARGET, "reevaluated_share_max": REEVAL_TARGET},

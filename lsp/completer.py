@@ -2,7 +2,8 @@
 
 ``Completer`` owns the engine (loaded on first use, reloaded when the model settings change)
 and the state that spans requests for one document: the number of its newest request, its
-running generation, and the anchor line of its prefix window (``context.prefix_window``).
+running generation, the anchor line of its prefix window (``context.prefix_window``) and the
+ids of that window's stable head (``context.LineCachedTokenizer``).
 It knows nothing of pygls: the server hands it text, a cursor offset and the other open
 documents, and gets text back.
 
@@ -117,6 +118,7 @@ class Completer:
         self.cancel(uri)
         self._anchors.pop(uri, None)
         self._tokenizers.pop(uri, None)
+        self._latest.pop(uri, None)
 
     def cancel(self, uri: Optional[str] = None) -> None:
         """Stop the running generation of one document, or of all."""
@@ -143,7 +145,7 @@ class Completer:
         def count(part: str) -> int:
             return len(engine.tokenize(part)) if part else 0
 
-        context, paths = self._context(others, language_id, count) if self._with_context(others) else ("", ())
+        context, paths = self._context(others, language_id, count, engine) if self._with_context(others) else ("", ())
         plan = plan_prompt(tokenizer, FimTokens.from_info(engine.info), ctx.prefix + ctx.suffix, len(ctx.prefix),
                            prefix_tokens=s.prefix_tokens, suffix_tokens=s.suffix_tokens, context=context,
                            context_paths=paths, previous_anchor=self._anchors.get(uri))
@@ -151,11 +153,12 @@ class Completer:
             self._anchors[uri] = plan.anchor_line
         return plan
 
-    def _context(self, others: Sequence[ContextDocument], language_id: str,
-                 count: Callable[[str], int]) -> tuple[str, tuple[str, ...]]:
-        """``context_chunks``, remembered until the other documents or the budget change (a
-        document's text is the same object between keystrokes elsewhere, and keeps its hash)."""
-        key = (language_id, self.settings.context_tokens, tuple((d.path, hash(d.text), len(d.text)) for d in others))
+    def _context(self, others: Sequence[ContextDocument], language_id: str, count: Callable[[str], int],
+                 engine: Engine) -> tuple[str, tuple[str, ...]]:
+        """``context_chunks``, remembered until the other documents, the budget or the model change
+        (a document's text is the same object between keystrokes elsewhere, and keeps its hash)."""
+        key = (id(engine), language_id, self.settings.context_tokens,
+               tuple((d.path, hash(d.text), len(d.text)) for d in others))
         cached = self._context_cache
         if cached is not None and cached[0] == key:
             return cached[1]

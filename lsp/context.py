@@ -35,8 +35,9 @@ from typing import Callable, Optional, Protocol, Sequence
 
 from llamalab import FimTokens, build_fim_prompt
 
-__all__ = ["LineCachedTokenizer", "GRID_LINES", "CHARS_PER_TOKEN", "LINE_COMMENTS", "BLOCK_COMMENTS", "ContextDocument", "PromptPlan",
-           "Tokenizes", "comment_header", "prefix_window", "context_chunks", "plan_prompt", "display_path"]
+__all__ = ["GRID_LINES", "CHARS_PER_TOKEN", "LINE_COMMENTS", "BLOCK_COMMENTS", "ContextDocument", "PromptPlan",
+           "Tokenizes", "LineCachedTokenizer", "comment_header", "prefix_window", "context_chunks", "plan_prompt",
+           "display_path"]
 
 GRID_LINES = 16
 CHARS_PER_TOKEN = 8  # text read per token of budget (code averages 3 to 4 characters a token)
