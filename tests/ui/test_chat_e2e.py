@@ -38,6 +38,13 @@ def test_plugins_activate_and_the_panel_has_an_icon(lab: Lab) -> None:
     assert tab.get_attribute("title"), "the chat panel's tab has no caption"
 
 
+def test_the_fixture_catches_an_uncaught_error_of_the_extension(lab: Lab) -> None:
+    lab.page.evaluate("() => { setTimeout(() => { throw new Error('llamalab: a deliberate test error'); }); }")
+    lab.page.wait_for_timeout(300)
+    assert any("deliberate test error" in e for e in lab.extension_errors()), lab.errors
+    lab.errors.clear()  # this one was on purpose
+
+
 def test_palette_command_opens_and_focuses_the_panel(lab: Lab, chat: Chat) -> None:
     page = lab.page
     page.locator("#jp-main-dock-panel").click()  # focus the main area, away from the panel
@@ -73,7 +80,7 @@ def test_shortcut_opens_and_focuses_the_panel(lab: Lab, chat: Chat) -> None:
 
 def test_tokens_stream_into_the_answer(lab: Lab, chat: Chat) -> None:
     chat.open()
-    before = chat.send("Name five animals that live on farms and say one sentence about each.")
+    before = chat.send("Write a paragraph of at least six sentences about the animals that live on farms.")
     samples = chat.watch(before, timeout=90)
     lab.shot("answered", chat.panel)
     assert samples and samples[-1]["finish"], f"the answer never finished: {samples[-5:]}"
@@ -84,7 +91,7 @@ def test_tokens_stream_into_the_answer(lab: Lab, chat: Chat) -> None:
     assert samples[-1]["finish"] in ("stop", "length"), samples[-1]
     assert chat.wait_settled(before).strip(), "the finished answer is empty"
     user = lab.page.locator('#llamalab-chat .llamalab-message[data-role="user"]').last
-    assert "five animals" in user.inner_text()
+    assert "animals that live on farms" in user.inner_text()
     assert chat.stop_button.count() == 0, "the stop button stays after the answer finished"
     assert chat.messages.get_attribute("role") == "log"
 
