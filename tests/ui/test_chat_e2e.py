@@ -81,6 +81,8 @@ def test_shortcut_opens_and_focuses_the_panel(lab: Lab, chat: Chat) -> None:
 def test_tokens_stream_into_the_answer(lab: Lab, chat: Chat) -> None:
     chat.open()
     before = chat.send("Write a paragraph of at least six sentences about the animals that live on farms.")
+    chat.wait_streaming(before, min_chars=20)
+    lab.shot("streaming", chat.panel)
     samples = chat.watch(before, timeout=90)
     lab.shot("answered", chat.panel)
     assert samples and samples[-1]["finish"], f"the answer never finished: {samples[-5:]}"
