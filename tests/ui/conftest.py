@@ -151,8 +151,9 @@ def _descendants(pid: int) -> list[Any]:
         return []
 
 
-def stop_server(process: subprocess.Popen) -> None:
-    """SIGTERM (JupyterLab shuts its kernels down), then SIGKILL whatever is left of the tree."""
+def stop_server(process: subprocess.Popen) -> list[Any]:
+    """SIGTERM (JupyterLab shuts its kernels down), then SIGKILL whatever is left of the tree;
+    returns the processes of the tree still alive after that (none, normally)."""
     import psutil
 
     children = _descendants(process.pid)
@@ -173,7 +174,8 @@ def stop_server(process: subprocess.Popen) -> None:
         except ProcessLookupError:
             pass
         process.wait(timeout=10)
-    psutil.wait_procs(children, timeout=10)
+    _, alive = psutil.wait_procs(children, timeout=10)
+    return alive
 
 
 def start_lab(tmp: Path, store: Path, *, extra_args: tuple[str, ...] = (),
@@ -273,9 +275,8 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory, ui_store: Path, demo_st
     try:
         yield server
     finally:
-        stop_server(server.process)
-        leftover = [p for p in _descendants(server.process.pid)]
-        assert not leftover, f"processes left behind by jupyter lab: {leftover}"
+        alive = stop_server(server.process)
+        assert not alive, f"processes left behind by jupyter lab: {alive}"
 
 
 # -- the browser --------------------------------------------------------------------------
