@@ -25,7 +25,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -256,6 +255,9 @@ def ui_store(tmp_path_factory: pytest.TempPathFactory, demo_model: Path, demo_st
     return private_store(tmp_path_factory.mktemp("ui-store"), demo_store)
 
 
+_LISTED = False
+
+
 @pytest.fixture(scope="module")
 def lab_options() -> dict[str, Any]:
     """``start_lab`` keywords for a module's server (override in a module): ``llamalab`` traitlets,
@@ -272,6 +274,15 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory, ui_store: Path, demo_st
     tmp = tmp_path_factory.mktemp("lab")
     store = private_store(tmp / "store", demo_store) if options.pop("own_store", False) else ui_store
     server = start_lab(tmp, store, **options)
+    global _LISTED
+    if not _LISTED:  # once a session: JupyterLab's own listing, with the servers' environment
+        listing = subprocess.run([str(BIN / "jupyter"), "labextension", "list"], env=server.env,
+                                 capture_output=True, text=True, timeout=120)
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", listing.stdout + listing.stderr)
+        if not re.search(rf"{re.escape(PACKAGE)} v[\d.]+ enabled\s+OK", plain):
+            stop_server(server.process)
+            pytest.fail(f"{PACKAGE} is not an enabled labextension in the servers' environment:\n{plain}")
+        _LISTED = True
     try:
         yield server
     finally:
