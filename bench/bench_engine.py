@@ -44,6 +44,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from benchlib import model_path
+
 THROUGHPUT_TARGET = 0.97  # LocalEngine decode tok/s at least this fraction of direct
 TTFT_TARGET_MS = 10.0  # LocalEngine adds at most this much to the first token
 
@@ -207,15 +209,6 @@ def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return args
 
 
-def _model_path(args: argparse.Namespace) -> Path:
-    from llamalab import ModelStore, locate
-
-    if args.model:
-        return Path(args.model).expanduser().resolve()
-    store = ModelStore(args.home) if args.home else ModelStore()
-    return locate(None, store=store, on_notice=lambda msg: print(msg, file=sys.stderr))
-
-
 def _gpu_layers(value: str) -> Any:
     try:
         return int(value)
@@ -355,7 +348,7 @@ def _measure(args: argparse.Namespace, path: Path) -> tuple[dict[str, list[Sampl
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parse_args(argv)
-    path = _model_path(args)
+    path = model_path(args)
     samples, env = _measure(args, path)
     timed = {name: [s for s in ss if s.run >= 0] for name, ss in samples.items()}
     texts = {s.text for ss in timed.values() for s in ss}

@@ -53,6 +53,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from benchlib import model_path
+
 OVERHEAD_TARGET = 0.10  # p50 latency through the server at most this much above direct
 REEVAL_TARGET = 0.10  # after a one-character edit, at most this fraction of the prompt evaluated
 STATS = re.compile(r"prompt (\d+) tokens, reused (\d+), evaluated (\d+); generated (\d+) tokens, ended by ([a-z ]+),"
@@ -171,15 +173,6 @@ def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     if args.lines < 1 or args.max_bursts < 1 or args.max_tokens < 1:
         ap.error("--lines, --max-bursts and --max-tokens must be at least 1")
     return args
-
-
-def _model_path(args: argparse.Namespace) -> Path:
-    from llamalab import ModelStore, locate
-
-    if args.model:
-        return Path(args.model).expanduser().resolve()
-    store = ModelStore(args.home) if args.home else ModelStore()
-    return locate(None, store=store, on_notice=lambda msg: print(msg, file=sys.stderr))
 
 
 def target_lines(source: str, count: int) -> list[int]:
@@ -394,7 +387,7 @@ def print_table(s: dict[str, Any]) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parse_args(argv)
-    path = _model_path(args)
+    path = model_path(args)
     requests, info = _measure(args, path)
     summary = summarize(requests)
     print()

@@ -105,6 +105,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from benchlib import model_path
+
 THROUGHPUT_TARGET = 0.95  # server-side decode tok/s at least this fraction of direct
 TTFT_TARGET_MS = 20.0  # the server adds at most this much to the first token
 MEMORY_TARGET = 1.5  # RSS the model adds to the server, three consumers, / one load in a plain process
@@ -600,15 +602,6 @@ def _gpu_layers(value: Any) -> Any:
         return value
 
 
-def _model_path(args: argparse.Namespace) -> Path:
-    from llamalab import ModelStore, locate
-
-    if args.model:
-        return Path(args.model).expanduser().resolve()
-    store = ModelStore(args.home) if args.home else ModelStore()
-    return locate(None, store=store, on_notice=lambda msg: print(msg, file=sys.stderr))
-
-
 async def _measure(args: argparse.Namespace,
                    model: Path) -> tuple[dict[str, list[Sample]], dict[str, Any], dict[str, Any]]:
     import httpx
@@ -815,7 +808,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.direct_worker:
         _worker(json.loads(args.direct_worker))
         return 0
-    model = _model_path(args)
+    model = model_path(args)
     samples, env, mem = asyncio.run(_measure(args, model))
     timed = {name: [s for s in ss if s.run >= 0] for name, ss in samples.items()}
     texts = {s.text for ss in timed.values() for s in ss}
