@@ -201,3 +201,47 @@ def test_a_pulled_model_answers_in_the_chat(lab: Lab, files_url: str) -> None:
     loaded = lab.server.api("llamalab/models")["loaded"]
     assert loaded and loaded["name"] == PULLED, loaded
     lab.shot("picked-model")
+
+
+@pytest.fixture(scope="module")
+def meta_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-shard Llama checkpoint laid out as Meta's download (random weights, dim 64)."""
+    spm = pytest.importorskip("sentencepiece")
+    pytest.importorskip("torch")
+    from tests.fixtures.meta_checkpoint import Spec, make_weights, train_tokenizer, write_meta_checkpoint
+
+    root = tmp_path_factory.mktemp("meta")
+    tokenizer = train_tokenizer(root / "tok")
+    spec = Spec()
+    weights = make_weights(spec, spm.SentencePieceProcessor(model_file=str(tokenizer)).vocab_size(), seed=1)
+    return write_meta_checkpoint(root / "llama-2-tiny", weights, spec, 1, tokenizer)
+
+
+def test_convert_a_meta_checkpoint_behind_the_licence_gate(lab: Lab, meta_checkpoint: Path) -> None:
+    manager = open_manager(lab)
+    manager.get_by_test_id("llamalab-convert-source").fill(str(meta_checkpoint))
+    manager.get_by_test_id("llamalab-convert-quant").select_option("Q8_0")
+    manager.get_by_test_id("llamalab-convert-name").fill("ui-converted")
+    jobs_before = {j["id"] for j in lab.server.api("llamalab/jobs")["jobs"]}
+    manager.get_by_test_id("llamalab-convert-button").click()
+    gate = manager.get_by_test_id("llamalab-license-gate")
+    gate.wait_for(state="visible", timeout=15_000)
+    assert not {j["id"] for j in lab.server.api("llamalab/jobs")["jobs"]} - jobs_before, "converting before the licence"
+    manager.get_by_test_id("llamalab-accept-license").click()
+    gate.wait_for(state="detached", timeout=10_000)
+    job = manager.locator('[data-testid="llamalab-job"][data-kind="convert"]').last
+    job.wait_for(state="visible", timeout=15_000)
+    lab.shot("converting", manager)
+    deadline = time.monotonic() + 120
+    while job.get_attribute("data-state") == "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    error = manager.get_by_test_id("llamalab-manager-error")
+    assert job.get_attribute("data-state") == "done", (job.inner_text(), error.all_inner_texts())
+    new = [j for j in lab.server.api("llamalab/jobs")["jobs"] if j["id"] not in jobs_before]
+    assert len(new) == 1 and new[0]["kind"] == "convert", new
+    name = new[0]["stored_name"]
+    assert name and name.startswith("ui-converted"), new[0]
+    row = manager.locator(f'[data-testid="llamalab-stored-model"][data-model="{name}"]')
+    row.wait_for(state="visible", timeout=15_000)
+    assert "Q8_0" in row.inner_text(), row.inner_text()
+    lab.shot("converted", manager)
