@@ -61,11 +61,15 @@ def fit_model(name: str, info: GGUFInfo, n_ctx: int, gpus: Sequence[hardware.GPU
 
 
 def _fit_stored(name: str, path: str, n_ctx: int, gpus: Sequence[hardware.GPU], supported: bool) -> ModelFit:
+    """One model's line of the report; a file that cannot be read or sized (odd metadata) gets
+    its problem on that line instead of failing the whole report."""
+    quantization = "?"
     try:
         info = read_gguf_info(path)
+        quantization = info.quantization
+        return fit_model(name, info, n_ctx, gpus, supported)
     except LlamalabError as exc:
-        return ModelFit(name, "?", 0, 0, 0, 0, False, problem=str(exc))
-    return fit_model(name, info, n_ctx, gpus, supported)
+        return ModelFit(name, quantization, 0, 0, 0, 0, False, problem=str(exc))
 
 
 def build_report(*, n_ctx: int = 4096, store: Optional[ModelStore] = None,

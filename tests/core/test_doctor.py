@@ -50,3 +50,28 @@ def test_gpu_present_but_everything_fits_or_partially(tmp_store, demo_model):
     tiny = hardware.GPU(0, "Tiny", 2**30, 600 * 2**20)
     partial = doctor.fit_model("70b", hardware.llama2_info("70B", "q4_k_m"), 4096, [tiny], True)
     assert partial.n_gpu_layers == 0 and not partial.fits_fully
+
+
+def test_a_model_with_odd_metadata_gets_its_problem_on_its_line(tmp_store, demo_model, tmp_path):
+    """A GGUF without ``llama.block_count`` cannot be sized; the rest of the report still is."""
+    import gguf
+    import numpy as np
+
+    odd = tmp_path / "odd.gguf"
+    writer = gguf.GGUFWriter(str(odd), "llama")
+    writer.add_context_length(2048)
+    writer.add_embedding_length(64)
+    writer.add_head_count(4)
+    writer.add_file_type(1)
+    writer.add_tensor("token_embd.weight", np.zeros((32, 64), dtype=np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tmp_store.register("smol", demo_model, source="test")
+    tmp_store.register("odd", odd, source="test")
+    report = doctor.build_report(store=tmp_store, gpus=[RTX_4090], offload_supported=True)
+    names = {m.name: m for m in report.models}
+    assert names["odd"].problem and "block_count" in names["odd"].problem and not names["odd"].fits_fully
+    assert names["smol"].problem is None and names["smol"].fits_fully
+    assert "odd" in doctor.format_report(report)
