@@ -15,6 +15,7 @@ from tests.ui.conftest import Chat, Lab, LabServer
 
 PULLED = "ui-pulled-smollm2"  # the store name a pull of PULLED.gguf gets
 CANCELLED = "ui-cancelled-smollm2"
+FRESH = "ui-fresh-smollm2"  # pulled while the chat panel is open
 CHUNKS = 40  # the file goes out in this many pieces, PAUSE apart, so its progress can be watched
 PAUSE = 0.1
 
@@ -72,7 +73,7 @@ class SlowFileServer:
 def files_url(demo_model: Path) -> Iterator[str]:
     """The demo model's GGUF under other names, as downloads."""
     body = demo_model.read_bytes()
-    with SlowFileServer({f"{PULLED}.gguf": body, f"{CANCELLED}.gguf": body}) as server:
+    with SlowFileServer({f"{name}.gguf": body for name in (PULLED, CANCELLED, FRESH)}) as server:
         yield server.url
 
 
@@ -140,6 +141,22 @@ def test_pull_a_model_with_progress(lab: Lab, files_url: str) -> None:
     lab.shot("pulled", manager)
 
 
+def test_a_model_pulled_in_the_manager_is_in_the_chat_picker(lab: Lab, files_url: str) -> None:
+    """The chat panel lists the store again when a job is done (its job_progress arrives on the
+    chat WebSocket), so the picker offers the new model without pressing its refresh button."""
+    chat = Chat(lab).open()
+    picker = lab.page.get_by_test_id("llamalab-model-picker")
+    picker.locator('option[value="smollm2-135m-instruct:q4_1"]').wait_for(state="attached", timeout=30_000)
+    assert picker.locator(f'option[value="{FRESH}"]').count() == 0
+    manager = open_manager(lab)
+    manager.get_by_test_id("llamalab-pull-input").fill(f"{files_url}/{FRESH}.gguf")
+    manager.get_by_test_id("llamalab-pull-button").click()
+    manager.locator(f'[data-testid="llamalab-stored-model"][data-model="{FRESH}"]').wait_for(timeout=60_000)
+    chat.open()
+    picker.locator(f'option[value="{FRESH}"]').wait_for(state="attached", timeout=10_000)
+    lab.shot("picker-after-pull")
+
+
 def test_cancel_a_pull(lab: Lab, files_url: str) -> None:
     manager = open_manager(lab)
     manager.get_by_test_id("llamalab-pull-input").fill(f"{files_url}/{CANCELLED}.gguf")
@@ -187,7 +204,7 @@ def test_a_pulled_model_answers_in_the_chat(lab: Lab, files_url: str) -> None:
     ensure_stored(lab.server, f"{files_url}/{PULLED}.gguf", PULLED)
     chat = Chat(lab).open()
     picker = lab.page.get_by_test_id("llamalab-model-picker")
-    # The panel read the store when it connected, before this pull: its refresh button re-reads it.
+    # The refresh button re-reads the store (a finished job does too, tested above).
     chat.panel.get_by_role("button", name="Refresh the model list").click()
     picker.locator(f'option[value="{PULLED}"]').wait_for(state="attached", timeout=15_000)
     picker.select_option(PULLED)

@@ -255,6 +255,50 @@ describe('ChatModel', () => {
     expect(model.loading).toBeNull();
   });
 
+  it('lists the models again when a job is done or the loaded model changes, not while a job runs', async () => {
+    let listings = 0;
+    const stored = (name: string) => ({
+      name,
+      path: `/m/${name}.gguf`,
+      size_bytes: 1,
+      architecture: 'llama',
+      quantization: 'Q8_0',
+      context_length: 2048,
+      license: null,
+      source: 'x',
+      loaded: false,
+      allowed: true
+    });
+    const names = ['demo'];
+    const { model, socket } = setup({
+      list: async () => {
+        listings++;
+        return { type: 'models', default_model: 'demo', loaded: null, catalog: [], stored: names.map(stored) };
+      }
+    });
+    await flush();
+    expect(listings).toBe(1); // on hello
+    const job = (state: string) => ({
+      type: 'job_progress',
+      job: { type: 'job', id: 'j1', kind: 'pull', model: 'new', state, stage: state, done: 5, total: 10, unit: 'B', started_at: 1 }
+    });
+    socket().receive(job('running'));
+    await flush();
+    expect(listings).toBe(1);
+    names.push('new');
+    socket().receive(job('done'));
+    await flush();
+    expect(listings).toBe(2);
+    expect(model.models?.map(m => m.name)).toEqual(['demo', 'new']);
+    socket().receive(job('failed'));
+    socket().receive(job('cancelled'));
+    await flush();
+    expect(listings).toBe(2);
+    socket().receive({ type: 'model_changed', model: loaded('new') });
+    await flush();
+    expect(listings).toBe(3);
+  });
+
   it('reports a failed load and a failed listing in one line', async () => {
     const fail = (message: string) => async () => {
       throw Object.assign(new Error(message), { code: 'model_not_found', detail: 'more' });

@@ -73,7 +73,9 @@ export class ChatModel {
         } else if (event.kind === 'hello') {
           this.defaultModel = event.message.default_model;
         }
-        if (event.kind === 'hello' || event.kind === 'model') {
+        // A finished pull, conversion or quantization (in the model manager, or anywhere
+        // else on this server) may have added a model: list the store again.
+        if (event.kind === 'hello' || event.kind === 'model' || (event.kind === 'job' && event.message.job.state === 'done')) {
           void this.refreshModels();
         }
         this._changed();
