@@ -552,8 +552,8 @@ class Chat:
         return answer
 
     def wait_settled(self, index: int, quiet: float = 0.5, timeout: float = 5.0) -> str:
-        """The answer's text once it stopped changing for ``quiet`` seconds: the Markdown body is
-        rendered asynchronously and may show its last tokens a moment after data-finish-reason."""
+        """The answer's text once it stopped changing for ``quiet`` seconds (the Markdown body is
+        rendered asynchronously; data-finish-reason waits for the final text, and this checks it)."""
         text, since = self.answer_text(index), time.monotonic()
         deadline = since + timeout
         while time.monotonic() < deadline:

@@ -98,6 +98,24 @@ def test_tokens_stream_into_the_answer(lab: Lab, chat: Chat) -> None:
     assert chat.messages.get_attribute("role") == "log"
 
 
+def test_the_text_is_complete_when_the_answer_is_marked_finished(lab: Lab, chat: Chat) -> None:
+    """data-finish-reason appears only once the answer's whole text is rendered: whoever waits
+    for it (a test, a screen reader following the role=log list) reads the full answer. Short
+    answers showed it while the throttled Markdown render still had the last tokens to show."""
+    chat.open()
+    cut = []
+    for prompt in ("Say the word banana.", "Say the word apple.", "Say yes."):
+        before = chat.send(prompt)
+        samples = chat.watch(before, timeout=60)
+        assert samples and samples[-1]["finish"], f"{prompt!r} never finished: {samples[-5:]}"
+        at_finish = samples[-1]["len"]  # sampled in the same moment the attribute was first seen
+        final = chat.wait_settled(before)
+        if at_finish != len(final):
+            cut.append((prompt, at_finish, final))
+        assert chat.answer(before).get_attribute("aria-busy") == "false"
+    assert not cut, f"text still arriving after data-finish-reason: {cut}"
+
+
 def test_stop_button_cancels_a_long_answer(lab: Lab, chat: Chat) -> None:
     chat.open()
     before = chat.send(LONG_PROMPT)

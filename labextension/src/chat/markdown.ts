@@ -85,15 +85,20 @@ export function decorateCodeBlocks(host: HTMLElement, actions: CodeActions): voi
 
 /**
  * Renders one message's Markdown into `host`, coalescing updates: while a render runs, only
- * the newest text waits; streaming text re-renders at most every STREAM_INTERVAL_MS.
+ * the newest text waits; streaming text re-renders at most every STREAM_INTERVAL_MS. Text
+ * that is no longer streaming (a finished answer) renders at once, throttle or not, and
+ * `update` resolves when the text it was given (or newer) is on screen, so a finished answer
+ * can be marked finished only once its whole text shows.
  */
 export class MarkdownView {
   private _renderer: IRenderMime.IRenderer;
   private _text: string | null = null;
   private _shown: string | null = null;
   private _busy = false;
+  private _urgent = false;
   private _timer = 0;
   private _disposed = false;
+  private _waiting: (() => void)[] = [];
 
   constructor(
     rendermime: IRenderMimeRegistry,
@@ -105,13 +110,41 @@ export class MarkdownView {
     host.appendChild(this._renderer.node);
   }
 
-  /** Shows `text`; `streaming` rate-limits the renders. */
-  update(text: string, streaming: boolean): void {
+  /**
+   * Shows `text`; `streaming` rate-limits the renders, a final (not streaming) text flushes
+   * at once. Resolves once `text` or a newer text is rendered (or the view is disposed).
+   */
+  update(text: string, streaming: boolean): Promise<void> {
     this._text = text;
-    if (this._busy || this._timer) {
+    if (!streaming) {
+      this._urgent = true;
+    }
+    const shown = new Promise<void>(resolve => this._waiting.push(resolve));
+    this._schedule();
+    return shown;
+  }
+
+  dispose(): void {
+    this._disposed = true;
+    window.clearTimeout(this._timer);
+    this._timer = 0;
+    this._renderer.node.remove();
+    this._renderer.dispose();
+    this._settle();
+  }
+
+  private _schedule(): void {
+    if (this._disposed || this._busy) {
+      return; // the running render schedules the next one when it ends
+    }
+    if (this._timer && this._urgent) {
+      window.clearTimeout(this._timer);
+      this._timer = 0;
+    }
+    if (this._timer) {
       return;
     }
-    if (streaming && this._shown !== null) {
+    if (!this._urgent && this._shown !== null) {
       this._timer = window.setTimeout(() => {
         this._timer = 0;
         void this._render();
@@ -121,19 +154,18 @@ export class MarkdownView {
     }
   }
 
-  dispose(): void {
-    this._disposed = true;
-    window.clearTimeout(this._timer);
-    this._renderer.node.remove();
-    this._renderer.dispose();
-  }
-
   private async _render(): Promise<void> {
     const text = this._text;
-    if (this._disposed || text === null || text === this._shown) {
+    if (this._disposed) {
+      return;
+    }
+    if (text === null || text === this._shown) {
+      this._urgent = false;
+      this._settle();
       return;
     }
     this._busy = true;
+    this._urgent = false; // an update during the render sets it again
     try {
       await this._renderer.renderModel(new MimeModel({ data: { [MIME]: text }, trusted: false }));
       this._shown = text;
@@ -147,8 +179,17 @@ export class MarkdownView {
     } finally {
       this._busy = false;
     }
-    if (!this._disposed && this._text !== this._shown) {
-      this.update(this._text ?? '', true);
+    if (this._disposed || this._text === this._shown) {
+      this._settle();
+    } else {
+      this._schedule();
     }
+  }
+
+  /** Resolves every `update` waiting: the newest text is on screen (or never will be). */
+  private _settle(): void {
+    const waiting = this._waiting;
+    this._waiting = [];
+    waiting.forEach(resolve => resolve());
   }
 }

@@ -1,6 +1,6 @@
 /** The chat's message list: user messages, streamed Markdown answers, one-line errors. */
 import type { IRenderMimeRegistry } from '@jupyterlab/rendermime';
-import React, { useEffect, useLayoutEffect, useRef } from 'react';
+import React, { useEffect, useLayoutEffect, useRef, useState } from 'react';
 
 import type { ChatEntry } from './conversations';
 import { CodeActions, MarkdownView } from './markdown';
@@ -15,9 +15,21 @@ export interface MessageListProps {
   modelName: string;
 }
 
-function Markdown(props: { text: string; streaming: boolean; rendermime: IRenderMimeRegistry; actions: CodeActions }) {
+/**
+ * An answer's Markdown. `onFinal(text)` is called once a text that is no longer streaming is
+ * on screen: the answer is marked finished only then, never before its last tokens show.
+ */
+function Markdown(props: {
+  text: string;
+  streaming: boolean;
+  rendermime: IRenderMimeRegistry;
+  actions: CodeActions;
+  onFinal?: (text: string) => void;
+}) {
   const host = useRef<HTMLDivElement>(null);
   const view = useRef<MarkdownView | null>(null);
+  const onFinal = useRef(props.onFinal);
+  onFinal.current = props.onFinal;
   useEffect(() => {
     view.current = new MarkdownView(props.rendermime, host.current!, props.actions);
     return () => {
@@ -26,7 +38,23 @@ function Markdown(props: { text: string; streaming: boolean; rendermime: IRender
     };
   }, [props.rendermime, props.actions]);
   useEffect(() => {
-    view.current?.update(props.text, props.streaming);
+    const current = view.current;
+    if (!current) {
+      return;
+    }
+    const shown = current.update(props.text, props.streaming);
+    if (props.streaming) {
+      return;
+    }
+    let live = true;
+    void shown.then(() => {
+      if (live && view.current === current) {
+        onFinal.current?.(props.text);
+      }
+    });
+    return () => {
+      live = false;
+    };
   }, [props.text, props.streaming, props.rendermime, props.actions]);
   return <div className="llamalab-message-body" ref={host} />;
 }
@@ -79,6 +107,9 @@ const Message = React.memo(function Message(props: {
   modelName: string;
 }) {
   const { entry } = props;
+  // The finished answer's text once it is on screen (see Markdown): until then the answer is
+  // not marked finished, so whoever waits for data-finish-reason reads the whole text.
+  const [rendered, setRendered] = useState<string | null>(null);
   if (entry.role === 'error') {
     return <ErrorLine entry={entry} />;
   }
@@ -98,14 +129,15 @@ const Message = React.memo(function Message(props: {
     );
   }
   const streaming = !!entry.streaming;
+  const shown = !streaming && rendered === entry.content;
   const note = entry.finishReason ? FINISH_NOTES[entry.finishReason] : undefined;
   return (
     <div
       className="llamalab-message llamalab-assistant"
       data-role="assistant"
       data-streaming={streaming ? 'true' : undefined}
-      data-finish-reason={streaming ? undefined : entry.finishReason}
-      aria-busy={streaming}
+      data-finish-reason={shown ? entry.finishReason : undefined}
+      aria-busy={!shown}
       aria-label="The model's answer"
     >
       <div className="llamalab-message-author" title={usageText(entry)}>
@@ -118,7 +150,13 @@ const Message = React.memo(function Message(props: {
           <span />
         </div>
       ) : (
-        <Markdown text={entry.content} streaming={streaming} rendermime={props.rendermime} actions={props.actions} />
+        <Markdown
+          text={entry.content}
+          streaming={streaming}
+          rendermime={props.rendermime}
+          actions={props.actions}
+          onFinal={setRendered}
+        />
       )}
       {(note || entry.notice) && (
         <div className="llamalab-message-notes">
