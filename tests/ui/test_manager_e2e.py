@@ -148,8 +148,16 @@ def test_a_model_pulled_in_the_manager_is_in_the_chat_picker(lab: Lab, files_url
     picker = lab.page.get_by_test_id("llamalab-model-picker")
     picker.locator('option[value="smollm2-135m-instruct:q4_1"]').wait_for(state="attached", timeout=30_000)
     assert picker.locator(f'option[value="{FRESH}"]').count() == 0
+    # Opening the panel focuses its input once rendered and keeps it there for 600 ms (ChatPanel.focusInput):
+    # let that pass, so the typing below stays in the manager.
+    lab.page.wait_for_function(
+        "() => document.activeElement && document.activeElement.getAttribute('data-testid') === 'llamalab-chat-input'",
+        timeout=10_000)
+    lab.page.wait_for_timeout(800)
     manager = open_manager(lab)
-    manager.get_by_test_id("llamalab-pull-input").fill(f"{files_url}/{FRESH}.gguf")
+    pull_input = manager.get_by_test_id("llamalab-pull-input")
+    pull_input.fill(f"{files_url}/{FRESH}.gguf")
+    assert pull_input.input_value() == f"{files_url}/{FRESH}.gguf"
     manager.get_by_test_id("llamalab-pull-button").click()
     manager.locator(f'[data-testid="llamalab-stored-model"][data-model="{FRESH}"]').wait_for(timeout=60_000)
     chat.open()

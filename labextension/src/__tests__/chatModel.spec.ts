@@ -299,6 +299,31 @@ describe('ChatModel', () => {
     expect(listings).toBe(3);
   });
 
+  it('keeps the newest listing when an older one answers last', async () => {
+    const replies: ((names: string[]) => void)[] = [];
+    const { model } = setup({
+      list: () =>
+        new Promise(resolve =>
+          replies.push(names =>
+            resolve({
+              type: 'models',
+              default_model: 'demo',
+              loaded: null,
+              catalog: [],
+              stored: names.map(name => ({ name, path: `/m/${name}.gguf`, size_bytes: 1, architecture: 'llama', quantization: 'Q8_0', context_length: 2048, license: null, source: 'x', loaded: false, allowed: true }))
+            })
+          )
+        )
+    });
+    void model.refreshModels(); // after a job is done: the store has 'new'
+    expect(replies).toHaveLength(2); // the listing on hello, then this one
+    replies[1](['demo', 'new']);
+    await flush();
+    replies[0](['demo']); // the listing on hello answers last, with the older store
+    await flush();
+    expect(model.models?.map(m => m.name)).toEqual(['demo', 'new']);
+  });
+
   it('reports a failed load and a failed listing in one line', async () => {
     const fail = (message: string) => async () => {
       throw Object.assign(new Error(message), { code: 'model_not_found', detail: 'more' });

@@ -58,6 +58,7 @@ export class ChatModel {
   private _synced = new Map<string, number>(); // conversation id -> epoch whose server history has it
   private _listeners = new Set<() => void>();
   private _version = 0;
+  private _listings = 0;
   private _unsubscribe: (() => void)[] = [];
 
   constructor(
@@ -249,13 +250,20 @@ export class ChatModel {
     this._appendError(conversationId, error);
   }
 
-  /** Lists the stored models for the picker. */
+  /** Lists the stored models for the picker; when listings overlap, the newest one's answer counts. */
   async refreshModels(): Promise<void> {
+    const listing = ++this._listings;
     try {
       const reply = await this._api.list();
+      if (listing !== this._listings) {
+        return; // a later listing (after a job or a model change) is under way
+      }
       this.models = reply.stored;
       this.defaultModel = reply.default_model;
     } catch (err) {
+      if (listing !== this._listings) {
+        return;
+      }
       if (this.models === null) {
         this.models = [];
       }
