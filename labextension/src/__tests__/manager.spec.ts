@@ -148,6 +148,13 @@ describe('formatting', () => {
     expect(mergeJob(jobs, job('c', { started_at: 3 }))[0].id).toBe('c');
   });
 
+  it('keeps a finished job finished when a reply sent while it ran comes last', () => {
+    // A cancel: its progress event says "cancelled" before the DELETE's reply ("cancelling", still running) arrives.
+    const cancelled = mergeJob([job('a', { message: 'x' })], job('a', { state: 'cancelled', message: 'cancelled' }));
+    const jobs = mergeJob(cancelled, job('a', { state: 'running', message: 'cancelling' }));
+    expect(jobs.map(j => `${j.id}:${j.state}:${j.message}`)).toEqual(['a:cancelled:cancelled']);
+  });
+
   it('offers quantization only from float weights', () => {
     expect(canQuantize('F16')).toBe(true);
     expect(canQuantize('bf16')).toBe(true);

@@ -101,6 +101,12 @@ export function jobFraction(job: Job): number | null {
 
 /** The job list with `job` added or replaced, newest first. */
 export function mergeJob(jobs: readonly Job[], job: Job): Job[] {
+  const known = jobs.find(j => j.id === job.id);
+  if (known && known.state !== 'running' && job.state === 'running') {
+    // A reply sent while the job ran (the DELETE of a cancel, a poll) that arrives after the
+    // event saying how it ended: the job has ended all the same.
+    return [...jobs];
+  }
   const others = jobs.filter(j => j.id !== job.id);
   return [job, ...others].sort((a, b) => b.started_at - a.started_at);
 }
