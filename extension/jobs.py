@@ -216,7 +216,7 @@ class Jobs:
                 pass
 
         def on_progress(p: Progress) -> None:
-            job = self._update(job_id, stage=p.stage, done=p.done, total=p.total, fraction=p.fraction,
+            job = self._update(job_id, stage=p.stage, done=p.done, total=p.total, unit=p.unit, fraction=p.fraction,
                                message=p.message)
             now = time.monotonic()
             if now - last[0] >= self._interval or p.stage != last[1]:

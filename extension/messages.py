@@ -282,6 +282,9 @@ JobState = Literal["running", "done", "failed", "cancelled"]
 class Job(_Wire):
     """A background job of the model manager: a pull, a conversion or a quantization.
 
+    ``done`` of ``total`` counts ``unit`` of the current ``stage`` (bytes for downloads, hashing and
+    writing a GGUF; steps for llama.cpp's quantizer).
+
     ``state`` stays ``running`` while it waits its turn (``stage == "queued"``: conversions and
     quantizations run one at a time) and while it works; then ``done`` (``stored_name`` says what
     the store now holds), ``failed`` (``error``) or ``cancelled`` (DELETE /llamalab/jobs/{id})."""
@@ -294,6 +297,8 @@ class Job(_Wire):
     stage: str = ""
     done: int = 0
     total: Optional[int] = None
+    unit: str = Field("B", description='what done and total count: "B" for bytes, else e.g. "it" (steps) or '
+                                         '"tensors", as the stage reports it')
     fraction: Optional[float] = None
     message: str = ""
     error: Optional[ErrorMessage] = None

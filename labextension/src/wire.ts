@@ -444,6 +444,9 @@ export interface HistoryMessage {
 /**
  * A background job of the model manager: a pull, a conversion or a quantization.
  *
+ * ``done`` of ``total`` counts ``unit`` of the current ``stage`` (bytes for downloads, hashing and
+ * writing a GGUF; steps for llama.cpp's quantizer).
+ *
  * ``state`` stays ``running`` while it waits its turn (``stage == "queued"``: conversions and
  * quantizations run one at a time) and while it works; then ``done`` (``stored_name`` says what
  * the store now holds), ``failed`` (``error``) or ``cancelled`` (DELETE /llamalab/jobs/{id}).
@@ -463,6 +466,10 @@ export interface Job {
   stage: string;
   done: number;
   total: number | null;
+  /**
+   * what done and total count: "B" for bytes, else e.g. "it" (steps) or "tensors", as the stage reports it
+   */
+  unit: string;
   fraction: number | null;
   message: string;
   error: ErrorMessage | null;

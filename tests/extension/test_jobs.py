@@ -58,6 +58,7 @@ async def test_convert_behind_the_licence_gate_then_quantize(fetch_json, jp_fetc
     final = jobs[-1]
     assert final["state"] == "done" and final["stored_name"] == "llama-2-tiny:f16" and final["finished_at"]
     assert any(j["stage"].startswith("converting") for j in jobs)
+    assert {j["unit"] for j in jobs if j["stage"].startswith("converting")} == {"B"}  # the GGUF's bytes
     pushed = await socket.until(lambda m: m["type"] == "job_progress" and m["job"]["state"] != "running")
     assert pushed[-1]["job"]["id"] == job["id"]  # the chat WebSocket got the same progress
     _, models = await fetch_json("GET", "llamalab/models")
@@ -72,6 +73,21 @@ async def test_convert_behind_the_licence_gate_then_quantize(fetch_json, jp_fetc
     _, listed = await fetch_json("GET", "llamalab/jobs")
     assert listed["type"] == "jobs" and [j["kind"] for j in listed["jobs"]] == ["convert", "quantize"]
     assert not list(extension.manager.store.root.rglob("*.part"))
+
+
+async def test_a_converted_and_quantized_job_counts_in_its_steps_unit_not_bytes(fetch_json, jp_fetch, checkpoint):
+    """The quantizer reports steps ("it"), not bytes: the job says so, and a manager shows
+    "1 of 1" for it rather than "1 B of 1 B"."""
+    body = {"source": str(checkpoint), "quant": "q8_0", "name": "tiny-units", "accept_license": True}
+    status, job = await fetch_json("POST", "llamalab/convert", body)
+    assert status == 202 and job["unit"] == "B"
+    jobs = await _follow(jp_fetch, job["id"])
+    final = jobs[-1]
+    assert final["state"] == "done" and final["stored_name"] == "tiny-units", final
+    quantizing = [j for j in jobs if j["stage"].startswith("quantizing")]
+    assert quantizing and {j["unit"] for j in quantizing} == {"it"}, jobs
+    assert (final["done"], final["total"], final["unit"]) == (1, 1, "it"), final  # the last step's count
+    assert any(j["stage"].startswith("converting") and j["unit"] == "B" for j in jobs), jobs
 
 
 async def test_heavy_jobs_run_one_at_a_time(fetch_json, jp_fetch, checkpoint, extension):

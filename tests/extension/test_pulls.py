@@ -26,6 +26,8 @@ async def test_pull_job_reports_progress_then_registers_the_model(fetch_json, jp
             if line.startswith("data: ")]
     assert jobs[-1]["state"] == "done" and jobs[-1]["stored_name"] == "tiny" and jobs[-1]["fraction"] == 1.0
     assert all(j["id"] == job["id"] for j in jobs)
+    assert {j["unit"] for j in jobs} == {"B"}, jobs  # a download and its hash count bytes
+    assert any(j["unit"] == "B" and j["total"] == len(gguf) and 0 < j["done"] for j in jobs), jobs
     status, final = await fetch_json("GET", f"llamalab/pulls/{job['id']}")
     assert final["state"] == "done"
     _, listed = await fetch_json("GET", "llamalab/pulls")

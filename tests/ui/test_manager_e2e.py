@@ -262,6 +262,8 @@ def test_convert_a_meta_checkpoint_behind_the_licence_gate(lab: Lab, meta_checkp
         time.sleep(0.1)
     error = manager.get_by_test_id("llamalab-manager-error")
     assert job.get_attribute("data-state") == "done", (job.inner_text(), error.all_inner_texts())
+    # Its last step, llama.cpp's quantizer, counts steps, not bytes.
+    assert "1 of 1" in job.inner_text() and " B of " not in job.inner_text(), job.inner_text()
     new = [j for j in lab.server.api("llamalab/jobs")["jobs"] if j["id"] not in jobs_before]
     assert len(new) == 1 and new[0]["kind"] == "convert", new
     name = new[0]["stored_name"]

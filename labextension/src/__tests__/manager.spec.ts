@@ -2,6 +2,7 @@ import {
   canQuantize,
   convertBody,
   fitLabel,
+  formatAmount,
   formatBytes,
   jobFraction,
   licenseOf,
@@ -23,6 +24,7 @@ function job(id: string, fields: Partial<Job> = {}): Job {
     stage: 'download',
     done: 0,
     total: null,
+    unit: 'B',
     fraction: null,
     message: '',
     error: null,
@@ -112,6 +114,17 @@ describe('formatting', () => {
     expect(formatBytes(98362432)).toBe('93.8 MiB');
     expect(formatBytes(7 * 1024 ** 3)).toBe('7.0 GiB');
     expect(formatBytes(null)).toBe('—');
+  });
+
+  it("formats a job's amount in its unit", () => {
+    expect(formatAmount(1536, 3 * 1024 ** 2, 'B')).toBe('1.5 KiB of 3.0 MiB');
+    expect(formatAmount(512, null, 'B')).toBe('512 B');
+    expect(formatAmount(0, null, 'B')).toBe('');
+    expect(formatAmount(12, 291, 'tensors')).toBe('12 of 291 tensors');
+    expect(formatAmount(7, null, 'tensors')).toBe('7 tensors');
+    expect(formatAmount(1, 1, 'it')).toBe('1 of 1'); // llama.cpp's quantizer: one step, not "1 B of 1 B"
+    expect(formatAmount(0, null, 'it')).toBe('');
+    expect(formatAmount(2048, 4096, undefined)).toBe('2.0 KiB of 4.0 KiB'); // an older server: bytes
   });
 
   it('says how a model fits the GPU', () => {

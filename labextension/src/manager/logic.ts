@@ -63,6 +63,20 @@ export function formatBytes(bytes: number | null | undefined): string {
   return unit === 0 ? `${bytes} B` : `${value.toFixed(value >= 100 ? 0 : 1)} ${units[unit]}`;
 }
 
+/**
+ * A job's `done` of `total` in its unit: bytes as `1.5 KiB of 3.0 MiB`, other units as
+ * `12 of 291 tensors` (`it`, the plain steps of a progress bar, has no word: `1 of 1`);
+ * '' when there is nothing to count yet.
+ */
+export function formatAmount(done: number, total: number | null | undefined, unit: string | null | undefined): string {
+  const u = unit || 'B';
+  if (u === 'B') {
+    return total ? `${formatBytes(done)} of ${formatBytes(total)}` : done ? formatBytes(done) : '';
+  }
+  const word = u === 'it' ? '' : ` ${u}`;
+  return total ? `${done} of ${total}${word}` : done ? `${done}${word}` : '';
+}
+
 /** What a model's fit on the GPU looks like in words. */
 export function fitLabel(fit: ModelFitInfo, hasGpu = true): string {
   if (fit.problem) {

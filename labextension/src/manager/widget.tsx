@@ -11,6 +11,7 @@ import {
   canQuantize,
   CONVERT_DEFAULT_QUANT,
   fitLabel,
+  formatAmount,
   formatBytes,
   jobFraction,
   ManagerModel,
@@ -388,16 +389,15 @@ function ConvertSection({ model, state }: { model: ManagerModel; state: ManagerS
   );
 }
 
-/** The line under a job's bar: percent, bytes, the server's message, where it was stored. */
+/** The line under a job's bar: percent, amount in the job's unit, the server's message, where it was stored. */
 function jobSummary(job: Job, fraction: number | null): string {
   const parts: string[] = [];
   if (fraction !== null && job.state === 'running') {
     parts.push(`${Math.round(fraction * 100)}%`);
   }
-  if (job.total) {
-    parts.push(`${formatBytes(job.done)} of ${formatBytes(job.total)}`);
-  } else if (job.done) {
-    parts.push(formatBytes(job.done));
+  const amount = formatAmount(job.done, job.total, job.unit);
+  if (amount) {
+    parts.push(amount);
   }
   if (job.message) {
     parts.push(job.message);
