@@ -27,19 +27,32 @@ export class ChatPanel extends ReactWidget {
   /**
    * Puts the cursor in the message box once the view has rendered, and keeps it there for a
    * moment: a command run from the palette gives the focus back to where it was when the
-   * palette closes, after the command ran. A click or Tab inside the panel ends the watch.
+   * palette closes, after the command ran. Any click or key press (anywhere: the user has moved
+   * on) or a focus moved elsewhere inside the panel ends the watch.
    */
   focusInput(watchMs = 600, waitMs = 5000): void {
     const start = performance.now();
     let focusedAt: number | null = null;
+    let userActed = false;
+    const onUserInput = () => {
+      userActed = true;
+    };
+    const stopListening = () => {
+      document.removeEventListener('pointerdown', onUserInput, true);
+      document.removeEventListener('keydown', onUserInput, true);
+    };
+    document.addEventListener('pointerdown', onUserInput, true);
+    document.addEventListener('keydown', onUserInput, true);
     const attempt = () => {
-      if (this.isDisposed) {
+      if (this.isDisposed || userActed) {
+        stopListening();
         return;
       }
       const now = performance.now();
       const input = this.node.querySelector<HTMLTextAreaElement>('textarea[data-testid="llamalab-chat-input"]');
       const active = document.activeElement;
       if (focusedAt !== null && active !== input && active instanceof Node && this.node.contains(active)) {
+        stopListening();
         return; // the user moved on inside the panel
       }
       if (input && this.isVisible) {
@@ -50,6 +63,8 @@ export class ChatPanel extends ReactWidget {
       }
       if (focusedAt === null ? now - start < waitMs : now - focusedAt < watchMs) {
         requestAnimationFrame(attempt);
+      } else {
+        stopListening();
       }
     };
     attempt();
