@@ -1,6 +1,6 @@
 /** The chat side panel's React view: header, settings, messages and the message box. */
 import type { IRenderMimeRegistry } from '@jupyterlab/rendermime';
-import { addIcon, deleteIcon, refreshIcon, stopIcon } from '@jupyterlab/ui-components';
+import { addIcon, deleteIcon, LabIcon, refreshIcon, stopIcon } from '@jupyterlab/ui-components';
 import React, { useEffect, useState } from 'react';
 
 import type { ConnectionState } from './client';
@@ -20,6 +20,22 @@ export interface ChatViewProps {
   model: ChatModel;
   workspace: ViewWorkspace;
   rendermime: IRenderMimeRegistry;
+}
+
+/** A header button showing only an icon; `label` is both its accessible name and its tooltip. */
+function IconButton(props: { icon: LabIcon; label: string; testId?: string; onClick: () => void }): JSX.Element {
+  return (
+    <button
+      type="button"
+      className="llamalab-icon-button"
+      data-testid={props.testId}
+      aria-label={props.label}
+      title={props.label}
+      onClick={props.onClick}
+    >
+      <props.icon.react tag="span" elementSize="normal" />
+    </button>
+  );
 }
 
 function useModel(model: ChatModel): number {
@@ -227,38 +243,12 @@ export function ChatView({ model, workspace, rendermime }: ChatViewProps) {
             </option>
           ))}
         </select>
-        <button
-          type="button"
-          className="llamalab-icon-button"
-          data-testid="llamalab-chat-new"
-          aria-label="New conversation"
-          title="New conversation"
-          onClick={() => model.newConversation()}
-        >
-          <addIcon.react tag="span" elementSize="normal" />
-        </button>
-        <button
-          type="button"
-          className="llamalab-icon-button"
-          data-testid="llamalab-chat-delete"
-          aria-label="Delete this conversation"
-          title="Delete this conversation"
-          onClick={() => model.remove()}
-        >
-          <deleteIcon.react tag="span" elementSize="normal" />
-        </button>
+        <IconButton icon={addIcon} label="New conversation" testId="llamalab-chat-new" onClick={() => model.newConversation()} />
+        <IconButton icon={deleteIcon} label="Delete this conversation" testId="llamalab-chat-delete" onClick={() => model.remove()} />
       </div>
       <div className="llamalab-chat-bar">
         <ModelPicker model={model} />
-        <button
-          type="button"
-          className="llamalab-icon-button"
-          aria-label="Refresh the model list"
-          title="Refresh the model list"
-          onClick={() => void model.refreshModels()}
-        >
-          <refreshIcon.react tag="span" elementSize="normal" />
-        </button>
+        <IconButton icon={refreshIcon} label="Refresh the model list" onClick={() => void model.refreshModels()} />
       </div>
       <Status model={model} />
       <Settings model={model} />
