@@ -3,14 +3,13 @@ shows its progress until the model is in the store (a loopback HTTP server stand
 
 from __future__ import annotations
 
-import http.server
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
+from tests.fixtures.file_server import FileServer
 from tests.ui.conftest import Chat, Lab, LabServer
 
 PULLED = "ui-pulled-smollm2"  # the store name a pull of PULLED.gguf gets
@@ -25,55 +24,12 @@ def lab_options() -> dict[str, Any]:
     return {"own_store": True}  # the pulled model must not show up in the other modules' stores
 
 
-class SlowFileServer:
-    """Serves files over HTTP on 127.0.0.1, each a piece at a time."""
-
-    def __init__(self, files: dict[str, bytes]) -> None:
-        served = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                body = files.get(self.path.split("?")[0].lstrip("/"))
-                if body is None:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                served.requests += 1
-                self.send_response(200)
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                step = max(1, len(body) // CHUNKS + 1)
-                for start in range(0, len(body), step):
-                    self.wfile.write(body[start:start + step])
-                    self.wfile.flush()
-                    time.sleep(PAUSE)
-
-        self.requests = 0
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    def __enter__(self) -> "SlowFileServer":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-
 @pytest.fixture(scope="module")
 def files_url(demo_model: Path) -> Iterator[str]:
     """The demo model's GGUF under other names, as downloads."""
     body = demo_model.read_bytes()
-    with SlowFileServer({f"{name}.gguf": body for name in (PULLED, CANCELLED, FRESH)}) as server:
+    with FileServer({f"{name}.gguf": body for name in (PULLED, CANCELLED, FRESH)}) as server:
+        server.pieces, server.pause = CHUNKS, PAUSE
         yield server.url
 
 
