@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 try:
@@ -44,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from benchlib import model_path
+from benchlib import add_common_arguments, model_path, save_report
 
 THROUGHPUT_TARGET = 0.97  # LocalEngine decode tok/s at least this fraction of direct
 TTFT_TARGET_MS = 10.0  # LocalEngine adds at most this much to the first token
@@ -181,9 +180,7 @@ class DirectSide:
 def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="GGUF file to load (default: the demo model, pulled on first use)")
-    ap.add_argument("--home", help="llamalab store to locate/pull the demo model in "
-                    "(default: $LLAMALAB_HOME or the user's store)")
+    add_common_arguments(ap)
     ap.add_argument("--runs", type=int, help="timed runs per side (default 7; 3 with --quick)")
     ap.add_argument("--max-tokens", type=int, help="tokens per run (default 128; 32 with --quick)")
     ap.add_argument("--threads", type=int, default=_default_threads()[0],
@@ -197,8 +194,6 @@ def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                     "uses the count LocalEngine settled on (default %(default)s)")
     ap.add_argument("--prompt", default=DEFAULT_PROMPT, help="completion prompt (default: a baking guide)")
     ap.add_argument("--quick", action="store_true", help="3 runs of 32 tokens, for a CI smoke run")
-    ap.add_argument("--json", metavar="PATH", help="write the raw numbers as JSON to PATH")
-    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = ap.parse_args(argv)
     if args.runs is None:
         args.runs = 3 if args.quick else 7
@@ -368,8 +363,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "samples": [{k: v for k, v in asdict(s).items() if k != "text"} for ss in samples.values() for s in ss],
             "text": next(iter(texts)) if len(texts) == 1 else sorted(texts),
         }
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"raw numbers written to {args.json}")
+        save_report(args.json, report)
     missed = not (cmp["throughput_pass"] and cmp["ttft_pass"])
     return 1 if args.strict and missed else 0
 

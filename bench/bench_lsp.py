@@ -53,7 +53,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from benchlib import model_path
+from benchlib import add_common_arguments, model_path, save_report
 
 OVERHEAD_TARGET = 0.10  # p50 latency through the server at most this much above direct
 REEVAL_TARGET = 0.10  # after a one-character edit, at most this fraction of the prompt evaluated
@@ -152,8 +152,7 @@ class Client:
 def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="GGUF file to load (default: the demo model, pulled on first use)")
-    ap.add_argument("--home", help="llamalab store to locate/pull the demo model in (default: $LLAMALAB_HOME or ~)")
+    add_common_arguments(ap, json_help="write every request's numbers as JSON to PATH")
     ap.add_argument("--module", default="textwrap", help="standard-library module to type into (default %(default)s)")
     ap.add_argument("--lines", type=int, help="lines to type (default 6; 1 with --quick)")
     ap.add_argument("--max-bursts", type=int, help="requests per line at most (default: the whole line; 8 quick)")
@@ -162,8 +161,6 @@ def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--n-ctx", type=int, default=2048, help="context window (default %(default)s)")
     ap.add_argument("--seed", type=int, default=7, help="seed of the burst pattern (default %(default)s)")
     ap.add_argument("--quick", action="store_true", help="one short line, for a CI smoke run")
-    ap.add_argument("--json", metavar="PATH", help="write every request's numbers as JSON to PATH")
-    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = ap.parse_args(argv)
     quick = args.quick
     args.lines = args.lines or (1 if quick else 6)
@@ -398,8 +395,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         report = {"config": {k: v for k, v in vars(args).items() if k != "json"}, "environment": info,
                   "targets": {"p50_overhead_max": OVERHEAD_TARGET, "reevaluated_share_max": REEVAL_TARGET},
                   "summary": summary, "requests": [asdict(r) for r in requests]}
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"raw numbers written to {args.json}")
+        save_report(args.json, report)
     missed = not (summary["overhead_pass"] and summary["reeval_pass"])
     return 1 if args.strict and missed else 0
 

@@ -105,7 +105,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from benchlib import model_path
+from benchlib import add_common_arguments, model_path, save_report
 
 THROUGHPUT_TARGET = 0.95  # server-side decode tok/s at least this fraction of direct
 TTFT_TARGET_MS = 20.0  # the server adds at most this much to the first token
@@ -569,9 +569,7 @@ def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="GGUF file (default: the demo model, pulled on first use)")
-    ap.add_argument("--home", help="llamalab store to locate/pull the demo model in, also the server's "
-                    "store_dir (default: $LLAMALAB_HOME or the user's store)")
+    add_common_arguments(ap, home_also=", also the server's store_dir")
     ap.add_argument("--runs", type=int, help="timed runs per side (default 7; 3 with --quick)")
     ap.add_argument("--max-tokens", type=int, help="tokens per run (default 128; 32 with --quick)")
     ap.add_argument("--threads", type=int, default=default_threads()[0],
@@ -582,8 +580,6 @@ def _parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                     help="what each run finds in the KV cache: all but the last words of its message "
                     "(turn, the default) or the chat template's head (head); see the module docstring")
     ap.add_argument("--quick", action="store_true", help="3 runs of 32 tokens, for a CI smoke run")
-    ap.add_argument("--json", metavar="PATH", help="write the raw numbers as JSON to PATH")
-    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     ap.add_argument("--direct-worker", help=argparse.SUPPRESS)  # the direct side's own process
     args = ap.parse_args(argv)
     if args.direct_worker:
@@ -829,8 +825,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "samples": [{k: v for k, v in asdict(s).items() if k != "text"} for ss in samples.values() for s in ss],
             "text": next(iter(texts)) if len(texts) == 1 else sorted(texts),
         }
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"raw numbers written to {args.json}")
+        save_report(args.json, report)
     missed = not (all(c["throughput_pass"] and c["ttft_pass"] for c in cmp.values()) and mem["weights_once_pass"])
     return 1 if args.strict and missed else 0
 
