@@ -240,13 +240,14 @@ def estimate_memory(tensors: Sequence[TensorInfo], *, block_count: int, n_ctx: i
     )
 
 
-def estimate_for(info: GGUFInfo, n_ctx: int) -> MemoryEstimate:
-    """``estimate_memory`` for a GGUF's metadata; without a tensor list the file size is spread evenly."""
+def estimate_for(info: GGUFInfo, n_ctx: int, kv_size: Optional[int] = None) -> MemoryEstimate:
+    """``estimate_memory`` for a GGUF's metadata; without a tensor list the file size is spread evenly.
+    ``kv_size`` is the KV cache's cells when they differ from ``n_ctx`` (slots sharing one pool)."""
     tensors: Sequence[TensorInfo] = info.tensors
     if not tensors and info.block_count > 0:
         share = info.size_bytes // info.block_count
         tensors = [TensorInfo(f"blk.{i}.weights", "F32", (1,), share) for i in range(info.block_count)]
-    return estimate_memory(tensors, block_count=info.block_count, n_ctx=n_ctx,
+    return estimate_memory(tensors, block_count=info.block_count, n_ctx=kv_size or n_ctx,
                            n_embd=info.embedding_length, n_head=info.head_count,
                            n_head_kv=info.head_count_kv or info.head_count)
 
@@ -328,15 +329,16 @@ def _auto_plan(total: int, est: MemoryEstimate, gpu: Optional[GPU], supported: b
 
 def plan_offload(info: GGUFInfo, n_ctx: int, requested: int | str = "auto", *,
                  gpus: Sequence[GPU] | None = None, offload_supported: bool | None = None,
-                 reserve_bytes: int = 512 * _MIB) -> OffloadPlan:
+                 reserve_bytes: int = 512 * _MIB, kv_size: Optional[int] = None) -> OffloadPlan:
     """Choose ``n_gpu_layers`` for ``info`` at ``n_ctx``: "auto", or an explicit count (-1 = all).
+    ``kv_size`` is the KV cache's cells, shared by every slot (default ``n_ctx``).
 
     "auto" keeps ``reserve_bytes`` free for the CUDA context and cuBLAS workspace, and plans
     for the GPU with the most free memory (see the module docstring about several GPUs).
     """
     wanted = _parse_requested(requested)
     total = info.block_count + 1
-    est = estimate_for(info, n_ctx)
+    est = estimate_for(info, n_ctx, kv_size)
     supported = gpu_offload_supported() if offload_supported is None else bool(offload_supported)
     found = list(detect_gpus() if gpus is None else gpus)
     gpu = max(found, key=lambda g: g.free_bytes) if found else None

@@ -21,16 +21,22 @@ __all__ = [
     "GenerationParams",
     "GenerationResult",
     "ModelDescription",
+    "Priority",
     "TokenStream",
     "FinishReason",
 ]
 
 FinishReason = Literal["stop", "length", "cancelled"]
+Priority = Literal["interactive", "normal", "background"]
 
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """Sampling settings; ``temperature=0`` is greedy and deterministic."""
+    """Sampling settings; ``temperature=0`` is greedy and deterministic.
+
+    ``priority`` tells a shared model what to serve first: ``interactive`` (inline completions,
+    the language server: a person waits for each keystroke), ``normal`` (chats, magics) or
+    ``background`` (benchmarks, smoke tests). Engines that cannot schedule ignore it."""
 
     max_tokens: int = 512
     temperature: float = 0.7
@@ -41,6 +47,7 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     seed: Optional[int] = None
     overflow: Literal["trim", "error"] = "trim"
+    priority: Priority = "normal"
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -49,6 +56,8 @@ class GenerationParams:
             raise ConfigError(f"temperature must be 0 or more, got {self.temperature}.")
         if self.overflow not in ("trim", "error"):
             raise ConfigError(f"overflow must be 'trim' or 'error', got {self.overflow!r}.")
+        if self.priority not in ("interactive", "normal", "background"):
+            raise ConfigError(f"priority must be 'interactive', 'normal' or 'background', got {self.priority!r}.")
 
 
 @dataclass(frozen=True)
@@ -61,9 +70,12 @@ class GenerationResult:
     dropped_tokens: int = 0  # prompt tokens cut from the front of a completion prompt
     time_to_first_token_s: Optional[float] = None
     duration_s: float = 0.0
-    # Prompt tokens whose keys and values were already in the KV cache (the longest common prefix
-    # with what the model last saw), so were not evaluated again; None when the backend does not say.
+    # Prompt tokens whose keys and values were already in the KV cache (a slot's sequence sharing
+    # the prompt's start, or a prompt-cache entry restored into it), so were not evaluated again;
+    # None when the backend does not say.
     reused_prompt_tokens: Optional[int] = None
+    # Of those, how many came from the host-memory prompt cache (None when the backend does not say).
+    restored_prompt_tokens: Optional[int] = None
 
     @property
     def trimmed(self) -> bool:
@@ -90,6 +102,8 @@ class ModelDescription:
     total_layers: Optional[int] = None
     chat_format: Optional[str] = None
     notices: tuple[str, ...] = field(default=())
+    n_parallel: Optional[int] = None  # requests served at once (local slots)
+    kv_size: Optional[int] = None  # KV cache cells shared by those requests
 
 
 class TokenStream(Iterator[str]):

@@ -1,90 +1,63 @@
-"""``LocalEngine``: one llama.cpp model in this process, shared safely between threads.
+"""``LocalEngine``: one llama.cpp model in this process, shared by many requests at once.
 
-A ``llama_cpp.Llama`` is not thread-safe, so one worker thread owns it and runs the
-queued generations in arrival order (FIFO); callers on any thread get a ``TokenStream``
-fed through a per-request queue. Cancelling (``stream.cancel()``, abandoning the stream,
-or ``engine.cancel()``) is checked after every sampled token through llama-cpp-python's
-stopping-criteria hook, so it takes effect within one token and leaves the model ready
-for the next request. llama-cpp-python keeps the longest common prompt prefix in the KV
-cache, so a chat's next turn only evaluates its new tokens; each ``GenerationResult`` says
-how many prompt tokens were reused that way (``reused_prompt_tokens``), counted at
-``Llama.eval`` itself (``_PromptCounter``) rather than guessed from the token lists.
+The model and its context belong to a ``SlotScheduler`` (``slots.py``) whose one worker
+thread serves up to ``n_parallel`` requests together: each in its own KV sequence ("slot"),
+decoded in one batch per step, interactive requests first, with a host-memory prompt cache
+for sequences put aside. Callers on any thread get a ``TokenStream`` fed through a
+per-request queue. Cancelling (``stream.cancel()``, abandoning the stream, or
+``engine.cancel()``) takes effect before the next step, so within one token, and leaves the
+other requests running. Each ``GenerationResult`` says how many prompt tokens were reused
+from a slot or restored from the prompt cache (``reused_prompt_tokens``,
+``restored_prompt_tokens``) rather than evaluated.
 
-Prompts that do not fit the context window are trimmed (chat: oldest turns, keeping the
-system prompt; completion: oldest tokens) or refused, as ``GenerationParams.overflow``
-says, and the ``GenerationResult`` reports what was dropped.
+Prompts that do not fit the context window (``n_ctx`` tokens per request) are trimmed
+(chat: oldest turns, keeping the system prompt; completion: oldest tokens) or refused, as
+``GenerationParams.overflow`` says, and the ``GenerationResult`` reports what was dropped.
+
+Sizing: the KV cache has ``kv_size`` cells (default ``n_ctx``: the memory of one full
+window) shared by every slot; when it fills up, idle slots move to the prompt cache
+(``prompt_cache_mb`` of host memory) before any request is refused. ``n_parallel=1`` runs
+one sequence at a time, in priority then arrival order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-import queue
 import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generator, Optional, Sequence, Union
+from typing import Generator, Optional, Sequence, Union
 
-from ..errors import ContextOverflowError, EngineBusyError, EngineError, ModelLoadError
+from ..errors import ConfigError, ContextOverflowError, EngineBusyError, EngineError
 from ..gguf_info import GGUFInfo, read_gguf_info
 from ..templates import ChatFormat, Message, choose_chat_format, fit_messages
 from .base import Engine, GenerationParams, GenerationResult, ModelDescription, TokenStream
+from .native import NativeModel
+from .slots import DONE, TEXT, Request, SchedulerStats, SlotScheduler
 
-__all__ = ["LocalEngine"]
+__all__ = ["LocalEngine", "DEFAULT_N_PARALLEL", "DEFAULT_PROMPT_CACHE_MB"]
 
 log = logging.getLogger(__name__)
 
-_TEXT, _DONE, _ERROR = "text", "done", "error"
+DEFAULT_N_PARALLEL = 4
+DEFAULT_PROMPT_CACHE_MB = 1024
+_MIB = 1024 * 1024
 
 
-@dataclass(eq=False)  # identity semantics: jobs live in a set
-class _Job:
-    prompt: list[int]
-    params: GenerationParams
-    dropped_messages: int = 0
-    dropped_tokens: int = 0
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    out: "queue.SimpleQueue[tuple[str, Any]]" = field(default_factory=queue.SimpleQueue)
+class _NativeTokenizer:
+    """The ``templates.Tokenizer`` view of a ``NativeModel``."""
 
-
-class _LlamaTokenizer:
-    """The ``templates.Tokenizer`` view of a ``llama_cpp.Llama``."""
-
-    def __init__(self, llama: Any) -> None:
-        self._llama = llama
-        self.bos_id: Optional[int] = self._valid(llama.token_bos())
-        self.eos_id: Optional[int] = self._valid(llama.token_eos())
-
-    @staticmethod
-    def _valid(token: int) -> Optional[int]:
-        return token if token is not None and token >= 0 else None
+    def __init__(self, native: NativeModel) -> None:
+        self._native = native
+        self.bos_id: Optional[int] = native.bos_id
+        self.eos_id: Optional[int] = native.eos_id
 
     def encode(self, text: str, *, special: bool) -> list[int]:
-        return self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+        return self._native.tokenize(text.encode("utf-8"), add_bos=False, special=special)
 
     def token_text(self, token_id: int) -> str:
-        return self._llama._model.token_get_text(token_id)
-
-
-class _PromptCounter:
-    """Wraps a ``Llama``'s ``eval`` to record, per generation, where its first call started:
-    ``Llama.generate`` first truncates the KV cache to the prefix it shares with the new prompt
-    (``n_tokens``) and then evaluates the rest of the prompt in that first call."""
-
-    def __init__(self, llama: Any) -> None:
-        self._llama = llama
-        self._eval = llama.eval
-        self.reused: Optional[int] = None
-        llama.eval = self  # an instance attribute: ``generate``'s ``self.eval(...)`` finds it first
-
-    def start(self) -> None:
-        self.reused = None
-
-    def __call__(self, tokens: Sequence[int]) -> None:
-        if self.reused is None:
-            self.reused = int(self._llama.n_tokens)
-        self._eval(tokens)
+        return self._native.token_text(token_id)
 
 
 def _cpu_count() -> int:
@@ -92,6 +65,13 @@ def _cpu_count() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
         return max(1, os.cpu_count() or 1)
+
+
+def _host_memory_bytes() -> Optional[int]:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def default_threads() -> tuple[int, int]:
@@ -104,116 +84,69 @@ def default_threads() -> tuple[int, int]:
     return threads, threads
 
 
+def _check_sizes(n_parallel: object, kv_size: int, n_ctx: int, prompt_cache_mb: object) -> None:
+    if isinstance(n_parallel, bool) or not isinstance(n_parallel, int) or n_parallel < 1:
+        raise ConfigError(f"n_parallel must be a whole number of slots, 1 or more, got {n_parallel!r}.")
+    if kv_size < n_ctx:
+        raise ConfigError(f"kv_size ({kv_size}) must be at least n_ctx ({n_ctx}): one request may fill "
+                          "a whole window; raise kv_size or lower n_ctx.")
+    if isinstance(prompt_cache_mb, bool) or not isinstance(prompt_cache_mb, (int, float)) or prompt_cache_mb < 0:
+        raise ConfigError(f"prompt_cache_mb must be 0 (off) or more, got {prompt_cache_mb!r}.")
+    host = _host_memory_bytes()
+    if host is not None and prompt_cache_mb * _MIB > host // 2:
+        raise ConfigError(f"prompt_cache_mb={prompt_cache_mb:g} is more than half of this machine's memory "
+                          f"({host // _MIB} MiB); choose a smaller prompt cache.")
+
+
 class LocalEngine(Engine):
     """A GGUF model run by llama.cpp (llama-cpp-python), CPU or CUDA offload."""
 
     def __init__(self, model_path: Union[str, os.PathLike[str]], *, n_ctx: int = 4096,
                  n_gpu_layers: Union[int, str] = "auto", n_threads: Optional[int] = None,
-                 n_threads_batch: Optional[int] = None, n_batch: int = 512, chat_format: str = "auto", seed: int = 0,
-                 name: Optional[str] = None, max_queued: int = 64) -> None:
+                 n_threads_batch: Optional[int] = None, n_batch: int = 512, chat_format: str = "auto",
+                 seed: Optional[int] = None, name: Optional[str] = None, max_queued: int = 64,
+                 n_parallel: int = DEFAULT_N_PARALLEL, kv_size: Optional[int] = None,
+                 prompt_cache_mb: float = DEFAULT_PROMPT_CACHE_MB) -> None:
         from .. import hardware
 
         self.info: GGUFInfo = read_gguf_info(model_path)
         if n_ctx <= 0:
             n_ctx = self.info.context_length or 4096
         self.n_ctx = min(n_ctx, self.info.context_length) if self.info.context_length else n_ctx
-        self.plan = hardware.plan_offload(self.info, self.n_ctx, n_gpu_layers)
+        self.kv_size = int(kv_size) if kv_size else self.n_ctx
+        _check_sizes(n_parallel, self.kv_size, self.n_ctx, prompt_cache_mb)
+        if n_batch < 1:
+            raise ConfigError(f"n_batch must be 1 or more, got {n_batch}.")
+        self.n_parallel = n_parallel
+        self.plan = hardware.plan_offload(self.info, self.n_ctx, n_gpu_layers, kv_size=self.kv_size)
         for notice in self.plan.notices:
             log.info(notice)
         self.name = name or self.info.name
+        self._seed = seed
         self._max_queued = max_queued
         decode_threads, prompt_threads = default_threads()
-        self._llama = self._load(n_threads or decode_threads, n_threads_batch or prompt_threads, n_batch, seed)
-        self.tokenizer = _LlamaTokenizer(self._llama)
-        self._prompt_counter = _PromptCounter(self._llama)
-        self.chat_format: Optional[ChatFormat] = choose_chat_format(
-            chat_format, model_name=self.name, chat_template=self.info.chat_template,
-            tokenizer=self.tokenizer, add_bos=bool(self.info.add_bos_token))
-        self._jobs: "queue.Queue[Optional[_Job]]" = queue.Queue()
-        self._active: set[_Job] = set()
+        self._native = NativeModel(self.info.path, n_gpu_layers=self.plan.n_gpu_layers, kv_size=self.kv_size,
+                                   n_parallel=n_parallel, n_batch=min(n_batch, self.kv_size),
+                                   n_threads=n_threads or decode_threads,
+                                   n_threads_batch=n_threads_batch or prompt_threads)
+        self.tokenizer = _NativeTokenizer(self._native)
+        try:
+            self.chat_format: Optional[ChatFormat] = choose_chat_format(
+                chat_format, model_name=self.name, chat_template=self.info.chat_template,
+                tokenizer=self.tokenizer, add_bos=bool(self.info.add_bos_token))
+        except BaseException:
+            self._native.close()
+            raise
+        self._active: set[Request] = set()
         self._active_lock = threading.Lock()
         self._closed = False
-        self._worker = threading.Thread(target=self._serve, name=f"llamalab-engine-{self.name}", daemon=True)
-        self._worker.start()
+        self._scheduler = SlotScheduler(
+            self._native, n_parallel=n_parallel, n_ctx=self.n_ctx,
+            prompt_cache_bytes=int(prompt_cache_mb * _MIB), share_steps=self.plan.n_gpu_layers > 0, name=self.name)
 
-    def _load(self, threads: int, threads_batch: int, n_batch: int, seed: int) -> Any:
-        import llama_cpp
-
-        try:
-            return llama_cpp.Llama(
-                model_path=str(self.info.path), n_ctx=self.n_ctx, n_gpu_layers=self.plan.n_gpu_layers,
-                n_threads=threads, n_threads_batch=threads_batch, n_batch=n_batch, seed=seed, verbose=False,
-            )
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise ModelLoadError(
-                f"llama.cpp could not load {self.info.path.name} ({self.info.architecture}, "
-                f"{self.info.quantization}): {exc}; check the file, or update llama-cpp-python."
-            ) from None
-
-    # -- the worker thread ------------------------------------------------------------
-    def _serve(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            try:
-                job.out.put((_DONE, self._generate(job)))
-            except Exception as exc:  # report to the caller; the worker lives on
-                log.exception("generation failed")
-                job.out.put((_ERROR, EngineError(f"generation failed: {exc}")))
-            finally:
-                with self._active_lock:
-                    self._active.discard(job)
-
-    def _generate(self, job: _Job) -> GenerationResult:
-        start = time.perf_counter()
-        first: Optional[float] = None
-        parts: list[str] = []
-        sampled = 0
-        finish = "stop"
-        reused: Optional[int] = None
-
-        def stop_when_cancelled(_ids: Any, _logits: Any) -> bool:
-            return job.cancelled.is_set()  # checked after every sampled token
-
-        if not job.cancelled.is_set():
-            import llama_cpp
-
-            p = job.params
-            self._prompt_counter.start()
-            chunks = self._llama.create_completion(
-                job.prompt, max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p,
-                top_k=p.top_k, min_p=p.min_p, repeat_penalty=p.repeat_penalty,
-                stop=list(p.stop) or None, seed=p.seed, stream=True,
-                stopping_criteria=llama_cpp.StoppingCriteriaList([stop_when_cancelled]),
-            )
-            try:
-                for chunk in chunks:
-                    choice = chunk["choices"][0]
-                    if choice["text"]:
-                        if first is None:
-                            first = time.perf_counter() - start
-                        parts.append(choice["text"])
-                        job.out.put((_TEXT, choice["text"]))
-                    finish = choice.get("finish_reason") or finish
-                    if job.cancelled.is_set():
-                        break
-            finally:
-                chunks.close()
-            # Every sampled token is evaluated before the next is sampled, except the last one
-            # (a length stop keeps it; an end-of-generation token is not part of the answer).
-            sampled = max(0, self._llama.n_tokens - len(job.prompt)) + (finish == "length")
-            if self._prompt_counter.reused is not None:
-                reused = min(self._prompt_counter.reused, len(job.prompt))
-        if job.cancelled.is_set():
-            finish = "cancelled"
-        return GenerationResult(
-            text="".join(parts), finish_reason=finish,  # type: ignore[arg-type]
-            prompt_tokens=len(job.prompt), completion_tokens=sampled,
-            dropped_messages=job.dropped_messages, dropped_tokens=job.dropped_tokens,
-            time_to_first_token_s=first, duration_s=time.perf_counter() - start,
-            reused_prompt_tokens=reused,
-        )
+    def stats(self) -> SchedulerStats:
+        """Slots busy, requests queued, KV cells used, prompt-cache use: a snapshot."""
+        return self._scheduler.stats()
 
     # -- submitting -------------------------------------------------------------------
     def _reserve(self, params: GenerationParams) -> int:
@@ -224,29 +157,35 @@ class LocalEngine(Engine):
         if self._closed:  # the llama.cpp model is freed: touching it would crash the process
             raise EngineError("this engine is closed; create a new one to use the model again.")
 
-    def _submit(self, job: _Job) -> TokenStream:
+    def _submit(self, prompt: list[int], params: GenerationParams, dropped_messages: int = 0,
+                dropped_tokens: int = 0) -> TokenStream:
         self._check_open()
+        if params.seed is None and self._seed is not None and params.temperature > 0:
+            params = dataclasses.replace(params, seed=self._seed)
+        request = Request(prompt=prompt, params=params, dropped_messages=dropped_messages,
+                          dropped_tokens=dropped_tokens)
         with self._active_lock:
             if len(self._active) >= self._max_queued:
                 raise EngineBusyError(f"{len(self._active)} requests are already queued on this model; "
                                       "wait for some to finish or cancel them.")
-            self._active.add(job)
-        self._jobs.put(job)
-        return TokenStream(self._pieces(job), job.cancelled.set)
+            self._active.add(request)
+        self._scheduler.submit(request)
+        return TokenStream(self._pieces(request), request.cancelled.set)
 
-    @staticmethod
-    def _pieces(job: _Job) -> Generator[str, None, GenerationResult]:
+    def _pieces(self, request: Request) -> Generator[str, None, GenerationResult]:
         try:
             while True:
-                kind, payload = job.out.get()
-                if kind == _TEXT:
+                kind, payload = request.out.get()
+                if kind == TEXT:
                     yield payload
-                elif kind == _DONE:
+                elif kind == DONE:
                     return payload
                 else:
                     raise payload
         finally:
-            job.cancelled.set()  # a stream dropped half-way frees the model for the next request
+            request.cancelled.set()  # a stream dropped half-way frees its slot for the next request
+            with self._active_lock:
+                self._active.discard(request)
 
     def _fit_prompt(self, tokens: list[int], params: GenerationParams, keep_head: int) -> tuple[list[int], int]:
         """Trim the oldest tokens after the first ``keep_head`` so the prompt fits, or refuse,
@@ -268,7 +207,7 @@ class LocalEngine(Engine):
         tokens = self.tokenize(prompt, add_bos=bool(self.info.add_bos_token), special=True)
         starts_with_bos = bool(self.info.add_bos_token) and tokens[:1] == [self.tokenizer.bos_id]
         tokens, dropped = self._fit_prompt(tokens, params, keep_head=1 if starts_with_bos else 0)
-        return self._submit(_Job(prompt=tokens, params=params, dropped_tokens=dropped))
+        return self._submit(tokens, params, dropped_tokens=dropped)
 
     def complete_tokens(self, tokens: Sequence[int], params: Optional[GenerationParams] = None) -> TokenStream:
         """Continue a prompt given as token ids (a fill-in-the-middle prompt, say), sent as is:
@@ -280,7 +219,7 @@ class LocalEngine(Engine):
         if not ids:
             raise EngineError("the prompt has no tokens.")
         ids, dropped = self._fit_prompt(ids, params, keep_head=1)
-        return self._submit(_Job(prompt=ids, params=params, dropped_tokens=dropped))
+        return self._submit(ids, params, dropped_tokens=dropped)
 
     def chat(self, messages: Sequence[Message | dict], params: Optional[GenerationParams] = None) -> TokenStream:
         params = params or GenerationParams()
@@ -294,9 +233,9 @@ class LocalEngine(Engine):
                     f"the chat is {len(tokens)} tokens but only {budget} fit the context window; "
                     "start a new chat, lower max_tokens or load the model with a larger n_ctx."
                 )
-            return self._submit(_Job(prompt=tokens, params=params))
+            return self._submit(tokens, params)
         fitted = fit_messages(fmt, messages, budget)
-        return self._submit(_Job(prompt=fitted.tokens, params=params, dropped_messages=fitted.dropped_messages))
+        return self._submit(fitted.tokens, params, dropped_messages=fitted.dropped_messages)
 
     def _require_chat_format(self) -> ChatFormat:
         if self.chat_format is None:
@@ -322,7 +261,7 @@ class LocalEngine(Engine):
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         self._check_open()
-        return self._llama.detokenize(list(tokens)).decode("utf-8", errors="replace")
+        return self._native.detokenize(tokens)
 
     def describe(self) -> ModelDescription:
         return ModelDescription(
@@ -331,7 +270,7 @@ class LocalEngine(Engine):
             context_length=self.n_ctx, train_context_length=self.info.context_length,
             n_gpu_layers=self.plan.n_gpu_layers, total_layers=self.plan.total_layers,
             chat_format=self.chat_format.name if self.chat_format else None,
-            notices=tuple(self.plan.notices),
+            notices=tuple(self.plan.notices), n_parallel=self.n_parallel, kv_size=self.kv_size,
         )
 
     def cancel(self) -> None:
@@ -344,15 +283,13 @@ class LocalEngine(Engine):
             return
         self._closed = True
         self.cancel()
-        self._jobs.put(None)
-        # Cancellation is checked between tokens; a long prompt evaluation cannot be cut short,
+        # Cancelling is seen between steps; a step (one prompt chunk at most) cannot be cut short,
         # so wait for the worker. Freeing the model under a running worker would crash the process:
-        # if it is still busy after the wait, leave the model to the worker (it exits after the job).
-        self._worker.join(timeout=120)
-        if self._worker.is_alive():
+        # if it is still busy after the wait, leave the model to the process's exit.
+        if not self._scheduler.close(timeout=120):
             log.warning("the engine's worker is still busy; the model will be freed when the process exits")
             return
-        self._llama.close()
+        self._native.close()
 
     @property
     def model_path(self) -> Path:

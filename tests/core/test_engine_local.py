@@ -11,10 +11,12 @@ import pytest
 
 from llamalab import (AsyncEngine, EngineError, GenerationParams, InvalidModelFileError, LocalEngine,
                       ModelNotFoundError, UnsupportedModelError)
+from tests.fixtures.greedy import first_divergence_margin
 from tests.fixtures.tiny_llama import write_gguf_with_architecture
 
 GREEDY = GenerationParams(max_tokens=24, temperature=0)
 PROMPTS = [f"Write one sentence about the number {i}." for i in range(8)]
+NEAR_TIE = 0.5  # logits: where greedy answers may part under batching
 
 
 def _chat(text: str) -> list[dict]:
@@ -39,7 +41,7 @@ def test_max_tokens_is_respected_exactly(engine):
     assert len(engine.tokenize(result.text)) in range(5, 10)  # re-tokenizing may merge or split a little
 
 
-def test_eight_threads_on_one_engine_match_serial_outputs(engine):
+def test_eight_threads_on_one_engine_match_serial_outputs(engine, demo_model):
     serial = [engine.chat(_chat(p), GREEDY).collect().text for p in PROMPTS]
     assert len(set(serial)) > 1  # the prompts really lead to different answers
     results: dict[int, str] = {}
@@ -60,7 +62,12 @@ def test_eight_threads_on_one_engine_match_serial_outputs(engine):
         t.join(timeout=120)
     assert not any(t.is_alive() for t in threads), "deadlock: a streaming thread never finished"
     assert not errors
-    assert [results[i] for i in range(len(PROMPTS))] == serial
+    # Batched kernels may round differently from a lone sequence: an answer may take the other
+    # branch only where the lone answer's choice was a near-tie (tests/fixtures/greedy.py).
+    margins = [first_divergence_margin(engine, demo_model, engine.format_chat(_chat(PROMPTS[i])), serial[i],
+                                       results[i]) for i in range(len(PROMPTS))]
+    assert sum(m is None for m in margins) >= len(PROMPTS) // 2, margins
+    assert all(m is None or m < NEAR_TIE for m in margins), margins
 
 
 def test_cancel_mid_stream_then_engine_still_works(engine):
@@ -134,21 +141,24 @@ def test_asyncio_task_cancellation_cancels_generation(engine):
         aengine = AsyncEngine(engine)
         stream = aengine.complete("Count from one to five hundred: one, two,", GenerationParams(max_tokens=400))
 
+        first = asyncio.Event()
+
         async def consume():
             async for _ in stream:
-                pass
+                first.set()
 
         task = asyncio.create_task(consume())
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(first.wait(), timeout=120)  # the generation is running: cancel it now
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         return stream
 
     stream = asyncio.run(main())
-    deadline = time.time() + 10
-    while stream._stream is not None and stream._stream.result is None and time.time() < deadline:
-        time.sleep(0.05)
+    deadline = time.time() + 60  # wait for the stream's own end (its helper thread reads it)
+    while stream._stream.result is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert stream._stream.result.finish_reason == "cancelled"
     follow_up = engine.chat(_chat("Hi"), GenerationParams(max_tokens=4, temperature=0)).collect()
     assert follow_up.finish_reason in ("stop", "length")
 

@@ -1,0 +1,415 @@
+"""``SlotScheduler``: many requests on one llama.cpp context at once (slots, continuous batching).
+
+One worker thread owns the ``NativeModel``. The context holds ``n_parallel`` KV sequences
+("slots") in one unified pool of cells. Each request goes to the idle slot whose cached
+tokens share the longest prefix with its prompt (or to the prompt cache's best entry, when
+that shares more), so a conversation, the notebook's ghost text and the language server each
+keep a warm sequence and only their new tokens are evaluated.
+
+Every step builds one ``llama_batch``: one token for every generating sequence, plus the next
+chunk of a waiting prompt in the room left (``n_batch`` tokens in all), and runs a single
+``llama_decode``. A long prompt therefore delays the running streams by one chunk at most.
+Each sequence samples from its own logits with its own llama.cpp sampler chain.
+
+Priorities (``GenerationParams.priority``): requests are admitted best priority first, and
+when the model runs on the CPU a step serves only the best priority present, so ghost text
+never shares its steps with a streaming chat (on a CPU a shared step costs about as much as
+two); with GPU offload, where a wider batch is nearly free, every sequence shares each step.
+
+KV memory: the pool has ``kv_size`` cells; a sequence may use up to ``n_ctx`` of them. When a
+step needs cells that are not free, idle slots are saved to the ``PromptCache`` and cleared,
+least recently used first; if that is not enough, the request that needs the cells fails
+with ``ContextOverflowError`` (a prompt waits instead while others run), and the rest go on.
+
+Cancelling is checked before every step, so it takes effect within one token (or one prompt
+chunk); a cancelled sequence keeps its evaluated tokens for the next prompt that shares them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ..errors import ContextOverflowError, EngineError
+from .base import GenerationParams, GenerationResult
+from .native import NativeModel
+from .prompt_cache import PromptCache, common_prefix
+from .sampling import SequenceSampler
+from .text_output import TextAssembler
+
+__all__ = ["Request", "SchedulerStats", "SlotScheduler", "PRIORITIES", "TEXT", "DONE", "ERROR"]
+
+log = logging.getLogger(__name__)
+
+TEXT, DONE, ERROR = "text", "done", "error"
+PRIORITIES = {"interactive": 0, "normal": 1, "background": 2}
+_MIN_CACHED_TOKENS = 16  # shorter sequences are cheaper to evaluate again than to save
+_arrivals = itertools.count()
+
+
+@dataclass(eq=False)  # identity semantics: requests live in sets and lists
+class Request:
+    """A prompt to continue, and the queue its text pieces and result go to."""
+
+    prompt: list[int]
+    params: GenerationParams
+    dropped_messages: int = 0
+    dropped_tokens: int = 0
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    out: "queue.SimpleQueue[tuple[str, Any]]" = field(default_factory=queue.SimpleQueue)
+    arrival: int = field(default_factory=lambda: next(_arrivals))
+    submitted: float = field(default_factory=time.perf_counter)
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        return PRIORITIES.get(self.params.priority, 1), self.arrival
+
+
+@dataclass(eq=False)
+class _Slot:
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)  # what this sequence's KV cells hold, in order
+    running: Optional["_Running"] = None
+    last_used: int = 0
+
+
+@dataclass(eq=False)
+class _Running:
+    """A request bound to a slot."""
+
+    request: Request
+    slot: _Slot
+    sampler: SequenceSampler
+    text: TextAssembler
+    evaluated_from: int  # prompt tokens before this index were already in the slot's KV
+    restored: int = 0  # of those, how many came from the prompt cache
+    next_prompt: int = 0  # the next prompt token to evaluate
+    pending_token: Optional[int] = None  # sampled, not yet evaluated
+    logits_index: int = -1  # where this sequence's logits are in the batch just decoded
+    added: int = 0  # tokens this sequence put in the current batch
+    generated: int = 0
+    parts: list[str] = field(default_factory=list)
+    first_token_at: Optional[float] = None
+
+    @property
+    def prefilling(self) -> bool:
+        return self.next_prompt < len(self.request.prompt)
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    n_parallel: int
+    slots_busy: int
+    queued: int
+    kv_size: int
+    kv_used: int
+    prompt_cache_entries: int
+    prompt_cache_bytes: int
+    prompt_cache_limit_bytes: int
+    prompt_cache_hits: int
+
+
+class SlotScheduler:
+    def __init__(self, native: NativeModel, *, n_parallel: int, n_ctx: int, prompt_cache_bytes: int,
+                 share_steps: bool, name: str = "model") -> None:
+        self.native = native
+        self.n_ctx = n_ctx
+        self.share_steps = share_steps
+        self.cache = PromptCache(prompt_cache_bytes)
+        self._slots = [_Slot(seq_id=i) for i in range(n_parallel)]
+        self._inbox: "queue.Queue[Optional[Request]]" = queue.Queue()
+        self._pending: list[Request] = []
+        self._running: list[_Running] = []
+        self._clock = itertools.count(1)
+        self._closing = False
+        self._worker = threading.Thread(target=self._serve, name=f"llamalab-slots-{name}", daemon=True)
+        self._worker.start()
+
+    # -- any thread ---------------------------------------------------------------------
+    def submit(self, request: Request) -> None:
+        self._inbox.put(request)
+
+    def stats(self) -> SchedulerStats:
+        slots = list(self._slots)
+        return SchedulerStats(
+            n_parallel=len(slots), slots_busy=sum(s.running is not None for s in slots),
+            queued=len(self._pending) + self._inbox.qsize(), kv_size=self.native.kv_size,
+            kv_used=sum(len(s.tokens) for s in slots), prompt_cache_entries=len(self.cache),
+            prompt_cache_bytes=self.cache.used_bytes, prompt_cache_limit_bytes=self.cache.limit_bytes,
+            prompt_cache_hits=self.cache.hits)
+
+    def close(self, timeout: float = 120) -> bool:
+        """Stop the worker (running and queued requests end cancelled); True once it has exited."""
+        self._closing = True
+        self._inbox.put(None)
+        self._worker.join(timeout=timeout)
+        return not self._worker.is_alive()
+
+    # -- the worker ---------------------------------------------------------------------
+    def _serve(self) -> None:
+        while True:
+            if not self._receive():
+                break
+            try:
+                self._end_cancelled()
+                self._admit()
+                if self._running:
+                    self._step()
+            except Exception as exc:  # a bug or a llama.cpp failure: fail what runs, keep serving
+                log.exception("the slot scheduler's step failed")
+                self._reset(EngineError(f"generation failed: {exc}"))
+        for request in self._pending:
+            self._finish_unstarted(request)
+        for running in list(self._running):
+            self._finish(running, "cancelled")
+
+    def _receive(self) -> bool:
+        """Move new requests to the pending list (waiting only when there is nothing to do);
+        False once the scheduler is closing."""
+        block = not self._running and not self._pending
+        while True:
+            try:
+                request = self._inbox.get(block=block)
+            except queue.Empty:
+                return not self._closing
+            if request is None:
+                return False
+            self._pending.append(request)
+            block = False
+
+    def _end_cancelled(self) -> None:
+        for request in [r for r in self._pending if r.cancelled.is_set()]:
+            self._pending.remove(request)
+            self._finish_unstarted(request)
+        for running in [r for r in self._running if r.request.cancelled.is_set()]:
+            self._finish(running, "cancelled")
+
+    # -- admission: a slot for each waiting request ----------------------------------------
+    def _admit(self) -> None:
+        self._pending.sort(key=lambda r: r.rank)
+        while self._pending:
+            slot = self._choose_slot(self._pending[0].prompt)
+            if slot is None:
+                return
+            request = self._pending.pop(0)
+            try:
+                self._bind(request, slot)
+            except Exception as exc:
+                request.out.put((ERROR, exc if isinstance(exc, EngineError) else EngineError(str(exc))))
+
+    def _choose_slot(self, prompt: list[int]) -> Optional[_Slot]:
+        idle = [s for s in self._slots if s.running is None]
+        if not idle:
+            return None
+        # The longest shared prefix; then an empty slot; then the least recently used.
+        return max(idle, key=lambda s: (common_prefix(s.tokens, prompt), not s.tokens, -s.last_used))
+
+    def _bind(self, request: Request, slot: _Slot) -> None:
+        prompt = request.prompt
+        shared = common_prefix(slot.tokens, prompt)
+        if shared < len(slot.tokens):
+            self._put_aside(slot, keep=shared)
+        restored = self._restore(slot, prompt, shared)
+        shared = max(shared, restored)
+        shared = min(shared, len(prompt) - 1)  # the last prompt token is evaluated for its logits
+        self._truncate(slot, shared)
+        native = self.native
+        running = _Running(request=request, slot=slot,
+                           sampler=SequenceSampler(native._lib, native.n_vocab, request.params, prompt),
+                           text=TextAssembler(request.params.stop), evaluated_from=shared,
+                           restored=min(restored, shared), next_prompt=shared)
+        slot.running = running
+        slot.last_used = next(self._clock)
+        self._running.append(running)
+
+    def _put_aside(self, slot: _Slot, keep: int = 0) -> None:
+        """Save ``slot``'s sequence to the prompt cache before its cells after ``keep`` go."""
+        if len(slot.tokens) >= _MIN_CACHED_TOKENS and self.cache.limit_bytes:
+            self.cache.put(slot.tokens, self.native.save_sequence(slot.seq_id))
+        self._truncate(slot, keep)
+
+    def _truncate(self, slot: _Slot, keep: int) -> None:
+        if keep < len(slot.tokens):
+            self.native.remove(slot.seq_id, keep)
+            del slot.tokens[keep:]
+
+    def _restore(self, slot: _Slot, prompt: list[int], shared: int) -> int:
+        """Load the cached state that shares more of ``prompt`` than ``slot`` does; returns how
+        many prompt tokens it supplies (0 if none)."""
+        if not self.cache.limit_bytes or len(self.cache) == 0:
+            return 0
+        found = self.cache.best(prompt, at_least=max(shared, _MIN_CACHED_TOKENS - 1))
+        if found is None:
+            return 0
+        entry, n = found
+        self._truncate(slot, 0)
+        if not self._make_room(len(entry.tokens), keep=slot) or not self.native.restore_sequence(slot.seq_id, entry.state):
+            self.native.remove(slot.seq_id, 0)
+            return 0
+        self.cache.take(entry)
+        slot.tokens = list(entry.tokens)
+        return n
+
+    # -- memory ---------------------------------------------------------------------------
+    def _free_cells(self) -> int:
+        return self.native.kv_size - sum(len(s.tokens) for s in self._slots)
+
+    def _make_room(self, cells: int, keep: Optional[_Slot] = None) -> bool:
+        """Free idle slots' cells (least recently used first, saved to the prompt cache) until
+        ``cells`` are free; whether they are."""
+        idle = sorted((s for s in self._slots if s.running is None and s.tokens and s is not keep),
+                      key=lambda s: s.last_used)
+        while self._free_cells() < cells and idle:
+            self._put_aside(idle.pop(0))
+        return self._free_cells() >= cells
+
+    # -- one decoding step --------------------------------------------------------------------
+    def _participants(self) -> list[_Running]:
+        ranked = sorted(self._running, key=lambda r: r.request.rank)
+        if self.share_steps:
+            return ranked
+        best = ranked[0].request.rank[0]
+        return [r for r in ranked if r.request.rank[0] == best]
+
+    def _step(self) -> None:
+        batch = self.native.batch
+        assert batch is not None
+        for participants in (self._participants(), sorted(self._running, key=lambda r: r.request.rank)):
+            generating = [r for r in participants if not r.prefilling]
+            if not self._make_room(len(generating)):
+                self._fail_for_room(generating)
+                return
+            batch.clear()
+            for running in participants:
+                running.logits_index, running.added = -1, 0
+            for running in generating:
+                self._add(running, running.pending_token, logits=True)  # type: ignore[arg-type]
+            for running in (r for r in participants if r.prefilling):
+                self._add_prompt_chunk(running)
+            if batch.n_tokens:
+                break
+        else:  # every sequence waits for a prompt's cells that the others hold: the newest gives way
+            self._fail_for_room(self._running)
+            return
+        code = self.native.decode()
+        if code != 0:
+            self._decode_failed(code, participants)
+            return
+        for running in participants:
+            if running.logits_index >= 0:
+                self._sample(running)
+
+    def _add(self, running: _Running, token: int, logits: bool) -> None:
+        slot = running.slot
+        index = self.native.batch.add(token, len(slot.tokens), slot.seq_id, logits)  # type: ignore[union-attr]
+        slot.tokens.append(token)
+        running.added += 1
+        if logits:
+            running.logits_index = index
+
+    def _add_prompt_chunk(self, running: _Running) -> None:
+        batch = self.native.batch
+        assert batch is not None
+        prompt = running.request.prompt
+        want = min(len(prompt) - running.next_prompt, batch.room)
+        if want <= 0:
+            return
+        self._make_room(want)
+        n = min(want, self._free_cells())
+        last = len(prompt) - 1
+        for i in range(running.next_prompt, running.next_prompt + n):
+            self._add(running, prompt[i], logits=i == last)
+        running.next_prompt += n
+
+    def _sample(self, running: _Running) -> None:
+        native = self.native
+        token = native.sample(running.sampler.chain, running.logits_index)
+        running.logits_index = -1
+        if native.is_end_of_generation(token):
+            self._finish(running, "stop")
+            return
+        running.generated += 1
+        self._emit(running, running.text.feed(native.piece(token)))
+        if running.text.stopped:
+            self._finish(running, "stop")
+        elif running.generated >= running.request.params.max_tokens or len(running.slot.tokens) >= self.n_ctx:
+            self._finish(running, "length")
+        else:
+            running.pending_token = token
+
+    def _emit(self, running: _Running, text: str) -> None:
+        if text:
+            if running.first_token_at is None:
+                running.first_token_at = time.perf_counter()
+            running.parts.append(text)
+            running.request.out.put((TEXT, text))
+
+    # -- failures ---------------------------------------------------------------------------
+    def _fail_for_room(self, candidates: list[_Running]) -> None:
+        """Not enough free cells for the step: the newest request fails, the rest go on."""
+        victim = max(candidates, key=lambda r: r.request.rank[1])
+        self._fail(victim, ContextOverflowError(
+            f"the KV cache is full ({self.native.kv_size} tokens shared by {len(self._slots)} slots), so this "
+            "request was stopped and the others go on; load the model with a larger kv_size (or n_ctx), "
+            "or a smaller n_parallel."))
+
+    def _decode_failed(self, code: int, participants: list[_Running]) -> None:
+        """Undo the step's tokens; fail the newest request (no room) or all of them (an error)."""
+        for running in participants:
+            if running.added:
+                slot = running.slot
+                self._truncate(slot, len(slot.tokens) - running.added)
+                if running.pending_token is None:  # still in its prompt: evaluate those tokens again
+                    running.next_prompt = len(slot.tokens)
+                running.added, running.logits_index = 0, -1
+        if code == 1:
+            self._fail_for_room(participants)
+            return
+        for running in participants:
+            self._fail(running, EngineError(f"llama.cpp could not evaluate the batch (llama_decode returned {code}); "
+                                            "the model may be damaged or out of memory."))
+
+    def _reset(self, error: EngineError) -> None:
+        for running in list(self._running):
+            self._fail(running, error)
+        for slot in self._slots:
+            self._truncate(slot, 0)
+
+    # -- endings ----------------------------------------------------------------------------
+    def _release(self, running: _Running) -> None:
+        running.sampler.free()
+        running.slot.running = None
+        running.slot.last_used = next(self._clock)
+        if running in self._running:
+            self._running.remove(running)
+
+    def _fail(self, running: _Running, error: EngineError) -> None:
+        self._release(running)
+        running.request.out.put((ERROR, error))
+
+    def _finish(self, running: _Running, reason: str) -> None:
+        if reason != "cancelled":
+            self._emit(running, running.text.finish())
+        self._release(running)
+        request = running.request
+        reused = running.evaluated_from
+        now = time.perf_counter()
+        request.out.put((DONE, GenerationResult(
+            text="".join(running.parts), finish_reason=reason,  # type: ignore[arg-type]
+            prompt_tokens=len(request.prompt), completion_tokens=running.generated,
+            dropped_messages=request.dropped_messages, dropped_tokens=request.dropped_tokens,
+            time_to_first_token_s=None if running.first_token_at is None else running.first_token_at - request.submitted,
+            duration_s=now - request.submitted, reused_prompt_tokens=reused,
+            restored_prompt_tokens=running.restored)))
+
+    @staticmethod
+    def _finish_unstarted(request: Request) -> None:
+        request.out.put((DONE, GenerationResult(
+            text="", finish_reason="cancelled", prompt_tokens=len(request.prompt), completion_tokens=0,
+            dropped_messages=request.dropped_messages, dropped_tokens=request.dropped_tokens,
+            duration_s=time.perf_counter() - request.submitted, reused_prompt_tokens=0, restored_prompt_tokens=0)))
