@@ -55,6 +55,19 @@ class LlamalabExtension(ExtensionApp):
         (keeping 512 MiB spare), -1 all, 0 none (CPU only), N exactly N.""")
     n_threads = Int(None, allow_none=True, config=True,
                     help="CPU threads for decoding; unset: about the number of physical cores.")
+    n_parallel = Int(4, config=True,
+                     help="""Requests the loaded model serves at once, each in its own KV sequence (a
+                     "slot"): the chat panel, every notebook's ghost text and magics and a language server
+                     keep their own warm prompt and are decoded together in one batch. 1 serves one
+                     request at a time (in priority order). Slots share kv_size cells of KV cache.""")
+    kv_size = Int(None, allow_none=True, config=True,
+                  help="""KV cache cells shared by all slots; unset: n_ctx (the memory of one full window).
+                  Raise it (e.g. n_ctx x n_parallel) to keep more conversations warm on a GPU with room;
+                  "llamalab doctor --kv-size N" shows what fits.""")
+    prompt_cache_mb = Int(1024, config=True,
+                          help="""Host memory (MiB) for the prompt cache: a slot's KV state is kept there when
+                          the slot goes to another request or the KV cache fills up, and restored when a
+                          later prompt continues it (a conversation you return to). 0 turns it off.""")
     preload = Bool(False, config=True,
                    help="Load the default model when the server starts instead of on the first request.")
 
@@ -100,8 +113,17 @@ class LlamalabExtension(ExtensionApp):
         except ValueError as exc:
             raise TraitError(str(exc)) from None
 
-    @validate("max_queued", "max_prompt_chars", "max_tokens_limit", "default_max_tokens", "n_ctx")
-    def _positive(self, proposal: Any) -> int:
+    @validate("prompt_cache_mb")
+    def _not_negative(self, proposal: Any) -> int:
+        if proposal["value"] < 0:
+            raise TraitError(f"prompt_cache_mb must be 0 (off) or more, got {proposal['value']}")
+        return proposal["value"]
+
+    @validate("max_queued", "max_prompt_chars", "max_tokens_limit", "default_max_tokens", "n_ctx", "n_parallel",
+              "kv_size")
+    def _positive(self, proposal: Any) -> Optional[int]:
+        if proposal["value"] is None and proposal["trait"].name == "kv_size":
+            return None
         if proposal["value"] < 1:
             raise TraitError(f"{proposal['trait'].name} must be at least 1, got {proposal['value']}")
         return proposal["value"]
@@ -110,7 +132,8 @@ class LlamalabExtension(ExtensionApp):
     def manager_config(self) -> ManagerConfig:
         return ManagerConfig(
             default_model=self.default_model, n_ctx=self.n_ctx, n_gpu_layers=self.n_gpu_layers,
-            n_threads=self.n_threads, remote_url=self.remote_url or None, remote_api_key=self.remote_api_key,
+            n_threads=self.n_threads, n_parallel=self.n_parallel, kv_size=self.kv_size,
+            prompt_cache_mb=self.prompt_cache_mb, remote_url=self.remote_url or None, remote_api_key=self.remote_api_key,
             allowed_models=tuple(self.allowed_models), system_prompt=self.system_prompt,
             max_queued=self.max_queued, max_prompt_chars=self.max_prompt_chars,
             max_tokens_limit=self.max_tokens_limit, default_max_tokens=self.default_max_tokens)

@@ -52,7 +52,7 @@ def completion_params(ctx: CursorContext, max_tokens: int) -> dict[str, object]:
     """Greedy sampling (a suggestion should not change between two identical requests); a
     single-line completion in the middle of a line stops at the newline in llama.cpp itself."""
     stop = ("\n",) if ctx.mode == "single" and ctx.line_prefix.strip() else ()
-    return {"max_tokens": max_tokens, "temperature": 0.0, "stop": stop}
+    return {"max_tokens": max_tokens, "temperature": 0.0, "stop": stop, "priority": "interactive"}
 
 
 class _Prompted:

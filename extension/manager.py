@@ -9,7 +9,8 @@ generations still running on the old one are cancelled (they end with
 
 Starting a generation and switching models take one asyncio lock, so an engine is never
 closed between being chosen and being given its request; the generation itself runs
-without the lock, queued FIFO by ``LocalEngine``. ``max_queued`` bounds how many run or
+without the lock, on one of ``LocalEngine``'s slots (``n_parallel`` requests decoded together,
+interactive completions first). ``max_queued`` bounds how many run or
 wait at once (more get ``BusyError``).
 
 With ``remote_url`` set the manager loads nothing: it hands requests to a ``RemoteEngine``
@@ -45,6 +46,9 @@ class ManagerConfig:
     n_ctx: int = 4096
     n_gpu_layers: Union[int, str] = "auto"
     n_threads: Optional[int] = None
+    n_parallel: int = 4
+    kv_size: Optional[int] = None
+    prompt_cache_mb: int = 1024
     remote_url: Optional[str] = None
     remote_api_key: Optional[str] = None
     allowed_models: tuple[str, ...] = ()
@@ -173,9 +177,11 @@ class EngineManager:
     def _load(self, name: str) -> Engine:
         path = locate(name, store=self.store, on_notice=self.log.info)
         c = self.config
-        self.log.info("llamalab: loading %s (n_ctx=%s, n_gpu_layers=%s)", name, c.n_ctx, c.n_gpu_layers)
+        self.log.info("llamalab: loading %s (n_ctx=%s, n_gpu_layers=%s, n_parallel=%s)", name, c.n_ctx,
+                      c.n_gpu_layers, c.n_parallel)
         return LocalEngine(path, n_ctx=c.n_ctx, n_gpu_layers=c.n_gpu_layers, n_threads=c.n_threads,
-                           name=name, max_queued=c.max_queued + 8)
+                           name=name, max_queued=c.max_queued + 8, n_parallel=c.n_parallel, kv_size=c.kv_size,
+                           prompt_cache_mb=c.prompt_cache_mb)
 
     async def _ensure(self, name: str) -> Engine:
         """The engine for ``name``, loading or switching to it (the lock is held)."""
@@ -262,7 +268,7 @@ class EngineManager:
             if len(self._active) >= self.config.max_queued:
                 raise BusyError(f"{len(self._active)} requests are already running or queued on the model "
                                 "(the server's max_queued); wait for some to finish or cancel them.")
-            stream = await _started(asyncio.to_thread(begin, engine))  # formats the prompt; queued FIFO
+            stream = await _started(asyncio.to_thread(begin, engine))  # formats the prompt; then a slot
             generation = Generation(stream, engine, self.served_name(name), self._active.discard)
             self._active.add(generation)
             return generation
@@ -294,7 +300,7 @@ class EngineManager:
         if "default_model" in changes:
             self.canonical(str(changes["default_model"]))  # refuse unknown or disallowed models
         reload = any(k in changes and changes[k] != getattr(self.config, k)
-                     for k in ("default_model", "n_ctx", "n_gpu_layers"))
+                     for k in ("default_model", "n_ctx", "n_gpu_layers", "n_parallel", "kv_size", "prompt_cache_mb"))
         reconnect = any(k in changes and changes[k] != getattr(self.config, k) for k in ("remote_url", "remote_api_key"))
         self.config = dataclasses.replace(self.config, **changes)  # type: ignore[arg-type]
         if reconnect:

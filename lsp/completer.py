@@ -91,7 +91,7 @@ class Completer:
             return RemoteEngine(s.remote_url, model=s.remote_model)
         path = locate(s.model)
         log.info("loading %s", path)
-        return LocalEngine(path, n_ctx=s.n_ctx)
+        return LocalEngine(path, n_ctx=s.n_ctx, n_parallel=s.n_parallel)
 
     async def get_engine(self) -> Engine:
         """The engine, loaded on first use. The load is shielded: a request cancelled while
@@ -210,7 +210,7 @@ class Completer:
             return None
         single = ctx.mode == "single" and bool(ctx.line_prefix.strip())
         params = GenerationParams(max_tokens=s.max_tokens, temperature=0.0, repeat_penalty=1.0,
-                                  stop=("\n",) if single else ())
+                                  stop=("\n",) if single else (), priority="interactive")
         stream = self._streams[uri] = self._start(engine, uri, ctx, others, language_id, params)
         generated, ended_by = "", "model"
         try:

@@ -13,6 +13,7 @@ model               (default)  GGUF path or catalog name of the local model
 remoteUrl           none       an OpenAI-compatible server instead (``http://host:port/v1``)
 remoteModel         none       the model name to ask the remote server for
 nCtx                4096       context window of the local model (tokens)
+nParallel           4          requests the local model serves at once (its KV slots)
 maxTokens           64         most tokens one suggestion may have
 debounceMs          150        wait this long for more typing before generating
 timeBudgetMs        3000       stop a generation after this long (0: no limit)
@@ -32,7 +33,7 @@ from typing import Any, Optional
 __all__ = ["Settings", "ENGINE_FIELDS"]
 
 # Settings that need the model loaded again when they change.
-ENGINE_FIELDS = ("model", "remote_url", "remote_model", "n_ctx")
+ENGINE_FIELDS = ("model", "remote_url", "remote_model", "n_ctx", "n_parallel")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ _SPECS: dict[str, _Spec] = {
     "remoteUrl": _Spec("remote_url", str),
     "remoteModel": _Spec("remote_model", str),
     "nCtx": _Spec("n_ctx", int, 256, 131072),
+    "nParallel": _Spec("n_parallel", int, 1, 64),
     "maxTokens": _Spec("max_tokens", int, 1, 4096),
     "debounceMs": _Spec("debounce_ms", int, 0, 10000),
     "timeBudgetMs": _Spec("time_budget_ms", int, 0, 600000),
@@ -65,6 +67,7 @@ class Settings:
     remote_url: Optional[str] = None
     remote_model: Optional[str] = None
     n_ctx: int = 4096
+    n_parallel: int = 4
     max_tokens: int = 64
     debounce_ms: int = 150
     time_budget_ms: int = 3000

@@ -144,6 +144,12 @@ class LocalEngine(Engine):
             self._native, n_parallel=n_parallel, n_ctx=self.n_ctx,
             prompt_cache_bytes=int(prompt_cache_mb * _MIB), share_steps=self.plan.n_gpu_layers > 0, name=self.name)
 
+    def clear_cache(self) -> None:
+        """Forget the KV of idle slots and the prompt cache: the next prompts are evaluated in full
+        (running requests are not touched)."""
+        self._check_open()
+        self._scheduler.clear()
+
     def stats(self) -> SchedulerStats:
         """Slots busy, requests queued, KV cells used, prompt-cache use: a snapshot."""
         return self._scheduler.stats()

@@ -26,7 +26,7 @@ __all__ = ["NativeModel", "NativeBatch", "max_parallel_sequences"]
 
 log = logging.getLogger("llamalab.llama_cpp")
 
-_LOG_LEVELS = {2: logging.WARNING, 3: logging.ERROR}
+_LOG_LEVELS = {3: logging.WARNING, 4: logging.ERROR}  # ggml: 1 debug, 2 info, 3 warn, 4 error, 5 cont
 _log_callback: Any = None  # kept alive for as long as llama.cpp may call it
 _init_lock = threading.Lock()
 _initialized = False

@@ -102,6 +102,11 @@ class _Running:
 
 
 @dataclass(frozen=True)
+class _Clear:
+    done: threading.Event
+
+
+@dataclass(frozen=True)
 class SchedulerStats:
     n_parallel: int
     slots_busy: int
@@ -122,7 +127,7 @@ class SlotScheduler:
         self.share_steps = share_steps
         self.cache = PromptCache(prompt_cache_bytes)
         self._slots = [_Slot(seq_id=i) for i in range(n_parallel)]
-        self._inbox: "queue.Queue[Optional[Request]]" = queue.Queue()
+        self._inbox: "queue.Queue[Optional[Request | _Clear]]" = queue.Queue()
         self._pending: list[Request] = []
         self._running: list[_Running] = []
         self._clock = itertools.count(1)
@@ -142,6 +147,12 @@ class SlotScheduler:
             kv_used=sum(len(s.tokens) for s in slots), prompt_cache_entries=len(self.cache),
             prompt_cache_bytes=self.cache.used_bytes, prompt_cache_limit_bytes=self.cache.limit_bytes,
             prompt_cache_hits=self.cache.hits)
+
+    def clear(self, timeout: float = 120) -> None:
+        """Forget every idle slot's KV sequence and the prompt cache (waits for the worker)."""
+        done = threading.Event()
+        self._inbox.put(_Clear(done))
+        done.wait(timeout)
 
     def close(self, timeout: float = 120) -> bool:
         """Stop the worker (running and queued requests end cancelled); True once it has exited."""
@@ -179,7 +190,14 @@ class SlotScheduler:
                 return not self._closing
             if request is None:
                 return False
-            self._pending.append(request)
+            if isinstance(request, _Clear):
+                for slot in self._slots:
+                    if slot.running is None:
+                        self._truncate(slot, 0)
+                self.cache.clear()
+                request.done.set()
+            else:
+                self._pending.append(request)
             block = False
 
     def _end_cancelled(self) -> None:
@@ -282,7 +300,7 @@ class SlotScheduler:
         for participants in (self._participants(), sorted(self._running, key=lambda r: r.request.rank)):
             generating = [r for r in participants if not r.prefilling]
             if not self._make_room(len(generating)):
-                self._fail_for_room(generating)
+                self._fail_for_room(self._running)
                 return
             batch.clear()
             for running in participants:

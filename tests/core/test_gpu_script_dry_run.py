@@ -25,9 +25,15 @@ def test_gpu_bench_cpu_dry_run(tmp_path):
                             capture_output=True, text=True, timeout=300, cwd=str(REPO))
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "llamalab/direct tg" in result.stdout and "pp64 t/s" in result.stdout and "tg16 t/s" in result.stdout
+    assert "simultaneous streams" in result.stdout and "aggregate t/s" in result.stdout
 
     table = (out / "table.txt").read_text()
     assert "Q4_K_M" in table and "Q8_0" in table and "targets:" in table
+    assert "per-stream t/s" in table and "aggregate at 8 streams >= 4x single-stream" in table
+    stream_rows = [line.split() for line in table.splitlines() if line.split()[:1] in (["Q4_K_M"], ["Q8_0"])
+                   and len(line.split()) == 7]
+    assert [(row[0], row[1]) for row in stream_rows] == [(q, n) for q in ("Q4_K_M", "Q8_0") for n in ("1", "4", "8")]
+    assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in stream_rows)  # aggregate, per-stream t/s
     assert (out / "bench.log").stat().st_size > 0
 
     data = json.loads((out / "gpu_bench.json").read_text())
@@ -43,3 +49,13 @@ def test_gpu_bench_cpu_dry_run(tmp_path):
         runs = r["runs"]
         assert len(runs) == 4
         assert all(x["tg_tokens"] == 16 and x["prompt_tokens"] == 65 for x in runs)  # no early EOS, 64 + BOS
+
+        streams = r["streams"]
+        assert streams["n_parallel"] == 8 and streams["kv_size"] >= 8 * (streams["prompt_tokens"] + 16)
+        assert [x["streams"] for x in streams["rows"]] == [1, 4, 8]
+        for x in streams["rows"]:
+            assert math.isfinite(x["aggregate_tps"]) and x["aggregate_tps"] > 0
+            assert math.isfinite(x["per_stream_tps"]) and x["per_stream_tps"] > 0
+            assert x["tokens"] == 16 * x["streams"] and x["vs_single"] > 0
+        assert len(streams["runs"]) == 3 * 2
+        assert all(x["tokens_per_stream"] == [16] * x["streams"] for x in streams["runs"])  # every stream ran to the end
