@@ -38,6 +38,7 @@ class DoctorReport:
     gpus: list[hardware.GPU]
     n_ctx: int
     store_root: str
+    kv_size: Optional[int] = None  # KV cells shared by all slots (None: n_ctx)
     models: list[ModelFit] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
 
@@ -51,28 +52,32 @@ def _llama_cpp_build() -> tuple[Optional[str], str]:
     return llama_cpp.__version__, (info.decode() if isinstance(info, bytes) else str(info)).strip()
 
 
-def fit_model(name: str, info: GGUFInfo, n_ctx: int, gpus: Sequence[hardware.GPU], supported: bool) -> ModelFit:
-    """What ``auto`` offload would do with ``info`` on these GPUs at context ``n_ctx``."""
+def fit_model(name: str, info: GGUFInfo, n_ctx: int, gpus: Sequence[hardware.GPU], supported: bool,
+              kv_size: Optional[int] = None) -> ModelFit:
+    """What ``auto`` offload would do with ``info`` on these GPUs at context ``n_ctx``, with
+    ``kv_size`` KV cells for all slots together (default: ``n_ctx``, as ``LocalEngine``)."""
     ctx = min(n_ctx, info.context_length) if info.context_length else n_ctx
-    plan = hardware.plan_offload(info, ctx, "auto", gpus=gpus, offload_supported=supported)
+    plan = hardware.plan_offload(info, ctx, "auto", gpus=gpus, offload_supported=supported,
+                                 kv_size=max(kv_size, ctx) if kv_size else None)
     return ModelFit(name=name, quantization=info.quantization, file_bytes=info.size_bytes,
                     needed_bytes=plan.vram_needed_bytes, n_gpu_layers=plan.n_gpu_layers,
                     total_layers=plan.total_layers, fits_fully=plan.fits_fully)
 
 
-def _fit_stored(name: str, path: str, n_ctx: int, gpus: Sequence[hardware.GPU], supported: bool) -> ModelFit:
+def _fit_stored(name: str, path: str, n_ctx: int, gpus: Sequence[hardware.GPU], supported: bool,
+                kv_size: Optional[int]) -> ModelFit:
     """One model's line of the report; a file that cannot be read or sized (odd metadata) gets
     its problem on that line instead of failing the whole report."""
     quantization = "?"
     try:
         info = read_gguf_info(path)
         quantization = info.quantization
-        return fit_model(name, info, n_ctx, gpus, supported)
+        return fit_model(name, info, n_ctx, gpus, supported, kv_size)
     except LlamalabError as exc:
         return ModelFit(name, quantization, 0, 0, 0, 0, False, problem=str(exc))
 
 
-def build_report(*, n_ctx: int = 4096, store: Optional[ModelStore] = None,
+def build_report(*, n_ctx: int = 4096, kv_size: Optional[int] = None, store: Optional[ModelStore] = None,
                  gpus: Optional[Sequence[hardware.GPU]] = None,
                  offload_supported: Optional[bool] = None) -> DoctorReport:
     from . import __version__
@@ -87,10 +92,10 @@ def build_report(*, n_ctx: int = 4096, store: Optional[ModelStore] = None,
                        f"For an NVIDIA GPU install the CUDA build: {hardware.CUDA_INSTALL_HINT}")
     elif not found:
         notices.append("llama.cpp can offload to a GPU but no NVIDIA GPU was found (nvidia-smi/NVML).")
-    fits = [_fit_stored(m.name, m.path, n_ctx, found, supported) for m in store.list()]
+    fits = [_fit_stored(m.name, m.path, n_ctx, found, supported, kv_size) for m in store.list()]
     return DoctorReport(llamalab_version=__version__, llama_cpp_version=version,
                         gpu_offload_supported=supported, system_info=system_info, gpus=found,
-                        n_ctx=n_ctx, store_root=str(store.root), models=fits, notices=notices)
+                        n_ctx=n_ctx, store_root=str(store.root), models=fits, notices=notices, kv_size=kv_size)
 
 
 def _gb(n: int) -> str:
@@ -110,7 +115,9 @@ def format_report(report: DoctorReport) -> str:
         lines += [f"  [{g.index}] {g.name}: {_gb(g.free_bytes)} free of {_gb(g.total_bytes)}" for g in report.gpus]
     else:
         lines.append("GPUs: none found")
-    lines += ["", f"Models in {report.store_root} (context {report.n_ctx} tokens):"]
+    kv = report.kv_size or report.n_ctx
+    lines += ["", f"Models in {report.store_root} (context {report.n_ctx} tokens, KV cache {kv} tokens "
+                  "shared by the slots):"]
     if not report.models:
         lines.append("  none yet: `llamalab models pull default`")
     width = max((len(m.name) for m in report.models), default=0)

@@ -365,3 +365,15 @@ def test_memory_estimate_is_frozen():
     with pytest.raises(AttributeError):
         est.output_bytes = 7  # type: ignore[misc]
     assert est.total_bytes == 15
+
+
+def test_the_kv_cache_of_all_slots_is_planned_with_the_offload():
+    """Slots share one KV cache of kv_size cells: 8 windows of 4096 for a 7B (16 GiB of f16 KV)
+    no longer fit a 16 GB card beside the Q4 weights, so auto offload keeps layers on the CPU."""
+    info = llama2_info("7b", "q4_k_m")
+    gpu = [card(16)]
+    one = plan_offload(info, 4096, "auto", gpus=gpu, offload_supported=True)
+    eight = plan_offload(info, 4096, "auto", gpus=gpu, offload_supported=True, kv_size=8 * 4096)
+    assert one.fits_fully and not eight.fits_fully
+    assert eight.vram_needed_bytes - one.vram_needed_bytes >= 7 * 2 * GiB - GiB // 8
+    assert eight.n_gpu_layers < one.n_gpu_layers
