@@ -3,8 +3,11 @@
 # editable, with the extras named in $1 (e.g. "jupyter" or "test"), then enables the Jupyter
 # server extension in that environment. Used by quickstart.sh and test.sh.
 # llama-cpp-python is built from source the first time (6-12 minutes on two cores); pip keeps
-# the built wheel in its cache, so later runs take seconds. Set CMAKE_ARGS="-DGGML_CUDA=on"
-# before the first run for an NVIDIA GPU build.
+# the built wheel in its cache, so later runs take seconds. With an NVIDIA GPU (nvidia-smi lists
+# one) and a CUDA compiler (nvcc) it is built with CMAKE_ARGS="-DGGML_CUDA=on", and a CPU-only
+# llama-cpp-python already in the environment is rebuilt so; the detection is in
+# llama-cpp-build.sh, shared with bench/gpu/run.sh. Setting CMAKE_ARGS yourself (even to "")
+# turns the detection off: pip then builds with exactly your CMAKE_ARGS.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${LLAMALAB_VENV:-$root/.venv}"
@@ -19,14 +22,49 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}"
+# shellcheck source=scripts/llama-cpp-build.sh
+source "$root/scripts/llama-cpp-build.sh"
+cuda=0
+llama_cpp_detect_build
+if [ -n "${CMAKE_ARGS+set}" ]; then
+  hint=""
+  if [ "$LLAMA_CPP_BUILD" = cuda ] && [[ "$CMAKE_ARGS" != *GGML_CUDA* ]]; then
+    hint="; nvidia-smi sees $LLAMA_CPP_GPU and nvcc is present: add $LLAMA_CPP_CUDA_CMAKE_ARGS for GPU offload"
+  fi
+  echo "==> llama-cpp-python: built with your CMAKE_ARGS (${CMAKE_ARGS:-empty})$hint"
+else
+  echo "$LLAMA_CPP_BUILD_LINE"
+  if [ "$LLAMA_CPP_BUILD" = cuda ]; then
+    llama_cpp_export_cuda_env
+    cuda=1
+  fi
+fi
+cpu_instead="put CMAKE_ARGS= (empty) in front of the command to build llama-cpp-python for the CPU only"
 extras="${1:-}"
 target="$root"
 [ -n "$extras" ] && target="$root[$extras]"
 if ! "$venv/bin/python" -c 'import llama_cpp' 2>/dev/null; then
-  echo "==> building llama-cpp-python (first time only: 6-12 minutes on two cores)"
+  if [ "$cuda" = 1 ]; then
+    echo "==> building llama-cpp-python with CUDA (first time only: longer than the CPU build's 6-12 minutes on two cores)"
+  else
+    echo "==> building llama-cpp-python (first time only: 6-12 minutes on two cores)"
+  fi
 fi
 echo "==> installing llamalab${extras:+[$extras]} into $venv"
-"$venv/bin/python" -m pip install --disable-pip-version-check -q -e "$target"
+if ! "$venv/bin/python" -m pip install --disable-pip-version-check -q -e "$target"; then
+  [ "$cuda" = 1 ] && echo "error: installing failed; if the CUDA build of llama-cpp-python failed above, $cpu_instead" >&2
+  exit 1
+fi
+# pip reuses an installed or cached CPU-only llama-cpp-python whatever CMAKE_ARGS says: rebuild it.
+if [ "$cuda" = 1 ] && ! llama_cpp_has_gpu_offload "$venv/bin/python"; then
+  version="$("$venv/bin/python" -c 'from importlib.metadata import version; print(version("llama-cpp-python"))')"
+  echo "==> rebuilding llama-cpp-python $version with CUDA: the installed one has no GPU offload (this takes a while)"
+  if ! "$venv/bin/python" -m pip install --disable-pip-version-check -q --force-reinstall --no-cache-dir --no-deps \
+      "llama-cpp-python==$version" || ! llama_cpp_has_gpu_offload "$venv/bin/python"; then
+    echo "warning: the CUDA build of llama-cpp-python failed (see above); the CPU build stays installed." \
+         "Fix the CUDA toolkit and run this again, or $cpu_instead" >&2
+  fi
+fi
 # An editable install cannot place etc/jupyter/jupyter_server_config.d/llamalab.json as a wheel
 # does, so copy it into the environment: that file is what enables the server extension.
 if [ -x "$venv/bin/jupyter" ]; then

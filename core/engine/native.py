@@ -185,18 +185,24 @@ class NativeModel:
         """Drop ``seq_id``'s cells from position ``start`` on."""
         self._lib.llama_memory_seq_rm(self.memory, seq_id, start, -1)
 
-    def save_sequence(self, seq_id: int) -> bytes:
+    def copy_prefix(self, source: int, target: int, n_tokens: int) -> None:
+        """Give ``target`` the cells of ``source``'s first ``n_tokens`` positions (shared, not copied)."""
+        self._lib.llama_memory_seq_cp(self.memory, source, target, 0, n_tokens)
+
+    def save_sequence(self, seq_id: int) -> Any:
+        """``seq_id``'s state (its cells' keys and values, positions and tokens) as a buffer."""
         lib = self._lib
         size = int(lib.llama_state_seq_get_size(self.ctx, seq_id))
         buffer = (ctypes.c_uint8 * size)()
         written = int(lib.llama_state_seq_get_data(self.ctx, buffer, size, seq_id))
-        return bytes(memoryview(buffer)[:written])
+        return buffer if written == size else (ctypes.c_uint8 * written).from_buffer_copy(buffer)
 
-    def restore_sequence(self, seq_id: int, data: bytes) -> bool:
+    def restore_sequence(self, seq_id: int, state: Any) -> bool:
         """Load a state saved by ``save_sequence`` into ``seq_id``; False if llama.cpp refused it
         (no room in the cache)."""
-        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        return int(self._lib.llama_state_seq_set_data(self.ctx, buffer, len(data), seq_id)) > 0
+        if isinstance(state, (bytes, bytearray)):
+            state = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        return int(self._lib.llama_state_seq_set_data(self.ctx, state, len(state), seq_id)) > 0
 
     def sample(self, sampler: Any, index: int) -> int:
         return int(self._lib.llama_sampler_sample(sampler, self.ctx, index))

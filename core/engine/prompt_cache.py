@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 __all__ = ["PromptCache", "CachedPrompt", "common_prefix"]
 
@@ -30,7 +30,7 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 @dataclass(frozen=True)
 class CachedPrompt:
     tokens: tuple[int, ...]
-    state: bytes
+    state: Any  # a buffer (bytes, or the ctypes array llama.cpp wrote): ``len`` is its size
 
 
 class PromptCache:
@@ -44,7 +44,7 @@ class PromptCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def put(self, tokens: Sequence[int], state: bytes) -> bool:
+    def put(self, tokens: Sequence[int], state: Any) -> bool:
         """Keep ``state`` for ``tokens``; False when it cannot be kept (larger than the limit)."""
         key = tuple(tokens)
         if not key or len(state) > self.limit_bytes:

@@ -6,6 +6,9 @@ tokens share the longest prefix with its prompt (or to the prompt cache's best e
 that shares more), so a conversation, the notebook's ghost text and the language server each
 keep a warm sequence and only their new tokens are evaluated.
 
+A slot may also share another slot's cells for a common start (several chats with the same
+system prompt): llama.cpp tags the cells with both sequences, nothing is evaluated twice.
+
 Every step builds one ``llama_batch``: one token for every generating sequence, plus the next
 chunk of a waiting prompt in the room left (``n_batch`` tokens in all), and runs a single
 ``llama_decode``. A long prompt therefore delays the running streams by one chunk at most.
@@ -221,33 +224,60 @@ class SlotScheduler:
                 request.out.put((ERROR, exc if isinstance(exc, EngineError) else EngineError(str(exc))))
 
     def _choose_slot(self, prompt: list[int]) -> Optional[_Slot]:
+        """The idle slot whose sequence this prompt continues (it shares at least half of the
+        slot's tokens: the same conversation, the same document's next keystroke); else an empty
+        slot; else the least recently used one."""
         idle = [s for s in self._slots if s.running is None]
         if not idle:
             return None
-        # The longest shared prefix; then an empty slot; then the least recently used.
-        return max(idle, key=lambda s: (common_prefix(s.tokens, prompt), not s.tokens, -s.last_used))
+
+        def preference(slot: _Slot) -> tuple[bool, int, bool, int]:
+            shared = common_prefix(slot.tokens, prompt)
+            continues = shared > 0 and 2 * shared >= len(slot.tokens)
+            return continues, shared if continues else 0, not slot.tokens, -slot.last_used
+
+        return max(idle, key=preference)
 
     def _bind(self, request: Request, slot: _Slot) -> None:
         prompt = request.prompt
         shared = common_prefix(slot.tokens, prompt)
         if shared < len(slot.tokens):
             self._put_aside(slot, keep=shared)
+        shared = max(shared, self._borrow(slot, prompt, shared))
         restored = self._restore(slot, prompt, shared)
         shared = max(shared, restored)
         shared = min(shared, len(prompt) - 1)  # the last prompt token is evaluated for its logits
         self._truncate(slot, shared)
         native = self.native
         running = _Running(request=request, slot=slot,
-                           sampler=SequenceSampler(native._lib, native.n_vocab, request.params, prompt),
+                           sampler=SequenceSampler(native._lib, native.n_vocab, request.params),
                            text=TextAssembler(request.params.stop), evaluated_from=shared,
                            restored=min(restored, shared), next_prompt=shared)
         slot.running = running
         slot.last_used = next(self._clock)
         self._running.append(running)
 
+    def _borrow(self, slot: _Slot, prompt: list[int], shared: int) -> int:
+        """Share the cells of another slot that holds a longer start of ``prompt`` (a system
+        prompt several chats have in common): llama.cpp tags those cells with this sequence too,
+        nothing is copied or evaluated. Returns the tokens gained this way (0 if none)."""
+        best, n = None, shared + _MIN_CACHED_TOKENS - 1
+        for other in self._slots:
+            if other is not slot:
+                k = common_prefix(other.tokens, prompt)
+                if k > n:
+                    best, n = other, k
+        if best is None:
+            return 0
+        self._truncate(slot, 0)
+        self.native.copy_prefix(best.seq_id, slot.seq_id, n)
+        slot.tokens = best.tokens[:n]
+        return n
+
     def _put_aside(self, slot: _Slot, keep: int = 0) -> None:
-        """Save ``slot``'s sequence to the prompt cache before its cells after ``keep`` go."""
-        if len(slot.tokens) >= _MIN_CACHED_TOKENS and self.cache.limit_bytes:
+        """Save ``slot``'s sequence to the prompt cache before its cells after ``keep`` go (when
+        what goes is worth keeping)."""
+        if len(slot.tokens) - keep >= _MIN_CACHED_TOKENS and self.cache.limit_bytes:
             self.cache.put(slot.tokens, self.native.save_sequence(slot.seq_id))
         self._truncate(slot, keep)
 
@@ -261,7 +291,7 @@ class SlotScheduler:
         many prompt tokens it supplies (0 if none)."""
         if not self.cache.limit_bytes or len(self.cache) == 0:
             return 0
-        found = self.cache.best(prompt, at_least=max(shared, _MIN_CACHED_TOKENS - 1))
+        found = self.cache.best(prompt, at_least=shared + _MIN_CACHED_TOKENS - 1)
         if found is None:
             return 0
         entry, n = found

@@ -27,7 +27,9 @@ for _module in ("fastapi", "uvicorn", "sse_starlette"):
 from llamalab import (ConfigError, GenerationParams, RemoteEngine, ServerResponseError,  # noqa: E402
                       ServerUnreachableError)
 from tests.conftest import free_port  # noqa: E402
+from tests.fixtures.greedy import first_divergence_margin  # noqa: E402
 
+NEAR_TIE = 0.5  # logits
 GREEDY = GenerationParams(max_tokens=24, temperature=0)
 # Greedy decoding keeps counting past 400 tokens on this prompt, so a cancelled stream
 # that was not really cancelled would show.
@@ -147,7 +149,7 @@ def _wait_for(predicate, timeout_s: float = 15.0) -> bool:
 
 # -- generation ---------------------------------------------------------------------------
 @pytest.mark.parametrize("prompt", ["The capital of France is", "def fibonacci(n):\n"])
-def test_streamed_completion_matches_local_greedy(remote, engine, prompt):
+def test_streamed_completion_matches_local_greedy(remote, engine, demo_model, prompt):
     stream = remote.complete(prompt, GREEDY)
     pieces = list(stream)
     result = stream.result
@@ -158,8 +160,13 @@ def test_streamed_completion_matches_local_greedy(remote, engine, prompt):
     assert result.time_to_first_token_s is not None and result.duration_s >= result.time_to_first_token_s
 
     local = engine.complete(prompt, GREEDY).collect()
-    assert result.text == local.text
-    assert result.finish_reason == local.finish_reason
+    # The server's context differs in size (and the local engine batches other sequences): its
+    # kernels may round differently, so greedy answers may part at a near-tie, and only there.
+    margin = first_divergence_margin(engine, demo_model, engine.tokenize(prompt), local.text, result.text,
+                                     GREEDY.repeat_penalty)
+    assert margin is None or margin < NEAR_TIE, (margin, local.text, result.text)
+    if margin is None:
+        assert result.finish_reason == local.finish_reason
 
 
 def test_streamed_chat(remote):

@@ -64,7 +64,8 @@ def _together(engine: LocalEngine, requests: list, params: GenerationParams = GR
 
 
 def _assert_same_or_near_tie(engine, demo_model, conversation, alone: str, other: str) -> None:
-    margin = first_divergence_margin(engine, demo_model, engine.format_chat(conversation), alone, other)
+    margin = first_divergence_margin(engine, demo_model, engine.format_chat(conversation), alone, other,
+                                     GREEDY.repeat_penalty)
     assert margin is None or margin < NEAR_TIE, (margin, alone, other)
 
 
@@ -272,3 +273,18 @@ def test_a_prompt_larger_than_the_whole_context_is_refused_or_trimmed(slots):
     assert trimmed.dropped_tokens > 0 and trimmed.prompt_tokens <= slots.n_ctx
     with pytest.raises(EngineError):
         slots.complete_tokens([], GREEDY)
+
+
+def test_chats_with_one_system_prompt_share_its_cells(slots, demo_model):
+    system = " ".join(f"Guideline {i}: be brief, be kind and cite guideline {i}." for i in range(20))
+    a, b = _chat(system, "Tell me a long story about a dragon."), _chat(system, "What is two plus two?")
+    b_alone = slots.chat(b, GREEDY).collect()
+    slots.clear_cache()
+    running = slots.chat(a, GenerationParams(max_tokens=200, temperature=0))
+    next(running)  # a holds its slot while b arrives
+    shared = slots.chat(b, GREEDY).collect()
+    running.close()
+    system_tokens = len(slots.format_chat([{"role": "system", "content": system}, {"role": "user", "content": ""}])) - 8
+    assert shared.reused_prompt_tokens >= system_tokens  # b evaluated only its own question
+    assert shared.restored_prompt_tokens == 0
+    _assert_same_or_near_tie(slots, demo_model, b, b_alone.text, shared.text)
