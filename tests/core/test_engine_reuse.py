@@ -1,5 +1,6 @@
 """``GenerationResult.reused_prompt_tokens``: what llama.cpp's KV cache kept between two
-generations, counted where llama-cpp-python evaluates the prompt."""
+generations, counted by the slot scheduler where it evaluates the prompt. Each test starts
+from an empty cache (``clear_cache``): the shared engine's other slots may hold anything."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ def test_a_repeated_prompt_reuses_all_but_at_most_one_token(engine):
     from llamalab import GenerationParams
 
     params = GenerationParams(max_tokens=4, temperature=0.0)
+    engine.clear_cache()
     engine.complete("A different prompt first, so the cache holds something else.", params).collect()
     first = engine.complete(PROMPT, params).collect()
     assert first.reused_prompt_tokens is not None
@@ -25,6 +27,7 @@ def test_a_one_character_edit_at_the_end_evaluates_only_the_new_tokens(engine):
     from llamalab import GenerationParams
 
     params = GenerationParams(max_tokens=4, temperature=0.0)
+    engine.clear_cache()
     base = engine.complete(PROMPT + "    a = ", params).collect()
     edited = engine.complete(PROMPT + "    a = f", params).collect()
     assert edited.prompt_tokens >= base.prompt_tokens
@@ -36,6 +39,7 @@ def test_an_edit_near_the_start_evaluates_almost_everything(engine):
     from llamalab import GenerationParams
 
     params = GenerationParams(max_tokens=4, temperature=0.0)
+    engine.clear_cache()
     base = engine.complete(PROMPT, params).collect()
     edited = engine.complete("#" + PROMPT, params).collect()
     assert edited.evaluated_prompt_tokens >= base.prompt_tokens - 2
