@@ -1,6 +1,6 @@
 """``NativeModel``: one llama.cpp model and context over llama-cpp-python's low-level bindings.
 
-It owns the ``llama_model``, the ``llama_context`` (with ``n_parallel`` KV sequences in one
+It owns the ``llama_model``, the ``llama_context`` (with ``n_sequences`` KV sequences in one
 unified cache of ``kv_size`` cells), the vocabulary and one reusable ``llama_batch``, and
 exposes what the slot scheduler needs and nothing more: tokenize and detokenize, token
 pieces (cached per id), end-of-generation tests, ``decode``, per-sequence KV edits and
@@ -101,9 +101,12 @@ class NativeModel:
                  n_batch: int, n_threads: int, n_threads_batch: int) -> None:
         lib = _init_backend()
         self._lib = lib
-        limit = int(lib.llama_max_parallel_sequences())
+        limit = int(lib.llama_max_parallel_sequences()) - 1
         if not 1 <= n_parallel <= limit:
-            raise ConfigError(f"n_parallel must be between 1 and {limit} (llama.cpp's limit), got {n_parallel}.")
+            raise ConfigError(f"n_parallel must be between 1 and {limit} (llama.cpp's limit, less one sequence "
+                              f"kept for completions), got {n_parallel}.")
+        # One more sequence than n_parallel, kept for interactive requests (see slots.py).
+        self.n_sequences = n_parallel + 1 if n_parallel > 1 else 1
         self.path = os.fspath(path)
         self.model: Any = None
         self.ctx: Any = None
@@ -119,7 +122,7 @@ class NativeModel:
         params.n_ctx = kv_size
         params.n_batch = n_batch
         params.n_ubatch = n_batch
-        params.n_seq_max = n_parallel
+        params.n_seq_max = self.n_sequences
         params.kv_unified = True  # one pool of cells: any sequence may use the whole window
         params.n_threads = n_threads
         params.n_threads_batch = n_threads_batch

@@ -14,7 +14,9 @@ chunk of a waiting prompt in the room left (``n_batch`` tokens in all), and runs
 ``llama_decode``. A long prompt therefore delays the running streams by one chunk at most.
 Each sequence samples from its own logits with its own llama.cpp sampler chain.
 
-Priorities (``GenerationParams.priority``): requests are admitted best priority first, and
+Priorities (``GenerationParams.priority``): requests are admitted best priority first (with
+``n_parallel > 1`` one more sequence is kept for interactive requests, so a completion never
+waits for a slot while chats fill the others), and
 when the model runs on the CPU a step serves only the best priority present, so ghost text
 never shares its steps with a streaming chat (on a CPU a shared step costs about as much as
 two); with GPU offload, where a wider batch is nearly free, every sequence shares each step.
@@ -76,6 +78,7 @@ class Request:
 @dataclass(eq=False)
 class _Slot:
     seq_id: int
+    interactive_only: bool = False  # kept for completions, so ghost text never waits for a chat to end
     tokens: list[int] = field(default_factory=list)  # what this sequence's KV cells hold, in order
     running: Optional["_Running"] = None
     last_used: int = 0
@@ -129,7 +132,7 @@ class SlotScheduler:
         self.n_ctx = n_ctx
         self.share_steps = share_steps
         self.cache = PromptCache(prompt_cache_bytes)
-        self._slots = [_Slot(seq_id=i) for i in range(n_parallel)]
+        self._slots = [_Slot(seq_id=i, interactive_only=i >= n_parallel) for i in range(native.n_sequences)]
         self._inbox: "queue.Queue[Optional[Request | _Clear]]" = queue.Queue()
         self._pending: list[Request] = []
         self._running: list[_Running] = []
@@ -145,7 +148,7 @@ class SlotScheduler:
     def stats(self) -> SchedulerStats:
         slots = list(self._slots)
         return SchedulerStats(
-            n_parallel=len(slots), slots_busy=sum(s.running is not None for s in slots),
+            n_parallel=sum(not s.interactive_only for s in slots), slots_busy=sum(s.running is not None for s in slots),
             queued=len(self._pending) + self._inbox.qsize(), kv_size=self.native.kv_size,
             kv_used=sum(len(s.tokens) for s in slots), prompt_cache_entries=len(self.cache),
             prompt_cache_bytes=self.cache.used_bytes, prompt_cache_limit_bytes=self.cache.limit_bytes,
@@ -213,21 +216,26 @@ class SlotScheduler:
     # -- admission: a slot for each waiting request ----------------------------------------
     def _admit(self) -> None:
         self._pending.sort(key=lambda r: r.rank)
+        waiting = []
         while self._pending:
-            slot = self._choose_slot(self._pending[0].prompt)
-            if slot is None:
-                return
             request = self._pending.pop(0)
+            slot = self._choose_slot(request)
+            if slot is None:
+                waiting.append(request)
+                continue
             try:
                 self._bind(request, slot)
             except Exception as exc:
                 request.out.put((ERROR, exc if isinstance(exc, EngineError) else EngineError(str(exc))))
+        self._pending = waiting
 
-    def _choose_slot(self, prompt: list[int]) -> Optional[_Slot]:
+    def _choose_slot(self, request: Request) -> Optional[_Slot]:
         """The idle slot whose sequence this prompt continues (it shares at least half of the
         slot's tokens: the same conversation, the same document's next keystroke); else an empty
-        slot; else the least recently used one."""
-        idle = [s for s in self._slots if s.running is None]
+        slot; else the least recently used one. Only interactive requests use the reserved slot."""
+        prompt = request.prompt
+        interactive = request.rank[0] == 0
+        idle = [s for s in self._slots if s.running is None and (interactive or not s.interactive_only)]
         if not idle:
             return None
 

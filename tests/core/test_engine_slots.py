@@ -174,7 +174,7 @@ def test_prompt_cache_unit_bound_lru_and_superseded_prefixes():
 
 
 def test_a_full_kv_cache_fails_one_request_and_the_engine_keeps_serving(demo_model):
-    long = GenerationParams(max_tokens=200, temperature=0)
+    long = GenerationParams(max_tokens=200, temperature=0, repeat_penalty=1.0)  # counting goes on
     prompts = [f"Count slowly from {i} to one thousand, one number per line: {i}, {i + 1}," for i in (1, 50, 200, 700)]
     with LocalEngine(demo_model, n_ctx=256, n_parallel=4, prompt_cache_mb=0) as engine:
         streams = [engine.complete(p, long) for p in prompts]
@@ -288,3 +288,17 @@ def test_chats_with_one_system_prompt_share_its_cells(slots, demo_model):
     assert shared.reused_prompt_tokens >= system_tokens  # b evaluated only its own question
     assert shared.restored_prompt_tokens == 0
     _assert_same_or_near_tie(slots, demo_model, b, b_alone.text, shared.text)
+
+
+def test_a_completion_never_waits_for_a_slot_while_chats_fill_them_all(slots):
+    long = GenerationParams(max_tokens=400, temperature=0)
+    chats = [slots.chat(c, long) for c in CONVERSATIONS]  # n_parallel=4: every general slot busy
+    for chat in chats:
+        next(chat)
+    assert slots.stats().slots_busy == 4
+    completion = slots.complete("x = [1, 2,", GenerationParams(max_tokens=4, temperature=0,
+                                                               priority="interactive")).collect()
+    assert completion.completion_tokens > 0
+    assert all(chat.result is None for chat in chats)  # served beside them, not after them
+    for chat in chats:
+        chat.close()
