@@ -178,9 +178,12 @@ def _finished(result: Optional[GenerationResult]) -> GenerationResult:
     return result
 
 
-def _usage(result: GenerationResult) -> dict[str, int]:
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "total_tokens": result.prompt_tokens + result.completion_tokens}
+def _usage(result: GenerationResult) -> dict[str, Any]:
+    usage: dict[str, Any] = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                             "total_tokens": result.prompt_tokens + result.completion_tokens}
+    if result.reused_prompt_tokens is not None:  # OpenAI's field for prompt tokens served from a cache
+        usage["prompt_tokens_details"] = {"cached_tokens": result.reused_prompt_tokens}
+    return usage
 
 
 def _openai_error(error: ErrorMessage) -> dict[str, Any]:
