@@ -165,7 +165,8 @@ class HardwareHandler(LlamalabHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        report = await asyncio.to_thread(build_report, n_ctx=self.manager.config.n_ctx, store=self.manager.store)
+        c = self.manager.config
+        report = await asyncio.to_thread(build_report, n_ctx=c.n_ctx, kv_size=c.kv_size, store=self.manager.store)
         data = dataclasses.asdict(report)
         self.reply(HardwareReply(**data, text=format_report(report)))
 

@@ -370,6 +370,7 @@ export interface HardwareReply {
   system_info: string;
   gpus: GPUInfo[];
   n_ctx: number;
+  kv_size: number | null;
   store_root: string;
   models: ModelFitInfo[];
   notices: string[];
