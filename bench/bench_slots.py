@@ -219,7 +219,8 @@ class JupyterSide:
     """A Jupyter server with the extension, reached by the chat WebSocket and /llamalab/complete."""
 
     def __init__(self, name: str, model: Path, args: argparse.Namespace, **settings: Any) -> None:
-        self.name, self.expect, self.sockets = name, settings.get("n_parallel", 4), []
+        self.name, self.expect = name, settings.get("n_parallel", 4)
+        self.sockets: list[_Socket] = []
         # bench_server's Server writes its own config in JUPYTER_CONFIG_DIR; this folder's merges in.
         self.folder = Path(tempfile.mkdtemp(prefix="llamalab-bench-slots-"))
         (self.folder / "jupyter_server_config.json").write_text(json.dumps({"LlamalabExtension": settings}))
@@ -228,7 +229,10 @@ class JupyterSide:
         try:
             self.server = Server(model, args)  # copies the environment for the server process
         finally:
-            os.environ.pop("JUPYTER_CONFIG_PATH") if old is None else os.environ.update(JUPYTER_CONFIG_PATH=old)
+            if old is None:
+                del os.environ["JUPYTER_CONFIG_PATH"]
+            else:
+                os.environ["JUPYTER_CONFIG_PATH"] = old
 
     async def start(self, client: Any) -> str:
         self.client = client
@@ -335,10 +339,10 @@ def _open_side(name: str, model: Path, args: argparse.Namespace) -> Any:
 
 async def s1_completion_under_chat(side: Any, args: argparse.Namespace, out: dict[str, list[float]]) -> None:
     n = args.budget["completion"]
-    await side.complete(CODE_PREFIX, n)  # warm-up
-    for _ in range(args.runs):
+    for _ in range(3):  # warm-ups: a fresh server's first few requests are slower
+        await side.complete(CODE_PREFIX, n)
+    for _ in range(args.runs):  # idle and busy alternate: the same slot states and drift for both
         out["S1.idle_ms"].append(await side.complete(CODE_PREFIX, n) * 1e3)
-    for _ in range(args.runs):
         ctl = Ctl()
         chat = asyncio.ensure_future(side.chat(Conv(), PROMPT, args.budget["s1_chat"], ctl))
         while not ctl.first.is_set() and not chat.done():
@@ -540,7 +544,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"note: {note}")
     if args.json:
         config = {k: v for k, v in vars(args).items() if k not in ("json", "systems")}
-        save_report(args.json, {"config": config, "load_average": load, "notes": notes, "ratios": ratios,
+        save_report(args.json, {"config": config, "model": str(model), "cpus": os.cpu_count(), "load_average": load,
+                                "notes": notes, "ratios": ratios,
                                 "targets": {sid: list(target) for sid, *_, target in SCENARIOS}, "samples": samples})
     return 1 if args.strict and missed else 0
 

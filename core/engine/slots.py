@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 TEXT, DONE, ERROR = "text", "done", "error"
 PRIORITIES = {"interactive": 0, "normal": 1, "background": 2}
 _MIN_CACHED_TOKENS = 16  # shorter sequences are cheaper to evaluate again than to save
+_MIN_BORROWED_TOKENS = 4  # sharing cells costs llama.cpp a little bookkeeping, not a copy
 _arrivals = itertools.count()
 
 
@@ -231,8 +232,10 @@ class SlotScheduler:
 
     def _choose_slot(self, request: Request) -> Optional[_Slot]:
         """The idle slot whose sequence this prompt continues (it shares at least half of the
-        slot's tokens: the same conversation, the same document's next keystroke); else an empty
-        slot; else the least recently used one. Only interactive requests use the reserved slot."""
+        slot's tokens: the same conversation, the same document's next keystroke; or the whole
+        prompt: a request repeated); else an empty slot (``_borrow`` then shares any common start
+        with the others); else the least recently used one. Only interactive requests use the
+        reserved slot."""
         prompt = request.prompt
         interactive = request.rank[0] == 0
         idle = [s for s in self._slots if s.running is None and (interactive or not s.interactive_only)]
@@ -241,7 +244,7 @@ class SlotScheduler:
 
         def preference(slot: _Slot) -> tuple[bool, int, bool, int]:
             shared = common_prefix(slot.tokens, prompt)
-            continues = shared > 0 and 2 * shared >= len(slot.tokens)
+            continues = shared > 0 and (2 * shared >= len(slot.tokens) or shared >= len(prompt) - 1)
             return continues, shared if continues else 0, not slot.tokens, -slot.last_used
 
         return max(idle, key=preference)
@@ -269,7 +272,7 @@ class SlotScheduler:
         """Share the cells of another slot that holds a longer start of ``prompt`` (a system
         prompt several chats have in common): llama.cpp tags those cells with this sequence too,
         nothing is copied or evaluated. Returns the tokens gained this way (0 if none)."""
-        best, n = None, shared + _MIN_CACHED_TOKENS - 1
+        best, n = None, shared + _MIN_BORROWED_TOKENS - 1
         for other in self._slots:
             if other is not slot:
                 k = common_prefix(other.tokens, prompt)

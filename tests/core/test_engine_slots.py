@@ -302,3 +302,13 @@ def test_a_completion_never_waits_for_a_slot_while_chats_fill_them_all(slots):
     assert all(chat.result is None for chat in chats)  # served beside them, not after them
     for chat in chats:
         chat.close()
+
+
+def test_a_short_prompt_asked_again_reuses_its_slot_not_an_empty_one(slots):
+    """Ghost text repeats a short prefix whose answer is longer than it: its slot still wins."""
+    params = GenerationParams(max_tokens=16, temperature=0, priority="interactive", repeat_penalty=1.0)
+    slots.clear_cache()
+    first = slots.complete("def area(r):\n    return", params).collect()
+    assert first.completion_tokens > first.prompt_tokens  # the slot holds more answer than prompt
+    again = slots.complete("def area(r):\n    return", params).collect()
+    assert again.reused_prompt_tokens == again.prompt_tokens - 1
