@@ -256,8 +256,9 @@ class SlotScheduler:
             self._put_aside(slot, keep=shared)
         shared = max(shared, self._borrow(slot, prompt, shared))
         restored = self._restore(slot, prompt, shared)
-        shared = max(shared, restored)
-        shared = min(shared, len(prompt) - 1)  # the last prompt token is evaluated for its logits
+        # What the sequence really holds now (a failed restore leaves it empty); the last prompt
+        # token is always evaluated again, for its logits.
+        shared = min(common_prefix(slot.tokens, prompt), len(prompt) - 1)
         self._truncate(slot, shared)
         native = self.native
         running = _Running(request=request, slot=slot,
