@@ -19,6 +19,15 @@ PROMPTS = [f"Write one sentence about the number {i}." for i in range(8)]
 NEAR_TIE = 0.5  # logits: where greedy answers may part under batching
 
 
+@pytest.fixture(scope="module", params=[4, 1], ids=["slots", "one-sequence"])
+def engine(demo_model, request):
+    """Every engine test runs on the slot engine and with n_parallel=1 (one sequence, the safe
+    fallback), which must behave as the engine always has."""
+    eng = LocalEngine(demo_model, n_ctx=2048, name="smollm2-test", n_parallel=request.param)
+    yield eng
+    eng.close()
+
+
 def _chat(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
