@@ -141,8 +141,10 @@ def smoke_test(path: os.PathLike[str] | str, prompt: str = "Hello", n_tokens: in
     from .engine.local import LocalEngine
 
     try:
-        with LocalEngine(path, n_ctx=256, n_gpu_layers=0, chat_format="auto") as engine:
-            result = engine.complete(prompt, GenerationParams(max_tokens=n_tokens, temperature=0)).collect()
+        with LocalEngine(path, n_ctx=256, n_gpu_layers=0, chat_format="auto", n_parallel=1,
+                         prompt_cache_mb=0) as engine:
+            result = engine.complete(prompt, GenerationParams(max_tokens=n_tokens, temperature=0,
+                                                              priority="background")).collect()
     except LlamalabError:
         raise
     except Exception as exc:  # llama.cpp failing on a file it wrote is a conversion bug, say so
