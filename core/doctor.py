@@ -38,9 +38,9 @@ class DoctorReport:
     gpus: list[hardware.GPU]
     n_ctx: int
     store_root: str
-    kv_size: Optional[int] = None  # KV cells shared by all slots (None: n_ctx)
     models: list[ModelFit] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
+    kv_size: Optional[int] = None  # KV cells shared by all slots (None: n_ctx)
 
 
 def _llama_cpp_build() -> tuple[Optional[str], str]:

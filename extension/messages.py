@@ -399,10 +399,10 @@ class HardwareReply(_Wire):
     system_info: str
     gpus: list[GPUInfo]
     n_ctx: int
-    kv_size: Optional[int] = None  # KV cache cells shared by the slots; None: n_ctx
     store_root: str
     models: list[ModelFitInfo]
     notices: list[str]
+    kv_size: Optional[int] = None  # KV cache cells shared by the slots; None: n_ctx
     text: str
 
 

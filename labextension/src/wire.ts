@@ -370,10 +370,10 @@ export interface HardwareReply {
   system_info: string;
   gpus: GPUInfo[];
   n_ctx: number;
-  kv_size: number | null;
   store_root: string;
   models: ModelFitInfo[];
   notices: string[];
+  kv_size: number | null;
   text: string;
 }
 /**
