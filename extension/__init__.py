@@ -25,9 +25,12 @@ def _jupyter_server_extension_points() -> list[dict[str, Any]]:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext llamalab`` (or ``llamalab.extension``): register ``%llama`` and ``%%llama``."""
-    from .magics import LlamaMagics
+    from .magics import LlamaMagics, keep_question_marks
 
     ipython.register_magics(LlamaMagics)
+    cleanup = ipython.input_transformers_cleanup  # they run before IPython's `obj?` help syntax
+    if keep_question_marks not in cleanup:
+        cleanup.append(keep_question_marks)
 
 
 def unload_ipython_extension(ipython: Any) -> None:

@@ -36,7 +36,7 @@ from llamalab import (CATALOG, GenerationParams, LlamalabError, ModelStore, Prog
 
 from .kernel import BackendSettings, gpu_layers, kernel_backend
 
-__all__ = ["LlamaMagics", "parse_line", "interpolate", "extract_code"]
+__all__ = ["LlamaMagics", "extract_code", "interpolate", "keep_question_marks", "parse_line"]
 
 FORMATS = ("markdown", "code", "text", "json")
 _VALUE_FLAGS = {"-m": "model", "--model": "model", "-s": "system", "--system": "system",
@@ -170,6 +170,27 @@ def render(text: str, fmt: str, final: bool) -> dict[str, Any]:
     if fmt == "json":
         return {"text/plain": text}
     return {"text/markdown": text or "&#8230;", "text/plain": text}
+
+
+_LINE_MAGIC_ENDING_IN_QUESTION = re.compile(r"^(?P<indent>[ \t]*)%llama(?P<args>[ \t]+\S.*?\?+)[ \t]*(?P<eol>\r?\n?)$")
+
+
+def keep_question_marks(lines: list[str]) -> list[str]:
+    """An IPython input transformer: ``%llama PROMPT?`` asks the model, the ``?`` included.
+
+    IPython reads a line ending in ``?`` as a help request for the last name on it (``obj?``),
+    so ``%llama What country is {city} in?`` answered "Object `in` not found." and never reached
+    the model. This runs before IPython's help transform and writes such a line as the call
+    IPython itself makes for a line magic; ``%llama?`` alone still shows the magic's help."""
+    out = []
+    for line in lines:
+        match = _LINE_MAGIC_ENDING_IN_QUESTION.match(line)
+        if match is None:
+            out.append(line)
+            continue
+        args = match.group("args").strip()
+        out.append(f"{match.group('indent')}get_ipython().run_line_magic('llama', {args!r}){match.group('eol')}")
+    return out
 
 
 @magics_class

@@ -89,3 +89,19 @@ async def _session(kernel: Any, extension: Any, server_root: str) -> None:
 
 def kernel_history_prompt(executed: tuple[dict, list[dict]]) -> str:
     return printed(executed[1])
+
+
+async def test_a_question_asked_the_natural_way_reaches_the_model(jp_fetch, jp_serverapp, extension):
+    """IPython's `obj?` help syntax must not take the `?` that ends a `%llama` question."""
+    async with server_kernel(jp_fetch, jp_serverapp) as kernel:
+        reply, outputs = await execute(kernel, "%load_ext llamalab\ncity = 'Paris'")
+        assert reply["status"] == "ok", outputs
+        reply, outputs = await execute(kernel, "%llama -n 8 -t 0 In one sentence, what country is {city} in?")
+        assert reply["status"] == "ok", outputs
+        assert "not found" not in printed(outputs) and not any(p.get("source") == "page" for p in reply["payload"])
+        assert shown(outputs)[-1]["metadata"]["llamalab"]["finish_reason"] in ("stop", "length")
+        reply, outputs = await execute(kernel, "m = get_ipython().magics_manager.registry['LlamaMagics']\n"
+                                               "print(m.history[-2]['content'])")
+        assert printed(outputs).strip() == "In one sentence, what country is Paris in?"
+        reply, outputs = await execute(kernel, "%llama?")  # the magic's own help still works
+        assert reply["status"] == "ok" and any(p.get("source") == "page" for p in reply["payload"])

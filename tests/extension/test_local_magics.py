@@ -131,3 +131,13 @@ def test_pull_shows_progress_and_fills_the_store(shell, tmp_path, monkeypatch):
     assert updates and updates[-1].done == updates[-1].total  # the core pull's progress reached the bar
     assert view._bar.value == 1.0 and view._bar.bar_style == "success" and view._label.value.startswith("tiny:")
     assert ModelStore(tmp_path / "store").find("tiny").size_bytes == len(gguf)
+
+
+def test_a_trailing_question_mark_belongs_to_the_prompt():
+    from llamalab.extension.magics import keep_question_marks
+
+    assert keep_question_marks(["%llama In one sentence, what country is {city} in?\n"]) == [
+        "get_ipython().run_line_magic('llama', 'In one sentence, what country is {city} in?')\n"]
+    assert keep_question_marks(["  %llama -t 0 Why?? \n"]) == ["  get_ipython().run_line_magic('llama', '-t 0 Why??')\n"]
+    untouched = ["%llama?\n", "%%llama -t 0\n", "x = 1?\n", "%llama hello\n", "print('%llama a?')\n"]
+    assert keep_question_marks(untouched) == untouched
