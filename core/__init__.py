@@ -27,6 +27,7 @@ from .completion_rules import CursorContext
 from .completion_rules import postprocess as postprocess_completion
 from .completion_rules import should_stop as should_stop_completion
 from .fim import FimPrompt, FimTokens, build_fim_prompt
+from .healing import heal_prefix, strip_healed
 from .gguf_info import GGUFInfo, read_gguf_info
 from .progress import Progress, ProgressCallback
 from .license import license_notice, require_license
@@ -121,8 +122,10 @@ __all__ = [
     "chat",
     "default_model_name",
     "format_report",
+    "heal_prefix",
     "locate",
     "pull",
     "read_gguf_info",
     "resolve",
+    "strip_healed",
 ]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Optional, Protocol
 
 from .gguf_info import GGUFInfo
+from .healing import heal_prefix
 
 __all__ = ["FimTokens", "FimPrompt", "Tokenizes", "build_fim_prompt", "encode_without_space_prefix"]
 
@@ -63,6 +64,7 @@ class FimPrompt:
     infill: bool
     dropped_prefix_tokens: int = 0
     dropped_suffix_tokens: int = 0
+    healed: str = ""  # the prefix's trailing whitespace, left for the model to write (``healing``)
 
 
 def encode_without_space_prefix(tokenizer: Tokenizes, text: str) -> list[int]:
@@ -82,18 +84,21 @@ def build_fim_prompt(tokenizer: Tokenizes, prefix: str, suffix: str, fim: FimTok
     ``<s>{prefix}`` when the model has no FIM tokens (the suffix is then unused).
 
     The prefix keeps its last ``max_prefix_tokens`` tokens, the suffix its first
-    ``max_suffix_tokens``."""
+    ``max_suffix_tokens``. Its trailing blanks are left out (token healing, see
+    ``llamalab.healing``): ``healed`` is the text the answer must begin with
+    (``GenerationParams.heal``) and that ``strip_healed`` takes off it."""
     if max_prefix_tokens < 0 or max_suffix_tokens < 0:
         raise ValueError("token windows cannot be negative")
+    prefix, healed = heal_prefix(prefix)
     head = [fim.bos] if fim.bos is not None else []
     prefix_ids = tokenizer.tokenize(prefix) if prefix else []
     dropped_prefix = max(0, len(prefix_ids) - max_prefix_tokens)
     prefix_ids = prefix_ids[dropped_prefix:]
     if not fim.supported:
-        return FimPrompt(tokens=head + prefix_ids, infill=False, dropped_prefix_tokens=dropped_prefix)
+        return FimPrompt(tokens=head + prefix_ids, infill=False, dropped_prefix_tokens=dropped_prefix, healed=healed)
     suffix_ids = encode_without_space_prefix(tokenizer, suffix)
     dropped_suffix = max(0, len(suffix_ids) - max_suffix_tokens)
     suffix_ids = suffix_ids[:max_suffix_tokens]
     tokens = head + [fim.pre] + prefix_ids + [fim.suf] + suffix_ids + [fim.mid]  # type: ignore[list-item]
     return FimPrompt(tokens=tokens, infill=True, dropped_prefix_tokens=dropped_prefix,
-                     dropped_suffix_tokens=dropped_suffix)
+                     dropped_suffix_tokens=dropped_suffix, healed=healed)

@@ -20,6 +20,7 @@ stream started is sent as an ``ErrorMessage`` event that ends the stream.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Optional
 
@@ -28,7 +29,8 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from llamalab import (CursorContext, Engine, FimTokens, GenerationParams, GenerationResult, LlamalabError,
-                      LocalEngine, TokenStream, build_fim_prompt, postprocess_completion, should_stop_completion)
+                      LocalEngine, TokenStream, build_fim_prompt, postprocess_completion, should_stop_completion,
+                      strip_healed)
 
 from .errors import error_message
 from .handlers import BadRequest, LlamalabHandler
@@ -62,6 +64,7 @@ class _Prompted:
         self.ctx = ctx
         self.params = params
         self.fim = False
+        self.healed = ""  # the prefix's end left for the model to write (``llamalab.healing``)
 
     def __call__(self, engine: Engine) -> TokenStream:
         if isinstance(engine, LocalEngine):
@@ -69,8 +72,8 @@ class _Prompted:
             prompt = build_fim_prompt(engine, self.ctx.prefix, self.ctx.suffix, FimTokens.from_info(engine.info),
                                       max_prefix_tokens=min(MAX_PREFIX_TOKENS, room * 3 // 4),
                                       max_suffix_tokens=min(MAX_SUFFIX_TOKENS, room // 4))
-            self.fim = prompt.infill
-            return engine.complete_tokens(prompt.tokens, self.params)
+            self.fim, self.healed = prompt.infill, prompt.healed
+            return engine.complete_tokens(prompt.tokens, dataclasses.replace(self.params, heal=prompt.healed))
         return engine.complete(self.ctx.prefix[-REMOTE_PREFIX_CHARS:], self.params)
 
 
@@ -99,7 +102,7 @@ class CompleteHandler(LlamalabHandler):
             if request.stream:
                 await self._stream(generation, ctx, prompted)
             else:
-                generated, stopped = await self._generate(generation, ctx)
+                generated, stopped = await self._generate(generation, ctx, prompted)
                 if not self._gone:
                     self.reply(self._reply(generation, ctx, prompted, generated, stopped))
         except StreamClosedError:
@@ -109,11 +112,12 @@ class CompleteHandler(LlamalabHandler):
             self.log.debug("llamalab: completion (%s, fim=%s) in %.3f s", ctx.mode, prompted.fim,
                            time.monotonic() - started)
 
-    async def _generate(self, generation: Generation, ctx: CursorContext) -> tuple[str, bool]:
+    async def _generate(self, generation: Generation, ctx: CursorContext, prompted: "_Prompted") -> tuple[str, bool]:
         """Run the generation to its end or to the stop rules; (raw text, stopped by a rule)."""
-        generated = ""
-        async for piece in generation:
-            generated += piece
+        raw, generated = "", ""
+        async for piece in generation:  # the prompt was built (and healed) by manager.start
+            raw += piece
+            generated = strip_healed(raw, prompted.healed)
             if should_stop_completion(generated, ctx):
                 await _stop(generation)
                 return generated, True
@@ -123,10 +127,11 @@ class CompleteHandler(LlamalabHandler):
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
-        generated, sent, stopped = "", "", False
+        raw, generated, sent, stopped = "", "", "", False
         try:
             async for piece in generation:
-                generated += piece
+                raw += piece
+                generated = strip_healed(raw, prompted.healed)
                 stopped = should_stop_completion(generated, ctx)
                 text = postprocess_completion(generated, ctx)
                 if text and text != sent:

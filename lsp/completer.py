@@ -19,6 +19,7 @@ evaluated K``) are logged when the stream has wound down, through ``report``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -26,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from llamalab import (AsyncTokenStream, CursorContext, Engine, FimTokens, GenerationParams, GenerationResult,
-                      LocalEngine, RemoteEngine, locate, postprocess_completion, should_stop_completion)
+                      LocalEngine, RemoteEngine, locate, postprocess_completion, should_stop_completion,
+                      strip_healed)
 
 from .context import ContextDocument, LineCachedTokenizer, PromptPlan, context_chunks, plan_prompt, prefix_window
 from .settings import ENGINE_FIELDS, Settings
@@ -182,13 +184,19 @@ class Completer:
         return context + ctx.prefix[start_at:][-_CHARS_PER_TOKEN_REMOTE * s.prefix_tokens:]
 
     def _start(self, engine: Engine, uri: str, ctx: CursorContext, others: Sequence[ContextDocument],
-               language_id: str, params: GenerationParams) -> AsyncTokenStream:
+               language_id: str, params: GenerationParams) -> tuple[AsyncTokenStream, list[str]]:
+        """The stream, and a box that holds the text the prompt left for the model to write
+        (set on the helper thread before the first piece arrives)."""
+        healed = [""]
+
         def start():  # on the stream's helper thread: tokenizing never blocks the event loop
             if isinstance(engine, LocalEngine):
-                return engine.complete_tokens(self.plan(engine, uri, ctx, others, language_id).tokens, params)
+                plan = self.plan(engine, uri, ctx, others, language_id)
+                healed[0] = plan.healed
+                return engine.complete_tokens(plan.tokens, dataclasses.replace(params, heal=plan.healed))
             return engine.complete(self.text_prompt(uri, ctx, others, language_id), params)
 
-        return AsyncTokenStream(start)
+        return AsyncTokenStream(start), healed
 
     # -- one suggestion -----------------------------------------------------------------------
     async def suggest(self, uri: str, text: str, offset: int, language_id: str = "",
@@ -211,12 +219,15 @@ class Completer:
         single = ctx.mode == "single" and bool(ctx.line_prefix.strip())
         params = GenerationParams(max_tokens=s.max_tokens, temperature=0.0, repeat_penalty=1.0,
                                   stop=("\n",) if single else (), priority="interactive")
-        stream = self._streams[uri] = self._start(engine, uri, ctx, others, language_id, params)
+        stream, healed = self._start(engine, uri, ctx, others, language_id, params)
+        self._streams[uri] = stream
         generated, ended_by = "", "model"
+        raw = ""
         try:
             async with asyncio.timeout(s.time_budget_ms / 1000 if s.time_budget_ms else None):
                 async for piece in stream:
-                    generated += piece
+                    raw += piece
+                    generated = strip_healed(raw, healed[0])
                     if should_stop_completion(generated, ctx):
                         ended_by = "stop rules"
                         break

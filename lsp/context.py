@@ -80,6 +80,7 @@ class PromptPlan:
     anchor_line: int  # where the prefix window starts (a line number in the document)
     context_paths: tuple[str, ...]  # other documents whose chunks lead the prompt
     dropped_prefix_tokens: int  # cut by tokens when even the cursor's own grid cell did not fit
+    healed: str = ""  # the cursor's trailing blanks left for the model to write (``llamalab.healing``)
 
 
 class LineCachedTokenizer:
@@ -241,7 +242,7 @@ def plan_prompt(tokenizer: Tokenizes, fim: FimTokens, text: str, offset: int, *,
     prompt = build_fim_prompt(tokenizer, context + prefix[start:], suffix, fim,
                               max_prefix_tokens=budget, max_suffix_tokens=suffix_tokens)
     return PromptPlan(tokens=prompt.tokens, infill=prompt.infill, anchor_line=anchor, context_paths=context_paths,
-                      dropped_prefix_tokens=prompt.dropped_prefix_tokens)
+                      dropped_prefix_tokens=prompt.dropped_prefix_tokens, healed=prompt.healed)
 
 
 def display_path(uri_path: str, root: Optional[str]) -> str:

@@ -163,7 +163,7 @@ async def _prompt_info(ls: LlamalabLanguageServer, params: Any) -> dict[str, Any
         plan = await asyncio.to_thread(ls.completer.plan, engine, uri, ctx, others, language_id, False)
         info.update(promptTokens=len(plan.tokens), tokens=plan.tokens, infill=plan.infill,
                     text=engine.detokenize(plan.tokens), anchorLine=plan.anchor_line,
-                    contextPaths=list(plan.context_paths))
+                    contextPaths=list(plan.context_paths), healed=plan.healed)
     else:
         info.update(text=ls.completer.text_prompt(uri, ctx, others, language_id, remember=False))
     return info

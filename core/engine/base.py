@@ -36,7 +36,8 @@ class GenerationParams:
 
     ``priority`` tells a shared model what to serve first: ``interactive`` (inline completions,
     the language server: a person waits for each keystroke), ``normal`` (chats, magics) or
-    ``background`` (benchmarks, smoke tests). Engines that cannot schedule ignore it."""
+    ``background`` (benchmarks, smoke tests). Engines that cannot schedule ignore it.
+    ``heal`` is the text the answer must start with (token healing)."""
 
     max_tokens: int = 512
     temperature: float = 0.7
@@ -48,6 +49,10 @@ class GenerationParams:
     seed: Optional[int] = None
     overflow: Literal["trim", "error"] = "trim"
     priority: Priority = "normal"
+    # Text the answer must begin with: the end of the prompt that was left out so the model writes
+    # it in its own tokens (token healing, ``llamalab.healing``); engines that cannot constrain
+    # their first tokens ignore it.
+    heal: str = ""
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

@@ -138,6 +138,7 @@ class NativeModel:
         self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
         self.batch = NativeBatch(lib, self.n_batch)
         self._pieces: dict[int, bytes] = {}
+        self._by_first_byte: Optional[dict[int, list[tuple[int, bytes]]]] = None
         self._piece_buffer = ctypes.create_string_buffer(256)
         bos, eos = int(lib.llama_vocab_bos(self.vocab)), int(lib.llama_vocab_eos(self.vocab))
         self.bos_id: Optional[int] = bos if bos >= 0 else None
@@ -166,6 +167,28 @@ class NativeModel:
                 n = self._lib.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, False)
             cached = self._pieces[token] = buffer.raw[:n]
         return cached
+
+    def tokens_continuing(self, text: bytes) -> list[int]:
+        """The ids whose bytes start with ``text`` or are a start of it (non-empty pieces only):
+        the tokens a generation that must begin with ``text`` may take next (token healing)."""
+        if not text:
+            return []
+        if self._by_first_byte is None:
+            table: dict[int, list[tuple[int, bytes]]] = {}
+            for token in range(self.n_vocab):
+                piece = self.piece(token)
+                if piece:
+                    table.setdefault(piece[0], []).append((token, piece))
+            self._by_first_byte = table
+        return [token for token, piece in self._by_first_byte.get(text[0], ())
+                if piece.startswith(text) or text.startswith(piece)]
+
+    def logits(self, index: int) -> Any:
+        """The logits of the batch's ``index``-th output, as a numpy view (no copy)."""
+        import numpy as np
+
+        row = self._lib.llama_get_logits_ith(self.ctx, index)
+        return np.ctypeslib.as_array(row, shape=(self.n_vocab,))
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self.piece(int(t)) for t in tokens).decode("utf-8", errors="replace")

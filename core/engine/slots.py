@@ -100,6 +100,7 @@ class _Running:
     logits_index: int = -1  # where this sequence's logits are in the batch just decoded
     added: int = 0  # tokens this sequence put in the current batch
     generated: int = 0
+    heal_left: bytes = b""  # what the answer must still begin with (GenerationParams.heal)
     parts: list[str] = field(default_factory=list)
     first_token_at: Optional[float] = None
 
@@ -264,7 +265,8 @@ class SlotScheduler:
         running = _Running(request=request, slot=slot,
                            sampler=SequenceSampler(native._lib, native.n_vocab, request.params),
                            text=TextAssembler(request.params.stop), evaluated_from=shared,
-                           restored=min(restored, shared), next_prompt=shared)
+                           restored=min(restored, shared), next_prompt=shared,
+                           heal_left=request.params.heal.encode("utf-8"))
         slot.running = running
         slot.last_used = next(self._clock)
         self._running.append(running)
@@ -388,7 +390,9 @@ class SlotScheduler:
 
     def _sample(self, running: _Running) -> None:
         native = self.native
-        token = native.sample(running.sampler.chain, running.logits_index)
+        token = self._healing_token(running) if running.heal_left else None
+        if token is None:
+            token = native.sample(running.sampler.chain, running.logits_index)
         running.logits_index = -1
         if native.is_end_of_generation(token):
             self._finish(running, "stop")
@@ -401,6 +405,21 @@ class SlotScheduler:
             self._finish(running, "length")
         else:
             running.pending_token = token
+
+    def _healing_token(self, running: _Running) -> Optional[int]:
+        """While the answer must begin with ``heal_left``: the likeliest token consistent with it
+        (its bytes start with it, or are a start of it), told to the sampler chain as sampled."""
+        native = self.native
+        allowed = native.tokens_continuing(running.heal_left)
+        if not allowed:
+            running.heal_left = b""
+            return None
+        logits = native.logits(running.logits_index)
+        token = max(allowed, key=lambda t: logits[t])
+        native._lib.llama_sampler_accept(running.sampler.chain, token)
+        piece = native.piece(token)
+        running.heal_left = b"" if piece.startswith(running.heal_left) else running.heal_left[len(piece):]
+        return token
 
     def _emit(self, running: _Running, text: str) -> None:
         if text:

@@ -12,7 +12,7 @@ pytest.importorskip("torch")
 from tests.fixtures.meta_checkpoint import (FIM_PIECES, Spec, make_weights, train_tokenizer,  # noqa: E402
                                             write_meta_checkpoint)
 
-PREFIX = "def main():\n    the quick brown fox = "
+PREFIX = "def main():\n    the quick brown fox ="  # no trailing blank: those are healed (below)
 SUFFIX = "\n    return 0\n"
 
 
@@ -103,3 +103,63 @@ def test_complete_tokens_runs_the_infilling_prompt(code_llama):
     result = engine.complete_tokens(prompt.tokens, GenerationParams(max_tokens=4, temperature=0.0)).collect()
     assert result.prompt_tokens == len(prompt.tokens)
     assert result.finish_reason in ("stop", "length")
+
+
+# -- token healing (llamalab.healing) ---------------------------------------------------------
+INDENTED = "class Stock:\n    def take(self, sku, count):\n        if self.items.get(sku, 0) < count:\n            "
+COUNTING = "def numbers():\n    return [\n        1,\n        2,\n        3,\n        "
+
+
+def test_heal_prefix_leaves_the_blanks_and_their_newline_to_the_model():
+    from llamalab import heal_prefix
+
+    assert heal_prefix(INDENTED) == (INDENTED[:-13], "\n            ")
+    assert heal_prefix("total = ") == ("total =", " ")
+    assert heal_prefix("print(a, b)") == ("print(a, b)", "")
+    assert heal_prefix("    return self.ite") == ("    return self.ite", "")  # partial words: as they are
+    assert heal_prefix("   ") == ("   ", "")  # nothing but blanks: nothing to heal against
+
+
+def _healed_answer(engine, text: str, max_tokens: int = 6) -> tuple[str, str, str]:
+    from llamalab import FimTokens, GenerationParams, build_fim_prompt
+
+    prompt = build_fim_prompt(engine, text, "", FimTokens.from_info(engine.info))
+    params = GenerationParams(max_tokens=max_tokens, temperature=0, repeat_penalty=1.0, heal=prompt.healed)
+    return prompt.healed, engine.complete_tokens(prompt.tokens, params).collect().text, \
+        engine.detokenize(prompt.tokens[-1:])
+
+
+@pytest.mark.parametrize("text", [INDENTED, COUNTING, "total = "])
+def test_a_healed_answer_begins_with_the_blanks_in_the_models_own_tokens(demo_model, text):
+    """GPT-2 BPE (the demo model) joins '\n' + 11 spaces before ' self' but '\n' + 8 spaces
+    before '4': with the blanks left to it, the model picks its tokenization and the answer
+    begins with exactly the buffer's blanks."""
+    from llamalab import LocalEngine, strip_healed
+
+    with LocalEngine(demo_model, n_ctx=512, n_parallel=1) as engine:
+        healed, answer, last = _healed_answer(engine, text)
+        assert not last.endswith((" ", "\t")) and answer.startswith(healed), (last, answer)
+        assert not strip_healed(answer, healed)[:1].isspace()
+        if text == COUNTING:
+            assert strip_healed(answer, healed).startswith("4,")
+
+
+def test_the_constraint_holds_even_against_the_models_wish(demo_model, code_llama):
+    """``heal`` is honoured token by token with both tokenizers (BPE, SentencePiece), even for
+    text the model would never write there."""
+    from llamalab import GenerationParams, LocalEngine
+
+    with LocalEngine(demo_model, n_ctx=512, n_parallel=1) as demo:
+        for engine in (demo, code_llama[0]):
+            params = GenerationParams(max_tokens=24, temperature=0, heal=" zebra crossing")
+            answer = engine.complete("def add(a, b):\n    return a +", params).collect().text
+            assert answer.startswith(" zebra crossing"), (engine.name, answer)
+
+
+def test_strip_healed_keeps_what_goes_beyond_the_buffer():
+    from llamalab import strip_healed
+
+    assert strip_healed("\n            return x", "\n            ") == "return x"
+    assert strip_healed("\n      ", "\n            ") == ""  # still writing the blanks
+    assert strip_healed(" 5", " ") == "5" and strip_healed("anything", "") == "anything"
+    assert strip_healed("4,", "\n    ") == "4,"  # an engine that ignored heal: the buffer's blanks win

@@ -113,3 +113,14 @@ async def test_not_json_and_unknown_model_are_errors(fetch_json):
     assert (status, error["code"]) == (400, "bad_request") and "not JSON" in error["message"]
     status, error = await fetch_json("POST", "llamalab/complete", {"prefix": "x", "model": "no-such-model"})
     assert (status, error["code"]) == (404, "model_not_found")
+
+
+async def test_a_suggestion_on_an_indented_new_line_fits_the_indentation(fetch_json):
+    """After `if ...:` and Enter the editor has put 12 spaces; the suggestion must not add a 13th
+    (token healing: the prompt ends where the tokenizer would, the model writes the last blank)."""
+    prefix = ("class Inventory:\n    def __init__(self):\n        self.items = {}\n\n"
+              "    def remove(self, sku, count):\n        if self.items.get(sku, 0) < count:\n            ")
+    status, reply = await fetch_json("POST", "llamalab/complete", {"prefix": prefix, "suffix": "", "max_tokens": 16})
+    assert status == 200, reply
+    assert reply["text"].strip(), reply  # the demo model has something to say here
+    assert not reply["text"][:1].isspace(), repr(reply["text"])

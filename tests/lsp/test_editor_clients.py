@@ -26,7 +26,9 @@ REPO = Path(__file__).resolve().parents[2]
 NVIM_PLUGIN = REPO / "lsp" / "clients" / "nvim"
 VSCODE_EXTENSION = REPO / "lsp" / "clients" / "vscode"
 
-DOC = 'def add(a, b):\n    """Return the sum of a and b."""\n    return a + \n\n\nprint(add(1, 2))\n'
+# The suggestion at the end of RETURN_LINE is "second": long enough to type through its first letter.
+RETURN_LINE = "    return first + "
+DOC = f'def add(first, second):\n    """Return the sum of first and second."""\n{RETURN_LINE}\n\n\nprint(add(1, 2))\n'
 
 # The driver: every step waits (polling, bounded) for the previous one, then the result is
 # written as JSON and Neovim quits. A global timer bounds the whole run.
@@ -92,7 +94,7 @@ local steps = {}
 function steps.start(bufnr, client)
   result.client = { name = client.name, encoding = client.offset_encoding,
                     inline = client.server_capabilities.inlineCompletionProvider ~= nil }
-  -- The end of `    return a + `: entering Insert mode asks by itself.
+  -- The end of the return line: entering Insert mode asks by itself.
   vim.api.nvim_win_set_cursor(0, { 3, 0 })
   vim.api.nvim_input('A')
   wait_for('ghost text', 60000, function() return shown(bufnr) end, function() steps.shown(bufnr) end)
@@ -270,12 +272,12 @@ def test_nvim_session_completes(nvim_run):
 
 def test_nvim_shows_ghost_text(nvim_run):
     first = nvim_run["first"]
-    assert first["mode"] == "i" and first["line"] == "    return a + "
+    assert first["mode"] == "i" and first["line"] == RETURN_LINE
     text = first["text"]
     assert text.strip(), first
     assert first["item"]["insertText"].endswith(text)
     (mark,) = first["marks"]
-    assert (mark["row"], mark["col"]) == (2, len("    return a + "))
+    assert (mark["row"], mark["col"]) == (2, len(RETURN_LINE))
     lines = text.split("\n")
     assert mark["virt_text"][0][0] == lines[0] and mark["virt_text"][0][1] == "LlamalabGhost"
     assert [chunk[0][0] for chunk in mark.get("virt_lines") or []] == lines[1:]
@@ -301,7 +303,7 @@ def test_nvim_escape_dismisses_and_new_request_supersedes(nvim_run):
 def test_nvim_tab_accepts_then_falls_back(nvim_run):
     second = nvim_run["second"]["text"]
     lines = nvim_run["accepted"]["lines"]
-    inserted = "    return a + " + second
+    inserted = RETURN_LINE + second
     assert lines[:2] == DOC.split("\n")[:2]
     assert "\n".join(lines[2:]).startswith(inserted)
     last = inserted.split("\n")
