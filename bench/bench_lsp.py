@@ -16,7 +16,8 @@ as an editor sends after its debounce (the server's own ``debounceMs`` is 0 here
 
 For every request, the same generation runs through a separate ``llama_cpp.Llama`` in this
 process: the exact prompt ids the server used (``llamalab/prompt``, checked against the count in
-its statistics), the same ``max_tokens``, the same greedy sampling and the same stop string. The
+its statistics), the same ``max_tokens``, the same greedy sampling and the same stop string, and
+the same token healing (a logits processor keeps its first tokens to the prompt's ``healed`` text). The
 two sides run one after the other, never at once.
 
 * latency: llamalab from just before the ``didChange`` is written to the reply read back (the
@@ -213,19 +214,47 @@ def _utf16(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
-def _direct(llama: Any, tokens: list[int], max_tokens: int, stop: list[str]) -> tuple[float, str]:
+class _Healing:
+    """A llama-cpp-python logits processor doing what ``GenerationParams.heal`` does in LocalEngine:
+    until the answer has written ``healed``, only tokens consistent with it can be chosen."""
+
+    _pieces: dict[int, list[bytes]] = {}
+
+    def __init__(self, llama: Any, prompt_len: int, healed: str) -> None:
+        import numpy as np
+
+        self.llama, self.start, self.healed = llama, prompt_len, healed.encode("utf-8")
+        key = id(llama)
+        if key not in self._pieces:
+            self._pieces[key] = [llama.detokenize([i]) for i in range(llama.n_vocab())]
+        self.pieces, self.np = self._pieces[key], np
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        written = b"".join(self.pieces[int(t)] for t in input_ids[self.start:])
+        left = self.healed[len(written):] if self.healed.startswith(written) else b""
+        if not left:
+            return scores
+        allowed = self.np.array([bool(p) and (p.startswith(left) or left.startswith(p)) for p in self.pieces])
+        return self.np.where(allowed, scores, -self.np.inf)
+
+
+def _direct(llama: Any, tokens: list[int], max_tokens: int, stop: list[str], healed: str) -> tuple[float, str]:
     """The generation LocalEngine runs for the server, called directly."""
+    import llama_cpp
+
+    processors = llama_cpp.LogitsProcessorList([_Healing(llama, len(tokens), healed)]) if healed else None
     started = time.perf_counter()
     text = ""
     for chunk in llama.create_completion(tokens, max_tokens=max_tokens, temperature=0.0, top_p=0.95, top_k=40,
-                                         min_p=0.05, repeat_penalty=1.0, stop=stop or None, stream=True):
+                                         min_p=0.05, repeat_penalty=1.0, stop=stop or None, stream=True,
+                                         logits_processor=processors):
         text += chunk["choices"][0]["text"]
     return (time.perf_counter() - started) * 1000, text
 
 
 def _type_line(client: Client, llama: Any, uri: str, lines: list[str], index: int, args: argparse.Namespace,
                rng: random.Random, turn: Iterator[int]) -> list[Request]:
-    from llamalab import CursorContext, postprocess_completion
+    from llamalab import CursorContext, postprocess_completion, strip_healed
 
     line = lines[index]
     indent = line[:len(line) - len(line.lstrip())]
@@ -248,21 +277,22 @@ def _type_line(client: Client, llama: Any, uri: str, lines: list[str], index: in
         client.notify("textDocument/didChange", change)
         if direct_first:  # the prompt the server will use, asked for before it generates
             info = client.call("llamalab/prompt", {"textDocument": {"uri": uri}, "position": cursor})
-            direct_ms, direct_text = _direct(llama, info["tokens"], args.max_tokens, stop)
+            direct_ms, direct_text = _direct(llama, info["tokens"], args.max_tokens, stop, info["healed"])
             t0 = time.perf_counter()
         reply = client.call("textDocument/inlineCompletion", request)
         lsp_ms = (time.perf_counter() - t0) * 1000
         stats = client.stats(uri)
         if not direct_first:
             info = client.call("llamalab/prompt", {"textDocument": {"uri": uri}, "position": cursor})
-            direct_ms, direct_text = _direct(llama, info["tokens"], args.max_tokens, stop)
+            direct_ms, direct_text = _direct(llama, info["tokens"], args.max_tokens, stop, info["healed"])
         if len(info["tokens"]) != int(stats[1]):
             print(f"warning: llamalab/prompt gave {len(info['tokens'])} tokens, the generation had {stats[1]}",
                   file=sys.stderr)
         suggestion = reply["items"][0]["insertText"] if reply["items"] else ""
         results.append(Request(index, len(burst), n == 0, lsp_ms, direct_ms, int(stats[1]), int(stats[2]),
                                int(stats[3]), int(stats[4]), stats[5],
-                               suggestion == postprocess_completion(direct_text, ctx), direct_first))
+                               suggestion == postprocess_completion(strip_healed(direct_text, info["healed"]), ctx),
+                               direct_first))
     client.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
     return results
 

@@ -6,24 +6,34 @@ writes ``"\\n" + 11 spaces`` then ``" self"``, but ``"\\n" + 8 spaces`` then ``"
 prompt that ends in the blanks makes the model start with a space-prefixed token and the
 suggestion lands one space off (13 spaces where the buffer has 12), or stops making sense.
 
-``heal_prefix`` takes the trailing blanks (and the newline they follow) out of the prompt;
+The same holds for a partial word at the cursor (``self.ite``): ``"ite"`` is rarely a token
+of its own in ``self.items``. ``heal_prefix`` takes the trailing blanks (and the newline they
+follow), or the partial word, out of the prompt;
 the engine is asked to begin its answer with exactly that text (``GenerationParams.heal``:
 ``LocalEngine`` lets only tokens consistent with it be chosen until it is written, so the
 model picks whichever tokenization it finds likeliest), and ``strip_healed`` keeps what the
-answer adds beyond the text the buffer already has. A partial word at the cursor
-(``self.ite``) is left as it is.
+answer adds beyond the text the buffer already has.
 """
 
 from __future__ import annotations
 
+import re
+
 __all__ = ["heal_prefix", "strip_healed"]
 
 
+_PARTIAL_WORD = re.compile(r"\w{1,32}$")
+
+
 def heal_prefix(prefix: str) -> tuple[str, str]:
-    """(the prompt's prefix, the healed text): trailing spaces and tabs, with the newline they
-    follow, go to the model; nothing when the prefix has no trailing blanks or only blanks."""
+    """(the prompt's prefix, the healed text): trailing spaces and tabs with the newline they
+    follow, or else the word the cursor is in (up to 32 characters), go to the model; nothing
+    when that would leave no prompt."""
     kept = prefix.rstrip(" \t")
-    if kept.endswith("\n"):
+    if kept == prefix:
+        word = _PARTIAL_WORD.search(prefix)
+        kept = prefix[:word.start()] if word else prefix
+    elif kept.endswith("\n"):
         kept = kept[:-1]
     if not kept.strip():
         return prefix, ""
