@@ -29,8 +29,8 @@ MAIN_TEXT = ("import math\n\n\ndef area(radius):\n    \"\"\"Return the area of a
 MID_LINE = types.Position(line=5, character=len("    return math.pi * "))
 BLANK_LINE = types.Position(line=9, character=4)
 LIST_URI = "file:///work/project/numbers.py"
-LIST_TEXT = "def numbers():\n    return [\n        1,\n        2,\n        3,\n        \n    ]\n"
-LIST_CURSOR = types.Position(line=5, character=8)  # the model keeps counting: a long generation
+LIST_TEXT = "def numbers():\n    return [\n" + "".join(f"        {i},\n" for i in range(1, 13)) + "        \n    ]\n"
+LIST_CURSOR = types.Position(line=14, character=8)  # after 12 numbers the model counts on past 40: long
 STATS = re.compile(r"prompt (\d+) tokens, reused (\d+), evaluated (\d+); generated (\d+) tokens, ended by ([a-z ]+), "
                    r"\d+ ms \((\S+)\)")
 
