@@ -15,7 +15,7 @@ from .catalog import CATALOG, DEFAULT_MODEL, CatalogEntry, resolve
 from .convert import checkpoint_license, convert_and_register, quantize_and_register
 from .doctor import DoctorReport, build_report, format_report
 from .engine import (AsyncEngine, AsyncTokenStream, Engine, GenerationParams, GenerationResult,
-                     LocalEngine, ModelDescription, RemoteEngine, TokenStream)
+                     LocalEngine, LocalOptions, ModelDescription, RemoteEngine, TokenStream, open_engine)
 from .errors import (ChatTemplateError, CheckpointError, ChecksumMismatchError, ConfigError,
                      ContextOverflowError, ConversionError, EngineBusyError, EngineError,
                      InsufficientDiskSpaceError, InvalidModelFileError, LicenseNotAcceptedError,
@@ -90,6 +90,7 @@ __all__ = [
     "InvalidModelFileError",
     "LlamalabError",
     "LocalEngine",
+    "LocalOptions",
     "Message",
     "ModelDescription",
     "ModelError",
@@ -115,6 +116,7 @@ __all__ = [
     "convert_and_register",
     "license_notice",
     "normalize_quant_type",
+    "open_engine",
     "pull_license",
     "quantize_and_register",
     "require_license",

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional, Union
 
-from llamalab import ConfigError, Engine, LocalEngine, RemoteEngine, default_model_name, locate
+from llamalab import ConfigError, Engine, LocalOptions, default_model_name, open_engine
 
 from .kernel_access import SERVER_KEY_ENV, SERVER_URL_ENV
 
@@ -75,7 +75,7 @@ class KernelBackend:
                 url = self.server_url() or ""
                 key = (url, model or "")
                 if key not in self._remote:
-                    self._remote[key] = RemoteEngine(url, model=model or None, api_key=os.environ.get(SERVER_KEY_ENV))
+                    self._remote[key] = open_engine(model, remote_url=url, api_key=os.environ.get(SERVER_KEY_ENV))
                 return self._remote[key]
             wanted = (model or default_model_name(), settings.n_ctx, settings.n_gpu_layers)
             if self._local is not None and self._local[0] == wanted:
@@ -83,8 +83,8 @@ class KernelBackend:
             if self._local is not None:
                 self._local[1].close()
                 self._local = None
-            path = locate(model, on_notice=on_notice)
-            engine = LocalEngine(path, n_ctx=settings.n_ctx, n_gpu_layers=settings.n_gpu_layers, name=wanted[0])
+            engine = open_engine(model, options=LocalOptions(n_ctx=settings.n_ctx, n_gpu_layers=settings.n_gpu_layers),
+                                 name=wanted[0], on_notice=on_notice)
             self._local = (wanted, engine)
             return engine
 

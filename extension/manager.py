@@ -25,8 +25,8 @@ import logging
 from pathlib import Path
 from typing import Awaitable, Callable, Optional, Sequence, Union
 
-from llamalab import (AsyncTokenStream, Engine, GenerationParams, GenerationResult, LocalEngine, ModelStore,
-                      RemoteEngine, TokenStream, default_model_name, locate, resolve)
+from llamalab import (AsyncTokenStream, Engine, GenerationParams, GenerationResult, LocalOptions, ModelStore,
+                      TokenStream, default_model_name, open_engine, resolve)
 
 from .errors import BusyError, ModelNotAllowedError, PromptTooLongError
 from .messages import LoadedModel, ModelChangedMessage, SamplingParams
@@ -175,13 +175,13 @@ class EngineManager:
 
     # -- loading ----------------------------------------------------------------------
     def _load(self, name: str) -> Engine:
-        path = locate(name, store=self.store, on_notice=self.log.info)
         c = self.config
         self.log.info("llamalab: loading %s (n_ctx=%s, n_gpu_layers=%s, n_parallel=%s)", name, c.n_ctx,
                       c.n_gpu_layers, c.n_parallel)
-        return LocalEngine(path, n_ctx=c.n_ctx, n_gpu_layers=c.n_gpu_layers, n_threads=c.n_threads,
-                           name=name, max_queued=c.max_queued + 8, n_parallel=c.n_parallel, kv_size=c.kv_size,
-                           prompt_cache_mb=c.prompt_cache_mb)
+        options = LocalOptions(n_ctx=c.n_ctx, n_gpu_layers=c.n_gpu_layers, n_threads=c.n_threads,
+                               n_parallel=c.n_parallel, kv_size=c.kv_size, prompt_cache_mb=c.prompt_cache_mb,
+                               max_queued=c.max_queued + 8)
+        return open_engine(name, options=options, store=self.store, on_notice=self.log.info)
 
     async def _ensure(self, name: str) -> Engine:
         """The engine for ``name``, loading or switching to it (the lock is held)."""
@@ -190,8 +190,7 @@ class EngineManager:
         if self.remote:
             engine = self._remote.get(name)
             if engine is None:
-                engine = RemoteEngine(self.config.remote_url or "", model=name or None,
-                                      api_key=self.config.remote_api_key)
+                engine = open_engine(name, remote_url=self.config.remote_url, api_key=self.config.remote_api_key)
                 try:
                     described = await asyncio.to_thread(_describe, engine)  # is it there?
                 except BaseException:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from llamalab import (AsyncTokenStream, CursorContext, Engine, FimTokens, GenerationParams, GenerationResult,
-                      LocalEngine, RemoteEngine, locate, postprocess_completion, should_stop_completion,
+                      LocalEngine, LocalOptions, open_engine, postprocess_completion, should_stop_completion,
                       strip_healed)
 
 from .context import ContextDocument, LineCachedTokenizer, PromptPlan, context_chunks, plan_prompt, prefix_window
@@ -90,10 +90,9 @@ class Completer:
 
     def _load_engine(self, s: Settings) -> Engine:
         if s.remote_url:
-            return RemoteEngine(s.remote_url, model=s.remote_model)
-        path = locate(s.model)
-        log.info("loading %s", path)
-        return LocalEngine(path, n_ctx=s.n_ctx, n_parallel=s.n_parallel)
+            return open_engine(s.remote_model, remote_url=s.remote_url)
+        log.info("loading %s", s.model or "the default model")
+        return open_engine(s.model, options=LocalOptions(n_ctx=s.n_ctx, n_parallel=s.n_parallel), on_notice=log.info)
 
     async def get_engine(self) -> Engine:
         """The engine, loaded on first use. The load is shielded: a request cancelled while

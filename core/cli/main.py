@@ -213,21 +213,15 @@ def _engine_options(func: Any) -> Any:
 
 def _open_engine(model: Optional[str], n_ctx: int, gpu_layers: str, chat_format: str,
                  remote: Optional[str], api_key: Optional[str]) -> Any:
-    if remote:
-        from ..engine.remote import RemoteEngine
-
-        return RemoteEngine(remote, model=model, api_key=api_key)
-    from ..engine.local import LocalEngine
-    from ..pulls import locate
+    from ..engine.opening import LocalOptions, open_engine
     from .progress_bar import TqdmProgress
 
+    if remote:
+        return open_engine(model, remote_url=remote, api_key=api_key)
     layers: int | str = int(gpu_layers) if gpu_layers.lstrip("-").isdigit() else gpu_layers
-    with TqdmProgress() as bar:
-        path = locate(model, progress=bar, on_notice=lambda text: click.echo(text, err=True))
-    from ..pulls import default_model_name
-
-    engine = LocalEngine(path, n_ctx=n_ctx, n_gpu_layers=layers, chat_format=chat_format,
-                         name=model or default_model_name())
+    options = LocalOptions(n_ctx=n_ctx, n_gpu_layers=layers, chat_format=chat_format)
+    with TqdmProgress() as bar:  # pulling the default model on first use shows a bar
+        engine = open_engine(model, options=options, progress=bar, on_notice=lambda text: click.echo(text, err=True))
     for notice in engine.plan.notices:
         click.echo(f"note: {notice}", err=True)
     return engine

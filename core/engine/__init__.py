@@ -3,6 +3,7 @@
 from .aio import AsyncEngine, AsyncTokenStream
 from .base import Engine, FinishReason, GenerationParams, GenerationResult, ModelDescription, TokenStream
 from .local import LocalEngine
+from .opening import LocalOptions, open_engine
 from .remote import RemoteEngine
 
 __all__ = [
@@ -13,7 +14,9 @@ __all__ = [
     "GenerationParams",
     "GenerationResult",
     "LocalEngine",
+    "LocalOptions",
     "ModelDescription",
     "RemoteEngine",
     "TokenStream",
+    "open_engine",
 ]
