@@ -34,7 +34,7 @@ __all__ = [
     "OffloadPlan", "plan_offload", "llama2_tensors", "llama2_info",
 ]
 
-CUDA_INSTALL_HINT = 'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python'
+CUDA_INSTALL_HINT = 'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir --no-deps llama-cpp-python'
 
 NVIDIA_SMI_QUERY = ["nvidia-smi", "--query-gpu=index,name,memory.total,memory.free",
                     "--format=csv,noheader,nounits"]
