@@ -29,6 +29,7 @@ class AsyncTokenStream:
         self._stream: Optional[TokenStream] = None
         self._cancelled = threading.Event()
         self._ready = threading.Event()
+        self._ended = threading.Event()
         self.result: Optional[GenerationResult] = None
 
     def _run(self, loop: asyncio.AbstractEventLoop, out: "asyncio.Queue[Any]") -> None:
@@ -50,6 +51,7 @@ class AsyncTokenStream:
             put((_END, exc))
         finally:
             self._ready.set()
+            self._ended.set()
 
     def __aiter__(self) -> "AsyncTokenStream":
         return self
@@ -78,6 +80,14 @@ class AsyncTokenStream:
             pass
         assert self.result is not None
         return self.result
+
+    def wait_ended(self, timeout: Optional[float] = None) -> Optional[GenerationResult]:
+        """From any thread (not the event loop): wait until the generation underneath has ended,
+        also after its reader went away (a cancelled task), and return its result (None if it
+        has not ended within ``timeout`` or ended with an error)."""
+        if not self._ended.wait(timeout):
+            return None
+        return self._stream.result if self._stream is not None else None
 
     def cancel(self) -> None:
         self._cancelled.set()

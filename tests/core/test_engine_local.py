@@ -164,10 +164,8 @@ def test_asyncio_task_cancellation_cancels_generation(engine):
         return stream
 
     stream = asyncio.run(main())
-    deadline = time.time() + 60  # wait for the stream's own end (its helper thread reads it)
-    while stream._stream.result is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert stream._stream.result.finish_reason == "cancelled"
+    ended = stream.wait_ended(timeout=60)  # the generation's own end (its helper thread reads it)
+    assert ended is not None and ended.finish_reason == "cancelled"
     follow_up = engine.chat(_chat("Hi"), GenerationParams(max_tokens=4, temperature=0)).collect()
     assert follow_up.finish_reason in ("stop", "length")
 
