@@ -191,6 +191,8 @@ class SlotScheduler:
         """Move new requests to the pending list (waiting only when there is nothing to do);
         False once the scheduler is closing."""
         block = not self._running and not self._pending
+        if not block and self._inbox.empty():  # the usual case between steps
+            return not self._closing
         while True:
             try:
                 request = self._inbox.get(block=block)
@@ -324,6 +326,8 @@ class SlotScheduler:
     def _make_room(self, cells: int, keep: Optional[_Slot] = None) -> bool:
         """Free idle slots' cells (least recently used first, saved to the prompt cache) until
         ``cells`` are free; whether they are."""
+        if self._free_cells() >= cells:  # the usual case, every step: nothing to sort
+            return True
         idle = sorted((s for s in self._slots if s.running is None and s.tokens and s is not keep),
                       key=lambda s: s.last_used)
         while self._free_cells() < cells and idle:
