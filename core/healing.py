@@ -8,7 +8,7 @@ suggestion lands one space off (13 spaces where the buffer has 12), or stops mak
 
 The same holds for a partial word at the cursor (``self.ite``): ``"ite"`` is rarely a token
 of its own in ``self.items``. ``heal_prefix`` takes the trailing blanks (and the newline they
-follow), or the partial word, out of the prompt;
+follow), or the partial word with the single space before it, out of the prompt;
 the engine is asked to begin its answer with exactly that text (``GenerationParams.heal``:
 ``LocalEngine`` lets only tokens consistent with it be chosen until it is written, so the
 model picks whichever tokenization it finds likeliest), and ``strip_healed`` keeps what the
@@ -27,12 +27,14 @@ _PARTIAL_WORD = re.compile(r"\w{1,32}$")
 
 def heal_prefix(prefix: str) -> tuple[str, str]:
     """(the prompt's prefix, the healed text): trailing spaces and tabs with the newline they
-    follow, or else the word the cursor is in (up to 32 characters), go to the model; nothing
-    when that would leave no prompt."""
+    follow, or else the word the cursor is in (up to 32 characters, with one space before it), go
+    to the model; nothing when that would leave no prompt."""
     kept = prefix.rstrip(" \t")
     if kept == prefix:
         word = _PARTIAL_WORD.search(prefix)
         kept = prefix[:word.start()] if word else prefix
+        if word and kept.endswith(" ") and not kept[-2:-1].isspace():
+            kept = kept[:-1]  # tokenizers write a word with the one space before it: " m", not " " + "m"
     elif kept.endswith("\n"):
         kept = kept[:-1]
     if not kept.strip():

@@ -22,6 +22,7 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Int, List, TraitError, Unicode, Union as UnionTrait, validate
 
 from llamalab import ModelStore
+from llamalab.suggest import SuggestionService
 
 from .chat_socket import ChatSocket
 from .completions import handlers as completion_handlers
@@ -144,8 +145,9 @@ class LlamalabExtension(ExtensionApp):
         self.jobs = Jobs(store, allowed=self.manager.is_allowed, root_dir=self._root_dir())
         self.kernel_key: Optional[str] = new_key() if self.kernel_access else None
         self._restore_env = None
+        self.suggestions = SuggestionService()
         self.settings.update(llamalab_manager=self.manager, llamalab_jobs=self.jobs,
-                             llamalab_kernel_key=self.kernel_key)
+                             llamalab_kernel_key=self.kernel_key, llamalab_suggestions=self.suggestions)
         self._export_env()
         self.log.info("llamalab: serving %s (%s)", self.manager.default_model() or "the remote server's model",
                       f"remote {self.remote_url}" if self.remote_url else "loaded on first use"

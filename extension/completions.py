@@ -1,80 +1,79 @@
 """Inline code completion for JupyterLab's inline completer: ``POST /llamalab/complete``.
 
-The request carries the text before the cursor (``prefix``) and after it (``suffix``). On a
-local model with fill-in-the-middle tokens (Code Llama) the prompt is built from token ids
-with ``build_fim_prompt``; other local models get the prefix alone (``build_fim_prompt``
-falls back to it), and a remote backend a plain prefix completion through its completion API.
-The shared stop rules of ``llamalab.completion_rules`` end the generation as soon as the
-suggestion is complete (one line in the middle of a line, the current block on a blank one)
-and clean the text the same way the language server does.
+An HTTP adapter over the core's ``SuggestionService``, the same one the language server uses:
+the request's text (a notebook's cells around the cursor's, or a document's text above and
+below the cursor), the kernel's names, the shared model; the service lays the prompt out so it
+keeps its start while the user types (the model's cache then evaluates only the new tokens),
+heals the cursor's boundary, stops as soon as the suggestion is complete and cleans it up. A
+request whose text extends the last suggestion for the same document by what it predicted is
+answered from it without the model (type-ahead). ``warm: true`` only reads the prompt into the
+model's cache (the front end sends one when the user enters a cell).
 
     POST /llamalab/complete   CompletionRequest -> CompletionReply
                               stream=true: server-sent CompletionChunk events (the whole
                               suggestion so far), then one CompletionReply event
 
-A client that closes the connection (a superseded request, a keystroke) cancels the
-generation within a token, so the model is free for the next one. Errors before the first
-event are ordinary JSON ``ErrorMessage`` replies with their HTTP status; an error after a
-stream started is sent as an ``ErrorMessage`` event that ends the stream.
+Per-document state is keyed by the document's ``path``; a request without a path keeps none. A client that closes the connection (a superseded request, a keystroke)
+cancels the generation within a token, so the model is free for the next one. Errors before
+the first event are ordinary JSON ``ErrorMessage`` replies with their HTTP status; an error
+after a stream started is sent as an ``ErrorMessage`` event that ends the stream.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from typing import Optional
+from typing import Hashable, Optional
 
 from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from llamalab import (CursorContext, Engine, FimTokens, GenerationParams, GenerationResult, LlamalabError,
-                      LocalEngine, TokenStream, build_fim_prompt, postprocess_completion, should_stop_completion,
-                      strip_healed)
+from llamalab import Engine, GenerationResult, LlamalabError, TokenStream
+from llamalab.suggest import Cell, SuggestionPlan, SuggestionService, SuggestionText, SuggestRequest, collect
+from llamalab.suggest.layout import CHARS_PER_TOKEN
 
 from .errors import error_message
 from .handlers import BadRequest, LlamalabHandler
 from .manager import Generation
 from .messages import CompletionChunk, CompletionReply, CompletionRequest, Usage
 
-__all__ = ["CompleteHandler", "DEFAULT_MAX_TOKENS", "cursor_context", "completion_params", "handlers"]
+__all__ = ["CompleteHandler", "DEFAULT_MAX_TOKENS", "suggest_request", "handlers"]
 
 DEFAULT_MAX_TOKENS = 64
-MAX_PREFIX_TOKENS = 1024
-MAX_SUFFIX_TOKENS = 256
-REMOTE_PREFIX_CHARS = 4 * MAX_PREFIX_TOKENS  # about 4 characters a token for code
 
 
-def cursor_context(request: CompletionRequest) -> CursorContext:
+def suggest_request(request: CompletionRequest, document: Hashable, max_tokens: int,
+                    kernel_names: str = "") -> SuggestRequest:
+    """The service's request for a wire request."""
+    cells = None
+    if request.cells is not None:
+        cells = tuple(Cell(id=c.id, source=c.source, kind=c.kind) for c in request.cells)
     mode = None if request.mode == "auto" else request.mode
-    return CursorContext.at(request.prefix + request.suffix, len(request.prefix), mode=mode)
-
-
-def completion_params(ctx: CursorContext, max_tokens: int) -> dict[str, object]:
-    """Greedy sampling (a suggestion should not change between two identical requests); a
-    single-line completion in the middle of a line stops at the newline in llama.cpp itself."""
-    stop = ("\n",) if ctx.mode == "single" and ctx.line_prefix.strip() else ()
-    return {"max_tokens": max_tokens, "temperature": 0.0, "stop": stop, "priority": "interactive"}
+    return SuggestRequest(document=document, prefix=request.prefix, suffix=request.suffix,
+                          language=request.language or "", cells=cells, cell_index=request.cell_index or 0,
+                          mode=mode, kernel_names=kernel_names, max_tokens=max_tokens, warm=request.warm)
 
 
 class _Prompted:
-    """Starts the generation on the engine the manager picked and remembers whether FIM was used."""
+    """Starts the suggestion on the engine the manager picked and keeps its plan."""
 
-    def __init__(self, ctx: CursorContext, params: GenerationParams) -> None:
-        self.ctx = ctx
-        self.params = params
-        self.fim = False
-        self.healed = ""  # the prefix's end left for the model to write (``llamalab.healing``)
+    def __init__(self, service: SuggestionService, request: SuggestRequest) -> None:
+        self.service = service
+        self.request = request
+        self.plan: Optional[SuggestionPlan] = None
+        self.engine: Optional[Engine] = None
 
     def __call__(self, engine: Engine) -> TokenStream:
-        if isinstance(engine, LocalEngine):
-            room = max(64, engine.n_ctx - self.params.max_tokens - 8)
-            prompt = build_fim_prompt(engine, self.ctx.prefix, self.ctx.suffix, FimTokens.from_info(engine.info),
-                                      max_prefix_tokens=min(MAX_PREFIX_TOKENS, room * 3 // 4),
-                                      max_suffix_tokens=min(MAX_SUFFIX_TOKENS, room // 4))
-            self.fim, self.healed = prompt.infill, prompt.healed
-            return engine.complete_tokens(prompt.tokens, dataclasses.replace(self.params, heal=prompt.healed))
-        return engine.complete(self.ctx.prefix[-REMOTE_PREFIX_CHARS:], self.params)
+        stream, self.plan = self.service.start(engine, self.request)
+        self.engine = engine
+        return stream
+
+    def prompt_text(self) -> Optional[str]:
+        if self.plan is None or self.engine is None:
+            return None
+        if self.plan.tokens is not None:
+            return self.engine.detokenize(self.plan.tokens)
+        return self.plan.text
 
 
 class CompleteHandler(LlamalabHandler):
@@ -86,65 +85,95 @@ class CompleteHandler(LlamalabHandler):
         if self._generation is not None:
             self._generation.cancel()  # superseded or abandoned: free the model within a token
 
+    @property
+    def service(self) -> SuggestionService:
+        return self.settings["llamalab_suggestions"]
+
+    @staticmethod
+    def _document(request: CompletionRequest) -> Hashable:
+        """The key of the document's state: its path (one Jupyter server serves one user, or
+        collaborators on the same documents); none without a path."""
+        return ("path", request.path) if request.path else ""
+
+    async def _kernel_names(self, request: CompletionRequest, near: str) -> str:
+        reader = self.settings.get("llamalab_kernel_context")
+        if reader is None or request.kernel is None:
+            return ""
+        return await reader.block(request.kernel.id, request.kernel.execution_count, near=near)
+
     @web.authenticated
     @authorized
     async def post(self) -> None:
-        request = self.body_as(CompletionRequest)
-        ctx = cursor_context(request)
-        params = self.manager.params(None, **completion_params(ctx, request.max_tokens or DEFAULT_MAX_TOKENS))
-        prompted = _Prompted(ctx, params)
+        wire = self.body_as(CompletionRequest)
+        limit = self.manager.config.max_tokens_limit
+        max_tokens = min(wire.max_tokens or DEFAULT_MAX_TOKENS, limit)
+        near = "".join(c.source for c in (wire.cells or [])[:wire.cell_index or 0][-8:]) + wire.prefix[-2000:]
+        kernel_names = await self._kernel_names(wire, near)
+        request = suggest_request(wire, self._document(wire), max_tokens, kernel_names)
         started = time.monotonic()
-        generation = await self.manager.start(request.model, len(request.prefix) + len(request.suffix), prompted)
+        predicted = self.service.predicted(request)
+        if predicted is not None:
+            self.service.remember(request, predicted)
+            reply = CompletionReply(text=predicted, fim=False, model=self.manager.served_name(
+                self.manager.canonical(wire.model)), finish_reason="stop",
+                usage=Usage(prompt_tokens=0, completion_tokens=0))
+            await self._answer(wire, reply)
+            return
+        prompted = _Prompted(self.service, request)
+        options = self.service.options
+        used_chars = (options.prefix_tokens + options.suffix_tokens + options.context_tokens) * CHARS_PER_TOKEN
+        generation = await self.manager.start(wire.model, min(len(wire.prefix) + len(wire.suffix), used_chars),
+                                              prompted)
         self._generation = generation
         if self._gone:
             generation.cancel()
         try:
-            if request.stream:
-                await self._stream(generation, ctx, prompted)
-            else:
-                generated, stopped = await self._generate(generation, ctx, prompted)
-                if not self._gone:
-                    self.reply(self._reply(generation, ctx, prompted, generated, stopped))
+            text = SuggestionText(request.cursor, prompted.plan.healed if prompted.plan else "")
+            budget = None if wire.stream else options.time_budget_s
+            on_text = self._chunk if wire.stream else None
+            if wire.stream:
+                self._start_events()
+            try:
+                suggestion, ended_by = await collect(generation, text, budget, on_text)
+                if ended_by != "model":
+                    await _stop(generation)
+                reply = self._reply(generation, prompted, suggestion, ended_by)
+                if not request.warm:
+                    self.service.remember(request, reply.text)
+                if wire.explain:
+                    reply.prompt = prompted.prompt_text()
+            except (BadRequest, LlamalabError) as exc:
+                if not wire.stream:
+                    raise
+                error = exc.error if isinstance(exc, BadRequest) else error_message(exc, log=self.log)
+                await self._event(error.model_dump_json())
+                self.finish(set_content_type="text/event-stream")
+                return
+            await self._answer(wire, reply)
         except StreamClosedError:
             generation.cancel()
         finally:
             await generation.aclose()
-            self.log.debug("llamalab: completion (%s, fim=%s) in %.3f s", ctx.mode, prompted.fim,
+            self.log.debug("llamalab: completion (%s, warm=%s) in %.3f s", request.cursor.mode, request.warm,
                            time.monotonic() - started)
 
-    async def _generate(self, generation: Generation, ctx: CursorContext, prompted: "_Prompted") -> tuple[str, bool]:
-        """Run the generation to its end or to the stop rules; (raw text, stopped by a rule)."""
-        raw, generated = "", ""
-        async for piece in generation:  # the prompt was built (and healed) by manager.start
-            raw += piece
-            generated = strip_healed(raw, prompted.healed)
-            if should_stop_completion(generated, ctx):
-                await _stop(generation)
-                return generated, True
-        return generated, False
-
-    async def _stream(self, generation: Generation, ctx: CursorContext, prompted: _Prompted) -> None:
+    def _start_events(self) -> None:
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
-        raw, generated, sent, stopped = "", "", "", False
-        try:
-            async for piece in generation:
-                raw += piece
-                generated = strip_healed(raw, prompted.healed)
-                stopped = should_stop_completion(generated, ctx)
-                text = postprocess_completion(generated, ctx)
-                if text and text != sent:
-                    sent = text
-                    await self._event(CompletionChunk(text=text).model_dump_json())
-                if stopped:
-                    await _stop(generation)
-                    break
-            await self._event(self._reply(generation, ctx, prompted, generated, stopped).model_dump_json())
-        except (BadRequest, LlamalabError) as exc:  # the status is sent: report in the stream
-            error = exc.error if isinstance(exc, BadRequest) else error_message(exc, log=self.log)
-            await self._event(error.model_dump_json())
-        self.finish(set_content_type="text/event-stream")
+
+    async def _chunk(self, text: str) -> None:
+        await self._event(CompletionChunk(text=text).model_dump_json())
+
+    async def _answer(self, wire: CompletionRequest, reply: CompletionReply) -> None:
+        if self._gone:
+            return
+        if wire.stream:
+            self._start_events()
+            await self._event(reply.model_dump_json())
+            self.finish(set_content_type="text/event-stream")
+        else:
+            self.reply(reply)
 
     async def _event(self, data: str) -> None:
         if self._gone:
@@ -152,25 +181,23 @@ class CompleteHandler(LlamalabHandler):
         self.write(f"data: {data}\n\n")
         await self.flush()
 
-    def _reply(self, generation: Generation, ctx: CursorContext, prompted: _Prompted, generated: str,
-               stopped: bool) -> CompletionReply:
+    def _reply(self, generation: Generation, prompted: _Prompted, suggestion: str, ended_by: str) -> CompletionReply:
         result: Optional[GenerationResult] = generation.result
+        stopped = ended_by in ("stop rules", "time budget")
         if stopped:
             reason = "stop"
         elif result is None:
             reason = "cancelled"
         else:
             reason = result.finish_reason
-        if reason == "cancelled" and not stopped and not generated:
-            text = ""
-        else:
-            text = postprocess_completion(generated, ctx)
+        text = "" if prompted.request.warm or (reason == "cancelled" and not suggestion) else suggestion
         usage = Usage(prompt_tokens=result.prompt_tokens if result else 0,
                       completion_tokens=result.completion_tokens if result else 0,
                       time_to_first_token_s=result.time_to_first_token_s if result else None,
-                      duration_s=result.duration_s if result else 0.0)
-        return CompletionReply(text=text, fim=prompted.fim, model=generation.model, finish_reason=reason,
-                               usage=usage)
+                      duration_s=result.duration_s if result else 0.0,
+                      reused_prompt_tokens=result.reused_prompt_tokens if result else None)
+        return CompletionReply(text=text, fim=bool(prompted.plan and prompted.plan.infill), model=generation.model,
+                               finish_reason=reason, usage=usage)
 
 
 async def _stop(generation: Generation) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PROTOCOL_VERSION = 1
 MAX_HISTORY_TURNS = 200  # the most earlier turns a chat request may seed a conversation with
@@ -94,6 +94,8 @@ class Usage(_Wire):
     dropped_messages: int = 0
     time_to_first_token_s: Optional[float] = None
     duration_s: float = 0.0
+    reused_prompt_tokens: Optional[int] = Field(
+        None, description="prompt tokens already in the model's cache, not evaluated again (local models)")
 
 
 # -- client -> server (WebSocket) --------------------------------------------------------
@@ -340,12 +342,47 @@ class QuantizeRequest(_Wire):
 
 
 # -- inline completion (POST /llamalab/complete) -------------------------------------------
+class NotebookCell(_Wire):
+    """One notebook cell around the cursor's: its id (JupyterLab's cell id), text and kind."""
+
+    id: str = Field(max_length=128)
+    source: str = ""
+    kind: Literal["code", "markdown", "raw"] = "code"
+
+
+class KernelRef(_Wire):
+    """The notebook's running kernel, whose defined names may go into the prompt."""
+
+    id: str = Field(max_length=128, description="the kernel's id (from /api/kernels)")
+    execution_count: int = Field(0, ge=0, description="the notebook's latest execution count; when it changes, "
+                                                       "the kernel's names are read again")
+
+
 class CompletionRequest(_Wire):
     """Complete the code at a cursor: ``prefix`` is the text before it, ``suffix`` after it.
-    Fill-in-the-middle is used when the model has FIM tokens (Code Llama), else the prefix alone."""
+    Fill-in-the-middle is used when the model has FIM tokens (Code Llama), else the prefix alone.
+
+    A notebook sends its cells (``cells``, with the cursor's cell at ``cell_index``; that cell's
+    own text is ``prefix + suffix``), so the server can lay the prompt out cell by cell and keep
+    its start while the user types. A plain client may send the whole text above and below the
+    cursor as ``prefix`` and ``suffix``; ``path`` then names the document, so the server keeps
+    the same window start between its requests."""
 
     prefix: str
     suffix: str = ""
+    cells: Optional[list[NotebookCell]] = Field(
+        None, max_length=20000, description="a notebook's cells in order, the cursor's at cell_index")
+    cell_index: Optional[int] = Field(None, ge=0, description="the cursor's cell in cells")
+    kernel: Optional[KernelRef] = Field(None, description="the notebook's kernel, for its variables and functions")
+    warm: bool = Field(False, description="only read the prompt into the model's cache (a cell was entered, the "
+                                          "user paused); the reply's text is empty")
+    explain: bool = Field(False, description="include the prompt as text in the reply (for debugging and tests)")
+
+    @model_validator(mode="after")
+    def _cell_index_names_a_cell(self) -> "CompletionRequest":
+        if self.cells is not None and (self.cell_index is None or self.cell_index >= len(self.cells)):
+            raise ValueError(f"cell_index must name one of the {len(self.cells)} cells sent (counting from 0)")
+        return self
     language: Optional[str] = Field(None, max_length=64, description='e.g. "python"')
     path: Optional[str] = Field(None, max_length=4096, description="the document's path, for context")
     model: Optional[str] = Field(None, description="a model name; omitted: the server's current model")
@@ -369,6 +406,7 @@ class CompletionReply(_Wire):
     model: str
     finish_reason: Literal["stop", "length", "cancelled"]
     usage: Usage
+    prompt: Optional[str] = Field(None, description="the prompt as text, when the request asked to explain")
 
 
 class GPUInfo(_Wire):

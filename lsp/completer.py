@@ -1,50 +1,44 @@
-"""One suggestion at a time per document: debounce, supersede, time budget, stop rules, stats.
+"""One suggestion at a time per document: debounce, supersede, statistics.
 
 ``Completer`` owns the engine (loaded on first use, reloaded when the model settings change)
-and the state that spans requests for one document: the number of its newest request, its
-running generation, the anchor line of its prefix window (``context.prefix_window``) and the
-ids of that window's stable head (``context.LineCachedTokenizer``).
-It knows nothing of pygls: the server hands it text, a cursor offset and the other open
-documents, and gets text back.
+and, per document, the number of its newest request and its running generation. What a
+suggestion is made of (the prompt's layout, healing, stop rules, time budget, type-ahead)
+is the core's ``SuggestionService``; the completer hands it the document's text, the cursor
+and the other open documents, and gets text back. It knows nothing of pygls.
 
 A request waits ``debounceMs`` first; a newer request for the same document supersedes it:
 the older one's generation is cancelled (``TokenStream.cancel`` takes effect within one
-token) and it answers None. Generation streams on a helper thread (``AsyncTokenStream``), the
-prompt is built on that thread too, and it ends as soon as the stop rules in
-``llamalab.completion_rules`` say the suggestion is complete, or the time budget is spent.
-The reply goes out at once; the generation's statistics (``prompt N tokens, reused M,
-evaluated K``) are logged when the stream has wound down, through ``report``.
+token) and it answers None. A request whose text extends the document's last suggestion by
+what that suggestion predicted is answered from it at once (type-ahead). Generation streams
+on a helper thread (``AsyncTokenStream``), the prompt is built on that thread too. The reply
+goes out at once; the generation's statistics (``prompt N tokens, reused M, evaluated K``)
+are logged when the stream has wound down, through ``report``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from llamalab import (AsyncTokenStream, CursorContext, Engine, FimTokens, GenerationParams, GenerationResult,
-                      LocalEngine, LocalOptions, open_engine, postprocess_completion, should_stop_completion,
-                      strip_healed)
+from llamalab import AsyncTokenStream, Engine, GenerationResult, LocalOptions, open_engine
+from llamalab.suggest import (ContextDocument, SuggestionPlan, SuggestionService, SuggestionText, SuggestOptions,
+                              SuggestRequest, collect)
 
-from .context import ContextDocument, LineCachedTokenizer, PromptPlan, context_chunks, plan_prompt, prefix_window
 from .settings import ENGINE_FIELDS, Settings
 
 __all__ = ["Completer", "CompletionStats", "format_stats"]
 
 log = logging.getLogger("llamalab.lsp")
 
-_CHARS_PER_TOKEN_REMOTE = 3  # a remote engine's prompt is cut by characters, not tokens
-
-
 @dataclass(frozen=True)
 class CompletionStats:
     uri: str
     result: Optional[GenerationResult]
-    ended_by: str  # "stop rules", "time budget", "model", "superseded", "cancelled"
+    ended_by: str  # "stop rules", "time budget", "model", "superseded", "cancelled", "type-ahead"
     latency_s: float
 
     @property
@@ -62,17 +56,21 @@ def format_stats(stats: CompletionStats) -> str:
             f"{r.completion_tokens} tokens, ended by {stats.ended_by}, {1000 * stats.latency_s:.0f} ms ({stats.uri})")
 
 
+def suggest_options(settings: Settings) -> SuggestOptions:
+    return SuggestOptions(prefix_tokens=settings.prefix_tokens, suffix_tokens=settings.suffix_tokens,
+                          context_tokens=settings.context_tokens, max_tokens=settings.max_tokens,
+                          time_budget_s=settings.time_budget_ms / 1000 if settings.time_budget_ms else None)
+
+
 class Completer:
     def __init__(self, report: Callable[[CompletionStats], None]) -> None:
         self.settings = Settings()
+        self.service = SuggestionService(suggest_options(self.settings))
         self.engine: Optional[Engine] = None
         self._report = report
         self._loading: Optional[asyncio.Future[Engine]] = None
         self._latest: dict[str, int] = {}  # uri -> number of its newest request
         self._streams: dict[str, AsyncTokenStream] = {}  # uri -> its running generation
-        self._anchors: dict[str, int] = {}  # uri -> anchor line of its last prefix window
-        self._tokenizers: dict[str, LineCachedTokenizer] = {}  # uri -> its prompt tokenizer
-        self._context_cache: Optional[tuple[Any, tuple[str, tuple[str, ...]]]] = None
         self._counter = 0
         self._background: set[asyncio.Task[None]] = set()
 
@@ -80,6 +78,7 @@ class Completer:
     def configure(self, settings: Settings) -> None:
         """Use ``settings`` from now on; the model is loaded again on next use if they change it."""
         old, self.settings = self.settings, settings
+        self.service.options = suggest_options(settings)
         if not set(old.changed(settings)) & set(ENGINE_FIELDS):
             return
         self._loading = None  # a load under way is closed when it finishes
@@ -117,8 +116,7 @@ class Completer:
     def forget(self, uri: str) -> None:
         """A document was closed."""
         self.cancel(uri)
-        self._anchors.pop(uri, None)
-        self._tokenizers.pop(uri, None)
+        self.service.forget(uri)
         self._latest.pop(uri, None)
 
     def cancel(self, uri: Optional[str] = None) -> None:
@@ -129,73 +127,15 @@ class Completer:
                 stream.cancel()
 
     # -- prompts ------------------------------------------------------------------------------
-    def _with_context(self, others: Sequence[ContextDocument]) -> bool:
-        s = self.settings
-        return s.context_tokens > 0 and bool(others) and (
-            s.context_tokens + s.prefix_tokens + s.suffix_tokens + s.max_tokens + 16 <= s.n_ctx)
+    def request(self, uri: str, text: str, offset: int, language_id: str = "",
+                others: Sequence[ContextDocument] = ()) -> SuggestRequest:
+        offset = min(max(0, offset), len(text))
+        return SuggestRequest(document=uri, prefix=text[:offset], suffix=text[offset:], language=language_id,
+                              others=tuple(others) if self.settings.context_tokens else ())
 
-    def plan(self, engine: LocalEngine, uri: str, ctx: CursorContext, others: Sequence[ContextDocument] = (),
-             language_id: str = "", remember: bool = True) -> PromptPlan:
-        """The prompt's ids for a local model (tokenizes: call it off the event loop). ``remember``
-        keeps its anchor line for the document's next prompt."""
-        s = self.settings
-        tokenizer = self._tokenizers.get(uri)
-        if tokenizer is None or tokenizer.tokenizer is not engine:  # one per document and model
-            tokenizer = self._tokenizers[uri] = LineCachedTokenizer(engine)
-
-        def count(part: str) -> int:
-            return len(engine.tokenize(part)) if part else 0
-
-        context, paths = self._context(others, language_id, count, engine) if self._with_context(others) else ("", ())
-        plan = plan_prompt(tokenizer, FimTokens.from_info(engine.info), ctx.prefix + ctx.suffix, len(ctx.prefix),
-                           prefix_tokens=s.prefix_tokens, suffix_tokens=s.suffix_tokens, context=context,
-                           context_paths=paths, previous_anchor=self._anchors.get(uri))
-        if remember:
-            self._anchors[uri] = plan.anchor_line
-        return plan
-
-    def _context(self, others: Sequence[ContextDocument], language_id: str, count: Callable[[str], int],
-                 engine: Engine) -> tuple[str, tuple[str, ...]]:
-        """``context_chunks``, remembered until the other documents, the budget or the model change
-        (a document's text is the same object between keystrokes elsewhere, and keeps its hash)."""
-        key = (id(engine), language_id, self.settings.context_tokens,
-               tuple((d.path, hash(d.text), len(d.text)) for d in others))
-        cached = self._context_cache
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        result = context_chunks(others, language_id, self.settings.context_tokens, count)
-        self._context_cache = (key, result)
-        return result
-
-    def text_prompt(self, uri: str, ctx: CursorContext, others: Sequence[ContextDocument] = (),
-                    language_id: str = "", remember: bool = True) -> str:
-        """The prompt as text for a remote model, cut by an estimate of its tokens."""
-        s = self.settings
-
-        def estimate(part: str) -> int:
-            return len(part) // _CHARS_PER_TOKEN_REMOTE
-
-        context, _ = context_chunks(others, language_id, s.context_tokens, estimate) \
-            if self._with_context(others) else ("", ())
-        anchor, start_at = prefix_window(ctx.prefix, s.prefix_tokens, estimate, self._anchors.get(uri))
-        if remember:
-            self._anchors[uri] = anchor
-        return context + ctx.prefix[start_at:][-_CHARS_PER_TOKEN_REMOTE * s.prefix_tokens:]
-
-    def _start(self, engine: Engine, uri: str, ctx: CursorContext, others: Sequence[ContextDocument],
-               language_id: str, params: GenerationParams) -> tuple[AsyncTokenStream, list[str]]:
-        """The stream, and a box that holds the text the prompt left for the model to write
-        (set on the helper thread before the first piece arrives)."""
-        healed = [""]
-
-        def start():  # on the stream's helper thread: tokenizing never blocks the event loop
-            if isinstance(engine, LocalEngine):
-                plan = self.plan(engine, uri, ctx, others, language_id)
-                healed[0] = plan.healed
-                return engine.complete_tokens(plan.tokens, dataclasses.replace(params, heal=plan.healed))
-            return engine.complete(self.text_prompt(uri, ctx, others, language_id), params)
-
-        return AsyncTokenStream(start), healed
+    def plan(self, engine: Engine, request: SuggestRequest, remember: bool = True) -> SuggestionPlan:
+        """The prompt (tokenizes: call it off the event loop)."""
+        return self.service.plan(engine, request, remember=remember)
 
     # -- one suggestion -----------------------------------------------------------------------
     async def suggest(self, uri: str, text: str, offset: int, language_id: str = "",
@@ -206,8 +146,13 @@ class Completer:
         self._counter += 1
         number = self._latest[uri] = self._counter
         self.cancel(uri)  # the superseded generation stops within a token
+        request = self.request(uri, text, offset, language_id, others)
+        predicted = self.service.predicted(request)
+        if predicted is not None:  # the user typed what the last suggestion said: the rest of it
+            self.service.remember(request, predicted)
+            self._report(CompletionStats(uri, None, "type-ahead", time.perf_counter() - started))
+            return predicted
         s = self.settings
-        ctx = CursorContext.at(text, min(max(0, offset), len(text)))
         if s.debounce_ms > 0:
             await asyncio.sleep(s.debounce_ms / 1000)
         if self._latest.get(uri) != number:
@@ -215,24 +160,23 @@ class Completer:
         engine = await self.get_engine()
         if self._latest.get(uri) != number:
             return None
-        single = ctx.mode == "single" and bool(ctx.line_prefix.strip())
-        params = GenerationParams(max_tokens=s.max_tokens, temperature=0.0, repeat_penalty=1.0,
-                                  stop=("\n",) if single else (), priority="interactive")
-        stream, healed = self._start(engine, uri, ctx, others, language_id, params)
+        healed = [""]
+
+        def start():  # on the stream's helper thread: tokenizing never blocks the event loop
+            stream, plan = self.service.start(engine, request)
+            healed[0] = plan.healed
+            return stream
+
+        stream = AsyncTokenStream(start)
         self._streams[uri] = stream
-        generated, ended_by = "", "model"
-        raw = ""
+        suggestion = SuggestionText(request.cursor)
+        async def pieces():
+            async for piece in stream:
+                suggestion.healed = healed[0]  # set on the helper thread before the first piece
+                yield piece
+
         try:
-            async with asyncio.timeout(s.time_budget_ms / 1000 if s.time_budget_ms else None):
-                async for piece in stream:
-                    raw += piece
-                    generated = strip_healed(raw, healed[0])
-                    if should_stop_completion(generated, ctx):
-                        ended_by = "stop rules"
-                        break
-        except TimeoutError:
-            ended_by = "time budget"
-            generated = _complete_lines(generated, ctx)
+            text_out, ended_by = await collect(pieces(), suggestion, self.service.options.time_budget_s)
         except asyncio.CancelledError:  # $/cancelRequest: pygls answers RequestCancelled
             self._after(uri, stream, "cancelled", started)
             raise
@@ -243,7 +187,8 @@ class Completer:
             self._after(uri, stream, "superseded", started)
             return None
         self._after(uri, stream, ended_by, started)
-        return postprocess_completion(generated, ctx) or None
+        self.service.remember(request, text_out)
+        return text_out or None
 
     def _after(self, uri: str, stream: AsyncTokenStream, ended_by: str, started: float) -> None:
         """Report the generation's statistics once its stream has ended (within a token)."""
@@ -261,11 +206,3 @@ class Completer:
         task = asyncio.get_running_loop().create_task(report())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-def _complete_lines(generated: str, ctx: CursorContext) -> str:
-    """What a generation cut short by the time budget may still offer: single-line suggestions
-    as they are, multi-line ones up to their last complete line."""
-    if ctx.mode == "single" or "\n" not in generated.strip("\n"):
-        return generated
-    return generated[:generated.rstrip("\n").rfind("\n")]

@@ -6,7 +6,7 @@ in the negotiated encoding, UTF-16 by default), ``$/cancelRequest`` (pygls cance
 handler's task, which cancels the generation underneath), ``workspace/didChangeConfiguration``,
 and ``llamalab/prompt``, which says what a completion at a position would send the model (for
 editor-client authors and the benchmark). What a suggestion is made of lives in
-``completer`` and ``context``; the settings and their checks in ``settings``; strict
+the core's ``llamalab.suggest``, the per-document debounce and superseding in ``completer``; the settings and their checks in ``settings``; strict
 JSON-RPC error replies in ``protocol``.
 
 Settings come from ``initializationOptions`` and ``workspace/didChangeConfiguration`` (the
@@ -24,6 +24,7 @@ import itertools
 import json
 import logging
 import os
+import posixpath
 import sys
 from typing import Any, BinaryIO, Optional, TextIO
 from urllib.parse import unquote, urlparse
@@ -33,10 +34,10 @@ from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.workspace import TextDocument
 
-from llamalab import CursorContext, LlamalabError, LocalEngine, __version__
+from llamalab import CursorContext, LlamalabError, __version__
+from llamalab.suggest import ContextDocument
 
 from .completer import Completer, CompletionStats
-from .context import ContextDocument, display_path
 from .protocol import LlamalabProtocol, ParseErrorLogFilter
 from .settings import Settings
 
@@ -158,15 +159,25 @@ async def _prompt_info(ls: LlamalabLanguageServer, params: Any) -> dict[str, Any
     others = ls.context_documents(document) if ls.settings.context_tokens else []
     info: dict[str, Any] = {"mode": ctx.mode, "linePrefix": ctx.line_prefix, "lineSuffix": ctx.line_suffix}
     engine = await ls.completer.get_engine()
-    language_id = document.language_id or ""
-    if isinstance(engine, LocalEngine):
-        plan = await asyncio.to_thread(ls.completer.plan, engine, uri, ctx, others, language_id, False)
+    request = ls.completer.request(uri, text, document.offset_at_position(position), document.language_id or "",
+                                   others)
+    plan = await asyncio.to_thread(ls.completer.plan, engine, request, False)
+    if plan.tokens is not None:
         info.update(promptTokens=len(plan.tokens), tokens=plan.tokens, infill=plan.infill,
                     text=engine.detokenize(plan.tokens), anchorLine=plan.anchor_line,
                     contextPaths=list(plan.context_paths), healed=plan.healed)
     else:
-        info.update(text=ls.completer.text_prompt(uri, ctx, others, language_id, remember=False))
+        info.update(text=plan.text)
     return info
+
+
+def display_path(uri_path: str, root: Optional[str]) -> str:
+    """A document's path relative to the workspace root when it is inside it, else its name."""
+    if root:
+        relative = posixpath.relpath(uri_path, root)
+        if not relative.startswith(".."):
+            return relative
+    return posixpath.basename(uri_path) or uri_path
 
 
 def create_server() -> LlamalabLanguageServer:

@@ -4,6 +4,10 @@ An ``Engine`` streams a completion or a chat as a ``TokenStream`` (an iterator o
 pieces whose ``result`` holds the finish reason, token counts and any trimming once it
 ends), tokenizes, describes its model and cancels. ``LocalEngine`` runs llama.cpp in this
 process; ``RemoteEngine`` speaks to an OpenAI-compatible server.
+
+Engines whose prompts can be token ids (``accepts_token_prompts``) also offer
+``complete_tokens``, ``detokenize`` and the model's fill-in-the-middle ids (``fim_tokens``):
+code suggestions build their prompts from ids there, and from text elsewhere.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Generator, Iterator, Literal, Optional, Sequence
 
 from ..errors import ConfigError
+from ..fim import FimTokens
 from ..templates import Message
 
 __all__ = [
@@ -182,6 +187,30 @@ class Engine(abc.ABC):
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenize(text))
+
+    # -- token-level prompts (engines that run the model themselves) -----------------------
+    @property
+    def accepts_token_prompts(self) -> bool:
+        """Whether ``complete_tokens`` takes a prompt of token ids (and ``detokenize`` works)."""
+        return False
+
+    def complete_tokens(self, tokens: Sequence[int], params: Optional[GenerationParams] = None) -> TokenStream:
+        """Stream a continuation of a prompt given as token ids (see ``accepts_token_prompts``)."""
+        raise NotImplementedError(f"{type(self).__name__} takes prompts as text only")
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of ``tokens`` (see ``accepts_token_prompts``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot turn token ids into text")
+
+    def fim_tokens(self) -> FimTokens:
+        """The model's fill-in-the-middle token ids; none (``FimTokens()``) when it has none or
+        the engine takes text prompts only."""
+        return FimTokens()
+
+    @property
+    def context_size(self) -> Optional[int]:
+        """Tokens a prompt and its answer may take together (the n_ctx in use); None if unknown."""
+        return self.describe().context_length
 
     @abc.abstractmethod
     def describe(self) -> ModelDescription:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Generator, Optional, Sequence, Union
 
 from ..errors import ConfigError, ContextOverflowError, EngineBusyError, EngineError
+from ..fim import FimTokens
 from ..gguf_info import GGUFInfo, read_gguf_info
 from ..templates import ChatFormat, Message, choose_chat_format, fit_messages
 from .base import Engine, GenerationParams, GenerationResult, ModelDescription, TokenStream
@@ -268,6 +269,17 @@ class LocalEngine(Engine):
     def detokenize(self, tokens: Sequence[int]) -> str:
         self._check_open()
         return self._native.detokenize(tokens)
+
+    @property
+    def accepts_token_prompts(self) -> bool:
+        return True
+
+    def fim_tokens(self) -> FimTokens:
+        return FimTokens.from_info(self.info)
+
+    @property
+    def context_size(self) -> int:
+        return self.n_ctx
 
     def describe(self) -> ModelDescription:
         return ModelDescription(

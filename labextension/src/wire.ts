@@ -43,11 +43,13 @@ export interface LlamalabWire {
   Job?: Job;
   JobList?: JobList;
   JobProgressMessage?: JobProgressMessage;
+  KernelRef?: KernelRef;
   LoadRequest?: LoadRequest;
   LoadedModel?: LoadedModel;
   ModelChangedMessage?: ModelChangedMessage;
   ModelFitInfo?: ModelFitInfo;
   ModelsReply?: ModelsReply;
+  NotebookCell?: NotebookCell;
   PullRequest?: PullRequest;
   QuantizeRequest?: QuantizeRequest;
   ResetRequest?: ResetRequest;
@@ -230,6 +232,10 @@ export interface CompletionReply {
   model: string;
   finish_reason: 'stop' | 'length' | 'cancelled';
   usage: Usage;
+  /**
+   * the prompt as text, when the request asked to explain
+   */
+  prompt: string | null;
 }
 /**
  * This interface was referenced by `LlamalabWire`'s JSON-Schema
@@ -241,10 +247,20 @@ export interface Usage {
   dropped_messages: number;
   time_to_first_token_s: number | null;
   duration_s: number;
+  /**
+   * prompt tokens already in the model's cache, not evaluated again (local models)
+   */
+  reused_prompt_tokens: number | null;
 }
 /**
  * Complete the code at a cursor: ``prefix`` is the text before it, ``suffix`` after it.
  * Fill-in-the-middle is used when the model has FIM tokens (Code Llama), else the prefix alone.
+ *
+ * A notebook sends its cells (``cells``, with the cursor's cell at ``cell_index``; that cell's
+ * own text is ``prefix + suffix``), so the server can lay the prompt out cell by cell and keep
+ * its start while the user types. A plain client may send the whole text above and below the
+ * cursor as ``prefix`` and ``suffix``; ``path`` then names the document, so the server keeps
+ * the same window start between its requests.
  *
  * This interface was referenced by `LlamalabWire`'s JSON-Schema
  * via the `definition` "CompletionRequest".
@@ -252,6 +268,26 @@ export interface Usage {
 export interface CompletionRequest {
   prefix: string;
   suffix?: string;
+  /**
+   * a notebook's cells in order, the cursor's at cell_index
+   */
+  cells?: NotebookCell[] | null;
+  /**
+   * the cursor's cell in cells
+   */
+  cell_index?: number | null;
+  /**
+   * the notebook's kernel, for its variables and functions
+   */
+  kernel?: KernelRef | null;
+  /**
+   * only read the prompt into the model's cache (a cell was entered, the user paused); the reply's text is empty
+   */
+  warm?: boolean;
+  /**
+   * include the prompt as text in the reply (for debugging and tests)
+   */
+  explain?: boolean;
   /**
    * e.g. "python"
    */
@@ -276,6 +312,33 @@ export interface CompletionRequest {
    * answer server-sent CompletionChunk events, then the CompletionReply
    */
   stream?: boolean;
+}
+/**
+ * One notebook cell around the cursor's: its id (JupyterLab's cell id), text and kind.
+ *
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "NotebookCell".
+ */
+export interface NotebookCell {
+  id: string;
+  source?: string;
+  kind?: 'code' | 'markdown' | 'raw';
+}
+/**
+ * The notebook's running kernel, whose defined names may go into the prompt.
+ *
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "KernelRef".
+ */
+export interface KernelRef {
+  /**
+   * the kernel's id (from /api/kernels)
+   */
+  id: string;
+  /**
+   * the notebook's latest execution count; when it changes, the kernel's names are read again
+   */
+  execution_count?: number;
 }
 /**
  * POST /llamalab/convert: convert a checkpoint folder on the server to GGUF (and quantize it)

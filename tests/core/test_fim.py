@@ -117,7 +117,8 @@ def test_heal_prefix_leaves_the_blanks_and_their_newline_to_the_model():
     assert heal_prefix("total = ") == ("total =", " ")
     assert heal_prefix("print(a, b)") == ("print(a, b)", "")
     assert heal_prefix("    return self.ite") == ("    return self.", "ite")  # the partial word
-    assert heal_prefix("x = 12") == ("x = ", "12")
+    assert heal_prefix("x = 12") == ("x =", " 12")  # the word with its one leading space
+    assert heal_prefix("f(a,  b") == ("f(a,  ", "b")  # two spaces: the word alone
     assert heal_prefix("   ") == ("   ", "") and heal_prefix("word") == ("word", "")  # no prompt left
 
 

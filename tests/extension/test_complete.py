@@ -124,3 +124,59 @@ async def test_a_suggestion_on_an_indented_new_line_fits_the_indentation(fetch_j
     assert status == 200, reply
     assert reply["text"].strip(), reply  # the demo model has something to say here
     assert not reply["text"][:1].isspace(), repr(reply["text"])
+
+
+def notebook_cells(count: int) -> list[dict]:
+    cells = [{"id": "c0", "source": "import math\nimport statistics\n\nvalues = [3.5, 1.25, 9.0, 4.75]\n"}]
+    for i in range(1, count):
+        cells.append({"id": f"c{i}", "source": f"def step_{i}(data, scale={i}):\n    total = 0.0\n"
+                                               f"    for item in data:\n        total += item * scale\n"
+                                               f"    return round(total / {i + 1}, 3)\n\nresult_{i} = step_{i}(values)\n"})
+    return cells
+
+
+async def test_a_notebook_request_lays_out_its_cells_and_reuses_the_cache_while_typing(fetch_json):
+    """The front end sends the cells; the prompt is the notebook as a percent script, and a
+    keystroke after a warm-up evaluates only the few tokens it added."""
+    cells = notebook_cells(40) + [{"id": "new", "source": ""}]
+    body = {"cells": cells, "cell_index": 40, "language": "python", "path": "work/analysis.ipynb", "max_tokens": 8}
+    status, warm = await fetch_json("POST", "llamalab/complete", {**body, "prefix": "best = ", "warm": True})
+    assert status == 200 and warm["text"] == "", warm
+    status, reply = await fetch_json("POST", "llamalab/complete", {**body, "prefix": "best = m", "explain": True})
+    assert status == 200, reply
+    prompt = reply["prompt"]  # n_ctx is 1,024 here: the prefix window alone, no head
+    assert prompt.startswith("# %%\ndef step_") and "# %%\ndef step_39(" in prompt and prompt.endswith("best =")
+    usage = reply["usage"]
+    assert usage["prompt_tokens"] > 500 and usage["prompt_tokens"] - usage["reused_prompt_tokens"] <= 8, usage
+
+
+async def test_typing_what_the_suggestion_said_is_answered_without_the_model(fetch_json, recorded):
+    body = {"cells": [{"id": "a", "source": "import math"}, {"id": "cur", "source": ""}], "cell_index": 1,
+            "language": "python", "path": "t.ipynb", "suffix": ""}
+    status, reply = await fetch_json("POST", "llamalab/complete", {**body, "prefix": "radius = 2.0\narea = math."})
+    assert status == 200 and len(reply["text"]) >= 2, reply
+    generations = len(recorded)
+    status, again = await fetch_json("POST", "llamalab/complete",
+                                     {**body, "prefix": "radius = 2.0\narea = math." + reply["text"][0]})
+    assert status == 200 and again["text"] == reply["text"][1:]
+    assert len(recorded) == generations  # no generation started
+
+
+@pytest.mark.parametrize("cells, cell_index, prefix", [
+    (notebook_cells(10_000) + [{"id": "new", "source": ""}], 10_000, "x = "),
+    ([{"id": "big", "source": ""}], 0, "y = 1\n" * 900_000 + "z = "),
+    ([{"id": "md", "source": "# Title", "kind": "markdown"}, {"id": "sh", "source": "%%bash\nls -l"},
+      {"id": "cur", "source": ""}], 2, "print("),
+])
+async def test_huge_and_mixed_notebooks_get_a_suggestion_or_an_empty_answer(fetch_json, cells, cell_index, prefix):
+    status, reply = await fetch_json("POST", "llamalab/complete", {
+        "cells": cells, "cell_index": cell_index, "prefix": prefix, "language": "python", "max_tokens": 8,
+        "explain": True})
+    assert status == 200, reply
+    assert reply["type"] == "completion" and len(reply["prompt"]) < 20_000
+
+
+async def test_a_cell_index_outside_the_cells_is_400(fetch_json):
+    status, error = await fetch_json("POST", "llamalab/complete", {"prefix": "x", "cells": [{"id": "a"}],
+                                                                    "cell_index": 1})
+    assert status == 400 and error["message"].startswith("invalid") and "cell_index" in error["message"]

@@ -8,8 +8,9 @@ import pytest
 
 pytest.importorskip("pygls")
 
-from llamalab.lsp.context import (GRID_LINES, ContextDocument, LineCachedTokenizer, comment_header,  # noqa: E402
-                                  context_chunks, display_path, prefix_window)
+from llamalab.lsp.server import display_path  # noqa: E402
+from llamalab.suggest.layout import (GRID_LINES, ContextDocument, LineCachedTokenizer, comment_header,  # noqa: E402
+                                     context_chunks, prefix_window)
 from llamalab.lsp.settings import Settings  # noqa: E402
 
 

@@ -18,7 +18,7 @@ AFTER = "\n    return name\n"
 
 def test_planned_ids_equal_build_fim_prompt_while_typing(code_llama):  # noqa: F811
     from llamalab import FimTokens, build_fim_prompt
-    from llamalab.lsp.context import LineCachedTokenizer, plan_prompt
+    from llamalab.suggest.layout import LineCachedTokenizer, plan_prompt
 
     engine, _ = code_llama
     fim = FimTokens.from_info(engine.info)
@@ -27,7 +27,7 @@ def test_planned_ids_equal_build_fim_prompt_while_typing(code_llama):  # noqa: F
     for typed in ("", "p", "pa", "pat", "path.up"):
         text = BEFORE + typed + AFTER
         offset = len(BEFORE + typed)
-        plan = plan_prompt(tokenizer, fim, text, offset, prefix_tokens=200, suffix_tokens=50, previous_anchor=anchor)
+        plan = plan_prompt(tokenizer, fim, text[:offset], text[offset:], prefix_tokens=200, suffix_tokens=50, previous_anchor=anchor)
         expected = build_fim_prompt(engine, text[:offset], text[offset:], fim, max_prefix_tokens=200,
                                     max_suffix_tokens=50)
         assert plan.infill and plan.tokens == expected.tokens, typed
@@ -36,7 +36,7 @@ def test_planned_ids_equal_build_fim_prompt_while_typing(code_llama):  # noqa: F
 
 
 def test_a_sentencepiece_tokenizer_is_never_split(code_llama):  # noqa: F811
-    from llamalab.lsp.context import LineCachedTokenizer
+    from llamalab.suggest.layout import LineCachedTokenizer
 
     engine, _ = code_llama
     tokenizer = LineCachedTokenizer(engine)

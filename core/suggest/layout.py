@@ -1,21 +1,23 @@
-"""What goes into a completion prompt: the prefix window, other open documents, the suffix.
+"""What goes into a code suggestion's prompt: the prefix window, context chunks, the suffix.
 
 The prompt is laid out as::
 
-    [<s>] [▁<PRE>] {chunks of other documents} {prefix window} [▁<SUF>{suffix window}▁<MID>]
+    [<s>] [▁<PRE>] {context chunks} {prefix window} [▁<SUF>{suffix window}▁<MID>]
 
 (the bracketed parts only for fill-in-the-middle models; ``llamalab.build_fim_prompt`` turns
 text into ids). Everything is chosen so that the prompt stays the *same* between keystrokes
 up to the cursor, because llama.cpp then only evaluates the tokens after the edit:
 
-- the prefix window starts on an anchor line, a multiple of ``GRID_LINES`` (absolute line
-  numbers in the document), the earliest one whose window fits three quarters of
+- the prefix window starts on an anchor line (in a file a multiple of ``GRID_LINES``, absolute
+  line numbers in the document; in a notebook a cell's first line or a multiple of
+  ``GRID_LINES`` lines into a cell, see ``notebook``), the earliest one whose window fits three quarters of
   ``prefixTokens`` (the rest is room for typing); the previous anchor is kept while its window
   still fits the whole budget and fills at least half of it, so typing moves the start of the
   window only once every few hundred tokens, by whole grid steps;
 - the window is tokenized as its stable head plus the line being typed
   (``LineCachedTokenizer``), so a keystroke costs the tokenizing of one line;
-- chunks of other open documents of the same language (most recently used first) come
+- context chunks (the kernel's names, the head of the notebook, other open documents) come
+  first and change only when what they show changes; chunks of other open documents of the same language (most recently used first) come
   before the prefix, each headed by a comment naming its path in the language's own comment
   syntax (``# path: util.py``), as Code Llama's repository-level prompts and llm-ls do; each
   is the head of its document cut at a line end, and they change only when those documents
@@ -28,16 +30,15 @@ a 5 MB document costs no more than a small one.
 
 from __future__ import annotations
 
-import posixpath
 import threading
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence
 
-from llamalab import FimTokens, build_fim_prompt
+from ..fim import FimTokens, build_fim_prompt
 
 __all__ = ["GRID_LINES", "CHARS_PER_TOKEN", "LINE_COMMENTS", "BLOCK_COMMENTS", "ContextDocument", "PromptPlan",
-           "Tokenizes", "LineCachedTokenizer", "comment_header", "prefix_window", "context_chunks", "plan_prompt",
-           "display_path"]
+           "Tokenizes", "LineCachedTokenizer", "comment_header", "line_comment", "prefix_window", "context_chunks",
+           "plan_prompt", "on_grid"]
 
 GRID_LINES = 16
 CHARS_PER_TOKEN = 8  # text read per token of budget (code averages 3 to 4 characters a token)
@@ -142,6 +143,16 @@ def comment_header(language_id: str, path: str) -> Optional[str]:
     return None
 
 
+def line_comment(language_id: str) -> Optional[str]:
+    """The language's line comment marker (``#``, ``//``), None when it has none we know."""
+    return LINE_COMMENTS.get(language_id)
+
+
+def on_grid(line: int) -> bool:
+    """A file's anchor lines: every ``GRID_LINES``-th line."""
+    return line % GRID_LINES == 0
+
+
 def _line_starts_back(prefix: str, max_chars: int) -> list[int]:
     """Offsets of the starts of the last lines of ``prefix``, the cursor's line first, going back
     while the text from there to the end is at most ``max_chars`` long (the cursor's line always)."""
@@ -154,12 +165,14 @@ def _line_starts_back(prefix: str, max_chars: int) -> list[int]:
 
 
 def prefix_window(prefix: str, budget: int, count: Callable[[str], int],
-                  previous_anchor: Optional[int] = None, grid: int = GRID_LINES) -> tuple[int, int]:
-    """``(anchor line, offset)``: where the prefix window starts, as the module docstring says.
-    When no grid line fits, the start of the cursor's line (the caller then cuts by tokens)."""
+                  previous_anchor: Optional[int] = None, is_anchor: Callable[[int], bool] = on_grid
+                  ) -> tuple[int, int]:
+    """``(anchor line, offset)``: where the prefix window starts, as the module docstring says;
+    ``is_anchor`` says which lines (numbered from 0 in ``prefix``) may start it. When no anchor
+    line fits, the start of the cursor's line (the caller then cuts by tokens)."""
     cursor_line = prefix.count("\n")
     starts = _line_starts_back(prefix, budget * CHARS_PER_TOKEN)  # starts[i] is line cursor_line - i
-    grid_lines = [line for line in range(cursor_line - len(starts) + 1, cursor_line + 1) if line % grid == 0]
+    grid_lines = [line for line in range(cursor_line - len(starts) + 1, cursor_line + 1) if is_anchor(line)]
 
     def offset(line: int) -> int:
         return starts[cursor_line - line]
@@ -223,18 +236,17 @@ def context_chunks(documents: Sequence[ContextDocument], language_id: str, budge
     return "".join(parts), tuple(paths)
 
 
-def plan_prompt(tokenizer: Tokenizes, fim: FimTokens, text: str, offset: int, *, prefix_tokens: int,
+def plan_prompt(tokenizer: Tokenizes, fim: FimTokens, prefix: str, suffix: str, *, prefix_tokens: int,
                 suffix_tokens: int, context: str = "", context_paths: tuple[str, ...] = (),
-                previous_anchor: Optional[int] = None) -> PromptPlan:
-    """The prompt's ids for a cursor at ``offset`` in ``text``, with ``context`` (from
-    ``context_chunks``) ahead of the prefix window."""
+                previous_anchor: Optional[int] = None, is_anchor: Callable[[int], bool] = on_grid) -> PromptPlan:
+    """The prompt's ids for a cursor between ``prefix`` and ``suffix``, with ``context`` (from
+    ``context_chunks`` and the like) ahead of the prefix window."""
 
     def count(part: str) -> int:
         return len(tokenizer.tokenize(part)) if part else 0
 
-    prefix = text[:offset]
-    anchor, start = prefix_window(prefix, prefix_tokens, count, previous_anchor)
-    suffix = text[offset:offset + suffix_tokens * CHARS_PER_TOKEN] if fim.supported else ""
+    anchor, start = prefix_window(prefix, prefix_tokens, count, previous_anchor, is_anchor)
+    suffix = suffix[:suffix_tokens * CHARS_PER_TOKEN] if fim.supported else ""
     if count(prefix[start:]) > prefix_tokens:  # even the cursor's line is too long: cut by tokens
         context, context_paths, budget = "", (), prefix_tokens
     else:  # the window fits: the slack only absorbs tokens merging differently across the join
@@ -244,11 +256,3 @@ def plan_prompt(tokenizer: Tokenizes, fim: FimTokens, text: str, offset: int, *,
     return PromptPlan(tokens=prompt.tokens, infill=prompt.infill, anchor_line=anchor, context_paths=context_paths,
                       dropped_prefix_tokens=prompt.dropped_prefix_tokens, healed=prompt.healed)
 
-
-def display_path(uri_path: str, root: Optional[str]) -> str:
-    """A document's path relative to the workspace root when it is inside it, else its name."""
-    if root:
-        relative = posixpath.relpath(uri_path, root)
-        if not relative.startswith(".."):
-            return relative
-    return posixpath.basename(uri_path) or uri_path
