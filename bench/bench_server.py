@@ -308,6 +308,7 @@ class Server:
         extension = {"default_model": str(model), "n_ctx": args.n_ctx, "n_threads": args.threads,
                      "n_gpu_layers": _gpu_layers(args.gpu_layers), "preload": True,
                      "max_tokens_limit": max(4096, args.max_tokens)}
+        extension.update(getattr(args, "extension", None) or {})  # a benchmark's own settings
         if args.home:
             extension["store_dir"] = str(Path(args.home).expanduser().resolve())
         config = {"ServerApp": {"jpserver_extensions": {"llamalab.extension": True, "jupyter_server_terminals": False}},

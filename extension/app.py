@@ -22,7 +22,7 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Int, List, TraitError, Unicode, Union as UnionTrait, validate
 
 from llamalab import ModelStore
-from llamalab.suggest import SuggestionService
+from llamalab.suggest import SuggestionService, SuggestOptions
 
 from .chat_socket import ChatSocket
 from .completions import handlers as completion_handlers
@@ -95,6 +95,19 @@ class LlamalabExtension(ExtensionApp):
                      more gets a 'busy' error (HTTP 429) instead of waiting without bound.""")
     max_prompt_chars = Int(200_000, config=True,
                            help="Longest message or prompt accepted, in characters; longer ones get an error.")
+    completion_prefix_tokens = Int(
+        512, config=True,
+        help="""Ghost text: tokens of the notebook or file above the cursor in a suggestion's prompt. The
+        window keeps its start while you type, so only new text is evaluated; a longer one knows more
+        of the notebook but every suggestion token attends over it (on a CPU, slower).""")
+    completion_context_tokens = Int(
+        384, config=True,
+        help="Ghost text: tokens for the kernel's variables and the notebook's first cells ahead of the window "
+             "(0: none).")
+    completion_suffix_tokens = Int(256, config=True,
+                                   help="Ghost text: tokens after the cursor, for fill-in-the-middle models.")
+    completion_time_budget_ms = Int(3000, config=True,
+                                    help="Ghost text: the longest an automatic suggestion may take (0: no limit).")
     max_tokens_limit = Int(4096, config=True, help="Largest max_tokens a client may ask for; larger requests are capped.")
     default_max_tokens = Int(512, config=True, help="max_tokens for requests that set none.")
     store_dir = Unicode(
@@ -118,6 +131,18 @@ class LlamalabExtension(ExtensionApp):
     def _not_negative(self, proposal: Any) -> int:
         if proposal["value"] < 0:
             raise TraitError(f"prompt_cache_mb must be 0 (off) or more, got {proposal['value']}")
+        return proposal["value"]
+
+    @validate("completion_context_tokens", "completion_suffix_tokens", "completion_time_budget_ms")
+    def _completion_not_negative(self, proposal: Any) -> int:
+        if proposal["value"] < 0:
+            raise TraitError(f"{proposal['trait'].name} must be 0 or more, got {proposal['value']}")
+        return proposal["value"]
+
+    @validate("completion_prefix_tokens")
+    def _completion_window(self, proposal: Any) -> int:
+        if proposal["value"] < 16:
+            raise TraitError(f"completion_prefix_tokens must be at least 16, got {proposal['value']}")
         return proposal["value"]
 
     @validate("max_queued", "max_prompt_chars", "max_tokens_limit", "default_max_tokens", "n_ctx", "n_parallel",
@@ -145,7 +170,10 @@ class LlamalabExtension(ExtensionApp):
         self.jobs = Jobs(store, allowed=self.manager.is_allowed, root_dir=self._root_dir())
         self.kernel_key: Optional[str] = new_key() if self.kernel_access else None
         self._restore_env = None
-        self.suggestions = SuggestionService()
+        self.suggestions = SuggestionService(SuggestOptions(
+            prefix_tokens=self.completion_prefix_tokens, suffix_tokens=self.completion_suffix_tokens,
+            context_tokens=self.completion_context_tokens,
+            time_budget_s=self.completion_time_budget_ms / 1000 if self.completion_time_budget_ms else None))
         self.settings.update(llamalab_manager=self.manager, llamalab_jobs=self.jobs,
                              llamalab_kernel_key=self.kernel_key, llamalab_suggestions=self.suggestions)
         self._export_env()

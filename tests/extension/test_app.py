@@ -37,6 +37,11 @@ def test_gpu_layers_accept_auto_or_a_count():
             app.n_gpu_layers = bad
     with pytest.raises(TraitError):
         app.max_queued = 0
+    for name, bad in (("completion_prefix_tokens", 8), ("completion_context_tokens", -1),
+                      ("completion_suffix_tokens", -5), ("completion_time_budget_ms", -1)):
+        with pytest.raises(TraitError, match=name):
+            setattr(app, name, bad)
+    app.completion_context_tokens = 0  # no context is a choice
 
 
 def test_installing_enables_the_extension(tmp_path):

@@ -311,3 +311,29 @@ async def test_debounce_lets_only_the_last_of_a_burst_generate(client):
         assert len(generations) == 1, [m.message for m in generations]  # the first two never reached the model
     finally:
         configure(client, debounceMs=0)
+
+
+async def test_typing_the_suggestion_is_answered_from_it_without_a_generation(client):
+    """Type-ahead in the server: a request whose text extends the last suggestion by what it
+    predicted gets the rest of it at once, and no generation runs (the log says so)."""
+    uri = "file:///work/project/typeahead.py"
+    text = "import math\n\n\ndef area(radius):\n    return math."
+    open_doc(client, uri, text)
+    cursor = types.Position(line=4, character=len("    return math."))
+    seen = len(client.log_messages)
+    items = await inline(client, uri, cursor)
+    assert items and len(items[0].insert_text) >= 2, items
+    await next_stats(client, seen, uri)  # the first generation has wound down and said so
+    shown = items[0].insert_text
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+        content_changes=[types.TextDocumentContentChangePartial(range=types.Range(start=cursor, end=cursor),
+                                                                text=shown[0])]))
+    seen = len(client.log_messages)
+    again = await inline(client, uri, types.Position(line=4, character=cursor.character + 1))
+    assert [item.insert_text for item in again] == [shown[1:]]
+    deadline = time.monotonic() + 30
+    while not any(uri in m.message and "type-ahead" in m.message for m in client.log_messages[seen:]):
+        assert time.monotonic() < deadline, [m.message for m in client.log_messages[seen:]]
+        await asyncio.sleep(0.02)
+    assert not any(STATS.search(m.message) and uri in m.message for m in client.log_messages[seen:])
