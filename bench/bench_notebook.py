@@ -17,7 +17,12 @@ is one request's own). Two sides, in the same run, against the same server:
 ``old``
     the request the front end sent before issue 12: ``prefix`` = the last 6,000 characters
     of the cells above and the cell's text, joined by blank lines and cut at a line start
-    (a window that slides with every keystroke), no ``path``, no ``cells``.
+    (a window that slides with every keystroke), no ``path``, no ``cells``. With
+    ``--baseline-rev REV`` these go to a second Jupyter server running llamalab as of the git
+    revision REV (``git archive`` of its ``core/``, ``extension/`` and ``lsp/`` put first on
+    the server's ``PYTHONPATH``; e.g. ``9042e87``, the last one before the suggestion service),
+    so the table compares the old path as a whole with the new; without it they go to the
+    same server as ``new`` (the old request shape on today's server).
 ``new``
     what it sends now: the cells (``cells``, ``cell_index``), the cursor's cell text as
     ``prefix``/``suffix``, the notebook's ``path``, one ``warm`` request when the cell is
@@ -37,9 +42,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import json
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -181,6 +190,22 @@ async def stream_chat(server: Server, stop: asyncio.Event) -> int:
     return tokens
 
 
+def baseline_code(rev: str) -> Path:
+    """llamalab's packages as of git revision ``rev``, laid out for ``PYTHONPATH`` (a temp folder)."""
+    repo = Path(__file__).resolve().parent.parent
+    root = Path(tempfile.mkdtemp(prefix="llamalab-baseline-"))
+    archive = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", rev, "core", "extension", "lsp"],
+                             capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"git archive {rev} failed: {archive.stderr.decode(errors='replace').strip()}")
+    subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
+    package = root / "pkg" / "llamalab"
+    shutil.copytree(root / "core", package)
+    shutil.copytree(root / "extension", package / "extension")
+    shutil.copytree(root / "lsp", package / "lsp")
+    return root / "pkg"
+
+
 def _ms(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
@@ -228,17 +253,31 @@ async def run(args: argparse.Namespace) -> int:
 
     model = model_path(args)
     server = Server(model, args)
+    baseline: Optional[Server] = None
+    code: Optional[Path] = None
     try:
+        if args.baseline_rev:
+            code = baseline_code(args.baseline_rev)
+            baseline_args = copy.copy(args)
+            baseline_args.pythonpath = code
+            baseline = Server(model, baseline_args)
         async with httpx.AsyncClient() as client:
             loaded = await server.wait_ready(client)
             typist = Typist(server, client, args.max_tokens)
+            old_typist = typist
+            if baseline is not None:
+                await baseline.wait_ready(client)
+                old_typist = Typist(baseline, client, args.max_tokens)
+                await old_typist.session("short", [{"id": "setup", "source": SETUP, "kind": "code"}], "old", 8,
+                                         "warmup.ipynb")
             notebooks = {"short": [{"id": "setup", "source": SETUP, "kind": "code"}], "40 cells": forty_cells()}
             sessions: list[Session] = []
             await typist.session("short", notebooks["short"], "new", 8, "warmup.ipynb")  # load, first-call costs
             for side in ("new", "old"):  # old sessions leave long prompts in the KV cache: they go last
                 for name, cells in notebooks.items():
                     path = f"{name.replace(' ', '-')}-{side}.ipynb"
-                    sessions.append(await typist.session(name, cells, side, args.keystrokes, path))
+                    who = old_typist if side == "old" else typist
+                    sessions.append(await who.session(name, cells, side, args.keystrokes, path))
             if args.chat:
                 stop = asyncio.Event()
                 chat = asyncio.ensure_future(stream_chat(server, stop))
@@ -251,9 +290,15 @@ async def run(args: argparse.Namespace) -> int:
             lines, verdicts, ok = report(sessions)
     finally:
         server.close()
+        if baseline is not None:
+            baseline.close()
+        if code is not None:
+            shutil.rmtree(code.parent, ignore_errors=True)
     print(f"model: {loaded.get('name')} - n_ctx {args.n_ctx}, {args.threads} thread(s), "
           f"{args.keystrokes} keystrokes per session, max_tokens {args.max_tokens}"
-          + (f", server settings {args.extension}" if args.extension else ""))
+          + (f", server settings {args.extension}" if args.extension else "")
+          + (f"; old: llamalab {args.baseline_rev} in its own server" if args.baseline_rev else
+             "; old: the old request shape on the same server"))
     print("\n".join(lines))
     if args.chat:
         print(f"(the chat streamed {chat_tokens} tokens meanwhile)")
@@ -276,6 +321,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--gpu-layers", default="auto", help="n_gpu_layers (default %(default)s)")
     ap.add_argument("--prefix-tokens", type=int, help="the server's completion_prefix_tokens (default: its own)")
     ap.add_argument("--context-tokens", type=int, help="the server's completion_context_tokens (default: its own)")
+    ap.add_argument("--baseline-rev", metavar="REV",
+                    help="send the old requests to llamalab as of this git revision (see above)")
     ap.add_argument("--chat", action="store_true", help="also type the 40-cell session while a chat streams")
     ap.add_argument("--quick", action="store_true", help="40 keystrokes per session, for a CI smoke run")
     args = ap.parse_args(argv)

@@ -319,6 +319,8 @@ class Server:
                    JUPYTER_RUNTIME_DIR=str(dirs["runtime"]), IPYTHONDIR=str(dirs["ipython"]), PYTHONUNBUFFERED="1")
         if args.home:
             env["LLAMALAB_HOME"] = extension["store_dir"]
+        if getattr(args, "pythonpath", None):  # another llamalab's code (a benchmark's baseline)
+            env["PYTHONPATH"] = os.pathsep.join([str(args.pythonpath), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         self.log_path = self.tmp / "server.log"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
