@@ -28,6 +28,10 @@ from .completion_rules import postprocess as postprocess_completion
 from .completion_rules import should_stop as should_stop_completion
 from .fim import FimPrompt, FimTokens, build_fim_prompt
 from .healing import heal_prefix, strip_healed
+from . import kernel_names
+from .suggest import Cell as NotebookCell
+from .suggest import SuggestionPlan, SuggestionService, SuggestionText, SuggestOptions, SuggestRequest
+from .suggest import collect as collect_suggestion
 from .gguf_info import GGUFInfo, read_gguf_info
 from .progress import Progress, ProgressCallback
 from .license import license_notice, require_license
@@ -59,6 +63,14 @@ def chat(*args: object, **kwargs: object) -> object:
 
 
 __all__ = [
+    "NotebookCell",
+    "SuggestionPlan",
+    "SuggestionService",
+    "SuggestionText",
+    "SuggestOptions",
+    "SuggestRequest",
+    "collect_suggestion",
+    "kernel_names",
     "AsyncEngine",
     "AsyncTokenStream",
     "CATALOG",

@@ -22,7 +22,7 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Int, List, TraitError, Unicode, Union as UnionTrait, validate
 
 from llamalab import ModelStore
-from llamalab.suggest import SuggestionService, SuggestOptions
+from llamalab import SuggestionService, SuggestOptions
 
 from .chat_socket import ChatSocket
 from .completions import handlers as completion_handlers

@@ -7,7 +7,10 @@ FIFO on the one model), while a conversation answers one request at a time. ``ca
 and ``reset`` are acknowledged at once and the cancelled generation still ends with its
 ``done`` (``finish_reason == "cancelled"``). A conversation the connection does not know
 yet may bring its earlier turns (``history``, after a reconnect): they become its history
-once the first answer is done, and are ignored when it already has turns. Anything malformed gets an ``error`` reply and
+once the first answer is done, and are ignored when it already has turns. A request naming the
+notebook's ``kernel`` gets the names that kernel defines (``llamalab.kernel_names.format_names``,
+the ones its message mentions first) in that turn's system prompt; a kernel that is busy, gone or
+slow to answer adds nothing (or what it defined when last read). Anything malformed gets an ``error`` reply and
 the connection stays open. ``model_changed`` and ``job_progress`` events are pushed to
 every connection.
 
@@ -34,6 +37,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from .errors import BusyError, PromptTooLongError, error_message, validation_message
 from .handlers import AUTH_RESOURCE
+from .kernel_context import reader_for
 from .manager import EngineManager, Generation
 from .messages import (CLIENT_TYPES, AckMessage, CancelRequest, ChatRequest, ChatTurn, ClientMessage, DoneMessage,
                        ErrorMessage, HelloMessage, HistoryMessage, HistoryRequest, ResetRequest, TokenMessage, Usage)
@@ -43,6 +47,7 @@ __all__ = ["ChatSocket"]
 _CLIENT = TypeAdapter(ClientMessage)
 MAX_CONVERSATIONS = 32
 MAX_TURNS = 200  # history kept per conversation; the engine trims what does not fit the context
+KERNEL_WAIT_S = 2.0  # the longest a chat waits for its kernel's names (a slower read adds them next time)
 
 
 @dataclasses.dataclass
@@ -64,6 +69,15 @@ class Conversation:
     def record(self, question: str, answer: str, seed: Sequence[ChatTurn] = ()) -> None:
         self.turns = [*seed, *self.turns, ChatTurn(role="user", content=question),
                       ChatTurn(role="assistant", content=answer)][-MAX_TURNS:]
+
+
+def with_system_block(messages: list[dict[str, str]], block: str) -> list[dict[str, str]]:
+    """``messages`` with ``block`` appended to the system prompt (one made when there is none)."""
+    if not block:
+        return messages
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": f"{messages[0]['content']}\n\n{block}"}, *messages[1:]]
+    return [{"role": "system", "content": block}, *messages]
 
 
 @dataclasses.dataclass
@@ -187,6 +201,11 @@ class ChatSocket(WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, Jupyte
         running = self._running[request.id]
         generation: Optional[Generation] = None
         try:
+            if request.kernel is not None:
+                reader = reader_for(self.settings, self.kernel_manager, self.log)
+                block = await reader.block(request.kernel.id, request.kernel.execution_count, near=request.content,
+                                           wait_s=KERNEL_WAIT_S)
+                messages = with_system_block(messages, block)
             generation = await self.manager.chat(messages, params, request.model)
             running.generation = generation
             if running.cancelled:

@@ -28,12 +28,12 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from llamalab import Engine, GenerationResult, LlamalabError, TokenStream
-from llamalab.suggest import Cell, SuggestionPlan, SuggestionService, SuggestionText, SuggestRequest, collect
-from llamalab.suggest.layout import CHARS_PER_TOKEN
+from llamalab import (Engine, GenerationResult, LlamalabError, NotebookCell, SuggestionPlan, SuggestionService,
+                      SuggestionText, SuggestRequest, TokenStream, collect_suggestion)
 
 from .errors import error_message
 from .handlers import BadRequest, LlamalabHandler
+from .kernel_context import reader_for
 from .manager import Generation
 from .messages import CompletionChunk, CompletionReply, CompletionRequest, Usage
 
@@ -47,7 +47,7 @@ def suggest_request(request: CompletionRequest, document: Hashable, max_tokens: 
     """The service's request for a wire request."""
     cells = None
     if request.cells is not None:
-        cells = tuple(Cell(id=c.id, source=c.source, kind=c.kind) for c in request.cells)
+        cells = tuple(NotebookCell(id=c.id, source=c.source, kind=c.kind) for c in request.cells)
     mode = None if request.mode == "auto" else request.mode
     return SuggestRequest(document=document, prefix=request.prefix, suffix=request.suffix,
                           language=request.language or "", cells=cells, cell_index=request.cell_index or 0,
@@ -96,9 +96,9 @@ class CompleteHandler(LlamalabHandler):
         return ("path", request.path) if request.path else ""
 
     async def _kernel_names(self, request: CompletionRequest, near: str) -> str:
-        reader = self.settings.get("llamalab_kernel_context")
-        if reader is None or request.kernel is None:
+        if request.kernel is None:
             return ""
+        reader = reader_for(self.settings, self.kernel_manager, self.log)
         return await reader.block(request.kernel.id, request.kernel.execution_count, near=near)
 
     @web.authenticated
@@ -121,9 +121,8 @@ class CompleteHandler(LlamalabHandler):
             return
         prompted = _Prompted(self.service, request)
         options = self.service.options
-        used_chars = (options.prefix_tokens + options.suffix_tokens + options.context_tokens) * CHARS_PER_TOKEN
-        generation = await self.manager.start(wire.model, min(len(wire.prefix) + len(wire.suffix), used_chars),
-                                              prompted)
+        generation = await self.manager.start(wire.model, min(len(wire.prefix) + len(wire.suffix),
+                                                              self.service.prompt_chars()), prompted)
         self._generation = generation
         if self._gone:
             generation.cancel()
@@ -134,7 +133,7 @@ class CompleteHandler(LlamalabHandler):
             if wire.stream:
                 self._start_events()
             try:
-                suggestion, ended_by = await collect(generation, text, budget, on_text)
+                suggestion, ended_by = await collect_suggestion(generation, text, budget, on_text)
                 if ended_by != "model":
                     await _stop(generation)
                 reply = self._reply(generation, prompted, suggestion, ended_by)

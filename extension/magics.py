@@ -4,10 +4,14 @@
     %llama What is a llama?                      the prompt on the line
     %%llama -f code -t 0.2                       or in the cell (options on the line)
     Write a function that parses {filename}.     {name} takes a variable's value
+    %%llama --kernel                             the kernel's variables go along
+    Plot df's price against qty.
 
 Options: ``-m MODEL``, ``-s/--system TEXT``, ``-t TEMPERATURE``, ``-n MAX_TOKENS``,
 ``-f markdown|code|text|json`` (``code`` also offers the code as the next cell),
-``--no-history`` (neither use nor extend the conversation). Commands: ``%llama reset``
+``--no-history`` (neither use nor extend the conversation), ``-k/--kernel`` (tell the model the
+names this kernel defines: variables with their types, functions with their signatures,
+DataFrame columns with their dtypes, the ones the prompt mentions first). Commands: ``%llama reset``
 (forget the conversation), ``%llama explain`` (explain the last error), ``%llama models``,
 ``%llama pull NAME [--accept-license]``, ``%llama chat`` (a chat widget), ``%llama help``.
 
@@ -32,7 +36,7 @@ from IPython.display import display
 from traitlets import Enum, Float, Int, TraitError, Unicode, Union as UnionTrait, validate
 
 from llamalab import (CATALOG, GenerationParams, LlamalabError, ModelStore, Progress, TokenStream,
-                      default_model_name, pull)
+                      default_model_name, kernel_names, pull)
 
 from .kernel import BackendSettings, gpu_layers, kernel_backend
 
@@ -42,7 +46,8 @@ FORMATS = ("markdown", "code", "text", "json")
 _VALUE_FLAGS = {"-m": "model", "--model": "model", "-s": "system", "--system": "system",
                 "-t": "temperature", "--temperature": "temperature", "-n": "max_tokens",
                 "--max-tokens": "max_tokens", "-f": "format", "--format": "format"}
-_BOOL_FLAGS = {"--no-history": "no_history", "--accept-license": "accept_license", "--force": "force"}
+_BOOL_FLAGS = {"--no-history": "no_history", "--accept-license": "accept_license", "--force": "force",
+               "-k": "kernel", "--kernel": "kernel"}
 _COMMANDS = {"reset", "explain", "models", "chat", "help"}
 
 
@@ -59,6 +64,7 @@ class Call:
     max_tokens: Optional[int] = None
     format: str = "markdown"
     no_history: bool = False
+    kernel: bool = False  # the kernel's names go into the system prompt
     accept_license: bool = False
     force: bool = False
 
@@ -222,7 +228,11 @@ class LlamaMagics(Magics):
     # -- the entry point --------------------------------------------------------------
     @line_cell_magic
     def llama(self, line: str = "", cell: Optional[str] = None) -> None:
-        """Ask a model: %llama PROMPT, or %%llama [options] with the prompt in the cell; %llama help."""
+        """Ask a model: %llama PROMPT, or %%llama [options] with the prompt in the cell; %llama help.
+
+        Options: -m MODEL, -s/--system TEXT, -t TEMPERATURE, -n MAX_TOKENS, -f markdown|code|text|json,
+        --no-history, -k/--kernel (the names this kernel defines, its variables, functions and
+        DataFrame columns, go into the system prompt)."""
         call = parse_line(line)
         if cell is not None:
             if call.command is not None:
@@ -243,6 +253,8 @@ class LlamaMagics(Magics):
 
     def ask(self, prompt: str, call: Call) -> str:
         system = call.system if call.system is not None else self.system_prompt
+        if call.kernel:
+            system = "\n\n".join(part for part in (system, self.kernel_block(prompt)) if part)
         messages = ([{"role": "system", "content": system}] if system else []) + \
             ([] if call.no_history else self.history) + [{"role": "user", "content": prompt}]
         params = GenerationParams(
@@ -257,6 +269,10 @@ class LlamaMagics(Magics):
         if call.format == "code" and answer.strip():
             self.shell.set_next_input(extract_code(answer)[1], replace=False)
         return answer
+
+    def kernel_block(self, near: str = "") -> str:
+        """The names this kernel defines, as a comment block for a prompt ("" when there are none)."""
+        return kernel_names.format_names(kernel_names.describe_namespace(self.shell.user_ns), near=near)
 
     def _stream_into_cell(self, stream: TokenStream, fmt: str) -> str:
         handle = display(render("", fmt, final=False), raw=True, display_id=True)

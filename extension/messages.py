@@ -109,7 +109,10 @@ class ChatRequest(_Wire):
     goes in ``system``). Once the conversation has turns on this connection, ``history`` is
     ignored: the server's own turns win. Its characters together count against the server's
     ``max_prompt_chars``, and turns that do not fit the context window are left out, oldest first,
-    as for any conversation (``done.notice`` says so)."""
+    as for any conversation (``done.notice`` says so).
+
+    ``kernel`` (the chat's "Kernel" context) names the notebook's running kernel: the names it
+    defines are read (silently, only when it is idle) and go into this turn's system prompt."""
 
     type: Literal["chat"]
     id: RequestId
@@ -122,6 +125,9 @@ class ChatRequest(_Wire):
         None, max_length=MAX_HISTORY_TURNS,
         description="earlier turns (user, assistant, ...) for a conversation new to this connection; "
                     "ignored when the server already has turns for it")
+    kernel: Optional[KernelRef] = Field(
+        None, description="the notebook's kernel: the names it defines (variables, functions, DataFrame "
+                          "columns) go into this turn's system prompt")
 
     @field_validator("history")
     @classmethod

@@ -56,14 +56,6 @@ class RenderedNotebook:
         index = bisect.bisect_right(self.cell_lines, line) - 1
         return index >= 0 and (line - self.cell_lines[index]) % GRID_LINES == 0
 
-    def offset_of_line(self, line: int) -> int:
-        """Where line ``line`` of ``prefix`` begins."""
-        index = max(0, bisect.bisect_right(self.cell_lines, line) - 1)
-        offset = self.cell_offsets[index]
-        for _ in range(line - self.cell_lines[index]):
-            offset = self.prefix.index("\n", offset) + 1
-        return offset
-
     def anchor_key(self, line: int) -> tuple[str, int]:
         """``line`` as (the id of the cell it is in, the line in that cell)."""
         index = max(0, bisect.bisect_right(self.cell_lines, line) - 1)

@@ -142,7 +142,7 @@ class SuggestionService:
     # -- budgets ------------------------------------------------------------------------------
     def _budgets(self, engine: Engine, request: SuggestRequest) -> tuple[int, int, int, int]:
         """(prefix, suffix, context, answer) tokens, shrunk to fit the engine's context window:
-        the context chunks go first, then the windows shrink in proportion."""
+        the context chunks give way first, then the windows shrink in proportion."""
         o = self.options
         answer = request.max_tokens or o.max_tokens
         prefix, suffix, context = o.prefix_tokens, o.suffix_tokens, o.context_tokens
@@ -150,13 +150,18 @@ class SuggestionService:
         if size is None:
             return prefix, suffix, context, answer
         room = max(64, size - answer - 16)
-        if prefix + suffix + context > room:
-            context = 0
+        context = min(context, max(0, room - prefix - suffix))  # context gives way first
         if prefix + suffix > room:
             prefix, suffix = max(16, room * 3 // 4), room // 4
             prefix = min(prefix, o.prefix_tokens)
             suffix = min(suffix, o.suffix_tokens)
         return prefix, suffix, context, answer
+
+    def prompt_chars(self) -> int:
+        """The most characters of a request's text a prompt can use (what a server should count
+        against its limit on prompt size: the rest is never read)."""
+        o = self.options
+        return (o.prefix_tokens + o.suffix_tokens + o.context_tokens) * CHARS_PER_TOKEN + HEAD_CHARS
 
     # -- layout -------------------------------------------------------------------------------
     def _layout(self, request: SuggestRequest, document: _Document, prefix_tokens: int, suffix_tokens: int,
@@ -211,10 +216,8 @@ class SuggestionService:
         """The notebook's first cells (imports, data loading) within ``budget`` tokens and
         ``HEAD_CHARS`` characters, when they lie wholly above the prefix window: whole cells, the
         same text while the window stays."""
-        if previous is None:
-            _, start = prefix_window(rendered.prefix, prefix_tokens, count, None, rendered.is_anchor)
-        else:
-            start = rendered.offset_of_line(previous)
+        # where the window will start: the previous start only if the window keeps it
+        _, start = prefix_window(rendered.prefix, prefix_tokens, count, previous, rendered.is_anchor)
         head_end, used = 0, 0
         for end in rendered.cell_offsets[1:]:
             used += count(rendered.prefix[head_end:end])

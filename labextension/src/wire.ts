@@ -118,6 +118,9 @@ export interface CatalogModelInfo {
  * ``max_prompt_chars``, and turns that do not fit the context window are left out, oldest first,
  * as for any conversation (``done.notice`` says so).
  *
+ * ``kernel`` (the chat's "Kernel" context) names the notebook's running kernel: the names it
+ * defines are read (silently, only when it is idle) and go into this turn's system prompt.
+ *
  * This interface was referenced by `LlamalabWire`'s JSON-Schema
  * via the `definition` "ChatRequest".
  */
@@ -142,6 +145,10 @@ export interface ChatRequest {
    * earlier turns (user, assistant, ...) for a conversation new to this connection; ignored when the server already has turns for it
    */
   history?: ChatTurn[] | null;
+  /**
+   * the notebook's kernel: the names it defines (variables, functions, DataFrame columns) go into this turn's system prompt
+   */
+  kernel?: KernelRef | null;
 }
 /**
  * Sampling settings; a field left out takes the server's default.
@@ -178,6 +185,22 @@ export interface SamplingParams {
 export interface ChatTurn {
   role: 'system' | 'user' | 'assistant';
   content: string;
+}
+/**
+ * The notebook's running kernel, whose defined names may go into the prompt.
+ *
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "KernelRef".
+ */
+export interface KernelRef {
+  /**
+   * the kernel's id (from /api/kernels)
+   */
+  id: string;
+  /**
+   * the notebook's latest execution count; when it changes, the kernel's names are read again
+   */
+  execution_count?: number;
 }
 /**
  * Forget a conversation's history (cancelling its generation, if any).
@@ -323,22 +346,6 @@ export interface NotebookCell {
   id: string;
   source?: string;
   kind?: 'code' | 'markdown' | 'raw';
-}
-/**
- * The notebook's running kernel, whose defined names may go into the prompt.
- *
- * This interface was referenced by `LlamalabWire`'s JSON-Schema
- * via the `definition` "KernelRef".
- */
-export interface KernelRef {
-  /**
-   * the kernel's id (from /api/kernels)
-   */
-  id: string;
-  /**
-   * the notebook's latest execution count; when it changes, the kernel's names are read again
-   */
-  execution_count?: number;
 }
 /**
  * POST /llamalab/convert: convert a checkpoint folder on the server to GGUF (and quantize it)

@@ -98,6 +98,16 @@ def test_entering_the_next_cell_keeps_the_start_of_the_prompt(engine):
     assert shared(first, second) >= len(first) - 12
 
 
+def test_a_warm_up_after_a_request_in_another_cell_is_what_the_first_keystroke_reuses(engine):
+    """The window start remembered from another cell must not leave the warm-up without the head."""
+    service = SuggestionService(SuggestOptions(prefix_tokens=512, context_tokens=384))
+    cells = notebook(40) + [Cell("new", "")]
+    service.plan(engine, request(cells, 0, "import ma"))
+    warm = service.plan(engine, request(cells, 40, "", warm=True)).tokens
+    typed = service.plan(engine, request(cells, 40, "d")).tokens
+    assert shared(warm, typed) == len(warm) and len(typed) - len(warm) <= 2
+
+
 def test_the_window_start_survives_cells_between_head_and_cursor_that_are_no_longer_sent(engine):
     service = SuggestionService()
     cells = notebook(40) + [Cell("new", "")]

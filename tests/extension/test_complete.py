@@ -144,8 +144,9 @@ async def test_a_notebook_request_lays_out_its_cells_and_reuses_the_cache_while_
     assert status == 200 and warm["text"] == "", warm
     status, reply = await fetch_json("POST", "llamalab/complete", {**body, "prefix": "best = m", "explain": True})
     assert status == 200, reply
-    prompt = reply["prompt"]  # n_ctx is 1,024 here: the prefix window (512 tokens at most) alone, no head
-    assert prompt.startswith("# %%\ndef step_") and "# %%\ndef step_39(" in prompt and prompt.endswith("best =")
+    prompt = reply["prompt"]  # the notebook's head, then the window (512 tokens at most) up to the cursor
+    assert prompt.startswith("# %%\nimport math") and "# %%\ndef step_39(" in prompt and prompt.endswith("best =")
+    assert "def step_20(" not in prompt  # the cells between the head and the window are left out
     usage = reply["usage"]
     assert usage["prompt_tokens"] > 250 and usage["prompt_tokens"] - usage["reused_prompt_tokens"] <= 8, usage
 

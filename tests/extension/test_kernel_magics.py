@@ -25,22 +25,22 @@ def printed(outputs: list[dict]) -> str:
 
 
 @contextlib.asynccontextmanager
-async def server_kernel(jp_fetch: Any, serverapp: Any) -> AsyncIterator[Any]:
-    """A kernel started through the server's REST API, as JupyterLab starts one."""
+async def server_kernel(jp_fetch: Any, serverapp: Any) -> AsyncIterator[tuple[str, Any]]:
+    """A kernel started through the server's REST API, as JupyterLab starts one: (its id, a client)."""
     response = await jp_fetch("api", "kernels", method="POST", body=json.dumps({"name": "python3"}))
     kernel_id = json.loads(response.body)["id"]
     client = serverapp.kernel_manager.get_kernel(kernel_id).client()
     client.start_channels()
     try:
         await client.wait_for_ready(timeout=60)
-        yield client
+        yield kernel_id, client
     finally:
         client.stop_channels()
         await jp_fetch("api", "kernels", kernel_id, method="DELETE")
 
 
 async def test_magics_in_a_server_kernel_use_the_servers_model(jp_fetch, jp_serverapp, extension, server_root):
-    async with server_kernel(jp_fetch, jp_serverapp) as kernel:
+    async with server_kernel(jp_fetch, jp_serverapp) as (_, kernel):
         await _session(kernel, extension, server_root)
 
 
@@ -93,7 +93,7 @@ def kernel_history_prompt(executed: tuple[dict, list[dict]]) -> str:
 
 async def test_a_question_asked_the_natural_way_reaches_the_model(jp_fetch, jp_serverapp, extension):
     """IPython's `obj?` help syntax must not take the `?` that ends a `%llama` question."""
-    async with server_kernel(jp_fetch, jp_serverapp) as kernel:
+    async with server_kernel(jp_fetch, jp_serverapp) as (_, kernel):
         reply, outputs = await execute(kernel, "%load_ext llamalab\ncity = 'Paris'")
         assert reply["status"] == "ok", outputs
         reply, outputs = await execute(kernel, "%llama -n 8 -t 0 In one sentence, what country is {city} in?")

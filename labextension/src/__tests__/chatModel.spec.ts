@@ -1,6 +1,6 @@
 import { ChatClient } from '../chat/client';
 import { ConversationStore } from '../chat/conversations';
-import { ChatModel, ModelsApi } from '../chat/model';
+import { ChatModel, KERNEL_CONTEXT_LABEL, ModelsApi } from '../chat/model';
 import { FakeSocket, ManualTimers, done, loaded } from './chatFakes';
 
 function setup(api: Partial<ModelsApi> = {}) {
@@ -84,6 +84,18 @@ describe('ChatModel', () => {
     model.send('ctx\n\nWhat?', { display: 'What?', context: ['Active cell'] });
     expect(socket().last()).toMatchObject({ content: 'ctx\n\nWhat?', system: 'Be brief.', model: 'demo', params: { max_tokens: 64, temperature: 0.2 } });
     expect(store.active.entries[0]).toMatchObject({ content: 'What?', sent: 'ctx\n\nWhat?', context: ['Active cell'] });
+  });
+
+  it("sends the notebook's kernel with a message that asks for the kernel's names (the Kernel option)", () => {
+    const { model, store, socket } = setup();
+    const blocks = [{ label: 'The active cell [3] of a.ipynb', language: 'python', text: 'df.head()' }];
+    model.sendWithContext('What columns has df?', blocks, { kernel: { id: 'k-1', execution_count: 7 } });
+    expect(socket().last()).toMatchObject({ type: 'chat', kernel: { id: 'k-1', execution_count: 7 } });
+    expect(store.active.entries[0].context).toEqual(['The active cell [3] of a.ipynb', KERNEL_CONTEXT_LABEL]);
+    socket().receive(done(socket().last().id, 'price and qty'));
+    model.send('And without?', { kernel: null });
+    expect(socket().last()).not.toHaveProperty('kernel');
+    expect(store.active.entries[2].context).toBeUndefined();
   });
 
   it('stops an answer with a cancel naming it', async () => {

@@ -508,7 +508,7 @@ function localDone(id: string, conversationId: string): DoneMessage {
     model: '',
     text: '',
     finish_reason: 'cancelled',
-    usage: { prompt_tokens: 0, completion_tokens: 0, dropped_messages: 0, time_to_first_token_s: null, duration_s: 0 },
+    usage: { prompt_tokens: 0, completion_tokens: 0, dropped_messages: 0, time_to_first_token_s: null, duration_s: 0, reused_prompt_tokens: null },
     notice: null
   };
 }

@@ -3,7 +3,7 @@
  * conversation store, the WebSocket client and the REST calls for models (injected, so
  * that the tests can fake them). The React view renders from it and calls its methods.
  */
-import type { LoadedModel, ModelsReply, SamplingParams, StoredModelInfo } from '../wire';
+import type { KernelRef, LoadedModel, ModelsReply, SamplingParams, StoredModelInfo } from '../wire';
 import { ChatClient, ChatError, ConnectionState } from './client';
 import { ChatEntry, ConversationStore, newId } from './conversations';
 import { ContextBlock, fitContext, historyOf, turnsOf } from './prompts';
@@ -34,7 +34,15 @@ export interface SendOptions {
   context?: string[];
   /** The conversation (the active one by default). */
   conversationId?: string;
+  /**
+   * The notebook's kernel, whose names (variables, functions, DataFrame columns) the server
+   * puts into this turn's system prompt (the "Kernel" context).
+   */
+  kernel?: KernelRef | null;
 }
+
+/** The label a message sent with the kernel's names shows among its context. */
+export const KERNEL_CONTEXT_LABEL = 'Variables in the kernel';
 
 /** Turns an exception from the REST calls (LlamalabApiError or anything) into a ChatError. */
 export function toChatError(err: unknown, fallback: string): ChatError {
@@ -133,8 +141,9 @@ export class ChatModel {
     if (options.display !== undefined && options.display !== content) {
       user.sent = content;
     }
-    if (options.context?.length) {
-      user.context = options.context;
+    const context = [...(options.context ?? []), ...(options.kernel ? [KERNEL_CONTEXT_LABEL] : [])];
+    if (context.length) {
+      user.context = context;
     }
     // The server knows this conversation's earlier turns only if they were answered on the
     // connection the request will go out on; else they go with it as `history`.
@@ -159,7 +168,8 @@ export class ChatModel {
         system: conversation.system,
         model: this.store.model || null,
         params,
-        ...(history.length ? { history } : {})
+        ...(history.length ? { history } : {}),
+        ...(options.kernel ? { kernel: options.kernel } : {})
       },
       {
         onToken: piece => {

@@ -1,7 +1,11 @@
 /**
- * The chat's reach into the documents: what "the active cell", "the selection" and "the
- * notebook" are when a message is sent, where a code block goes when inserted, and the
- * "Explain this error" buttons under cells whose output is an error.
+ * The chat's reach into the documents: what "the active cell", "the selection", "the
+ * notebook" and "the kernel" are when a message is sent, where a code block goes when inserted,
+ * and the "Explain this error" buttons under cells whose output is an error.
+ *
+ * "The kernel" is a reference the server reads the kernel's names with (its id and the
+ * notebook's latest execution count, so the server reads again after each execution): the
+ * notebook's running Python kernel, if any.
  */
 import type { ILabShell } from '@jupyterlab/application';
 import type { Cell, ICodeCellModel } from '@jupyterlab/cells';
@@ -10,6 +14,8 @@ import type { IEditorTracker } from '@jupyterlab/fileeditor';
 import { INotebookTracker, NotebookActions, NotebookPanel } from '@jupyterlab/notebook';
 import type { Widget } from '@lumino/widgets';
 
+import type { KernelRef } from '../wire';
+
 import { CellError, CellLike, ContextBlock, findError, notebookAsScript, truncate } from './prompts';
 import type { CodeActions } from './markdown';
 
@@ -17,6 +23,27 @@ export interface ContextChoice {
   cell: boolean;
   selection: boolean;
   notebook: boolean;
+  /** The names the notebook's kernel defines (read by the server). */
+  kernel: boolean;
+}
+
+/** Which context toggles can be used now: a label for each, or null. */
+export interface ContextPlaces {
+  cell: string | null;
+  notebook: string | null;
+  /** The kernel's name, when the notebook has a running Python kernel. */
+  kernel: string | null;
+}
+
+/** The notebook's latest execution count: the highest a cell shows (0 before any ran). */
+export function latestExecutionCount(counts: Iterable<number | null | undefined>): number {
+  let latest = 0;
+  for (const count of counts) {
+    if (typeof count === 'number' && count > latest) {
+      latest = count;
+    }
+  }
+  return latest;
 }
 
 /** A cell's error, ready for the "explain this error" request. */
@@ -82,12 +109,23 @@ function cellLabel(panel: NotebookPanel, cell: Cell): string {
 }
 
 export class Workspace implements CodeActions {
+  /** Notebook widget -> the execution count its last run cell got (0 after a kernel restart). */
+  private _counts = new WeakMap<object, number>();
+  private _watched = new WeakSet<object>();
+
   constructor(
     private readonly _shell: ILabShell,
     private readonly _notebooks: INotebookTracker | null,
     private readonly _editors: IEditorTracker | null,
     private readonly _copy: (text: string) => void
-  ) {}
+  ) {
+    NotebookActions.executed.connect((_, args) => {
+      const count = args.cell.model.type === 'code' ? (args.cell.model as ICodeCellModel).executionCount : null;
+      if (typeof count === 'number') {
+        this._counts.set(args.notebook, count);
+      }
+    });
+  }
 
   /** The document the user works in: the main area's notebook or file editor. */
   target(): { notebook: NotebookPanel } | { editor: CodeEditor.IEditor; path: string } | null {
@@ -104,16 +142,63 @@ export class Workspace implements CodeActions {
   }
 
   /** Which context toggles can be used now (a label for each, or null). */
-  describe(): { cell: string | null; notebook: string | null } {
+  describe(): ContextPlaces {
     const target = this.target();
     if (!target) {
-      return { cell: null, notebook: null };
+      return { cell: null, notebook: null, kernel: null };
     }
     if ('editor' in target) {
-      return { cell: basename(target.path), notebook: null };
+      return { cell: basename(target.path), notebook: null, kernel: null };
     }
-    const cell = target.notebook.content.activeCell;
-    return { cell: cell ? cellLabel(target.notebook, cell) : null, notebook: basename(target.notebook.context.path) };
+    const panel = target.notebook;
+    const cell = panel.content.activeCell;
+    return {
+      cell: cell ? cellLabel(panel, cell) : null,
+      notebook: basename(panel.context.path),
+      kernel: this._kernelOf(panel) ? panel.sessionContext.kernelDisplayName || 'the kernel' : null
+    };
+  }
+
+  /** The current notebook's running Python kernel, for the server to read its names; null without one. */
+  kernel(): KernelRef | null {
+    const target = this.target();
+    if (!target || 'editor' in target) {
+      return null;
+    }
+    const panel = target.notebook;
+    const kernel = this._kernelOf(panel);
+    if (!kernel) {
+      return null;
+    }
+    this._watch(panel);
+    let count = this._counts.get(panel.content);
+    if (count === undefined) {
+      const cells = panel.content.widgets.map(c => (c.model.type === 'code' ? (c.model as ICodeCellModel).executionCount : null));
+      count = latestExecutionCount(cells);
+    }
+    return { id: kernel.id, execution_count: count };
+  }
+
+  private _kernelOf(panel: NotebookPanel): { id: string } | null {
+    const kernel = panel.sessionContext.session?.kernel;
+    if (!kernel || kernel.status === 'dead' || notebookLanguage(panel) !== 'python') {
+      return null;
+    }
+    return kernel;
+  }
+
+  /** A restarted or changed kernel has run nothing yet: its count starts again at 0. */
+  private _watch(panel: NotebookPanel): void {
+    if (this._watched.has(panel)) {
+      return;
+    }
+    this._watched.add(panel);
+    panel.sessionContext.statusChanged.connect((_, status) => {
+      if (status === 'restarting' || status === 'autorestarting' || status === 'starting') {
+        this._counts.set(panel.content, 0);
+      }
+    });
+    panel.sessionContext.kernelChanged.connect(() => this._counts.set(panel.content, 0));
   }
 
   /** The context blocks the toggles ask for; empty ones are left out. */

@@ -6,7 +6,7 @@
 import { ILabShell, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { Clipboard, ICommandPalette } from '@jupyterlab/apputils';
 import { IEditorTracker } from '@jupyterlab/fileeditor';
-import { INotebookTracker } from '@jupyterlab/notebook';
+import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
 import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 
@@ -71,10 +71,12 @@ export const chatPlugin: JupyterFrontEndPlugin<void> = {
     shell.add(panel, 'right', { rank: 1000 });
     client.connect();
 
-    // The context toggles follow the document and cell in use.
+    // The context toggles follow the document and cell in use (and whether its kernel runs).
     const refresh = () => panel.update();
     shell.currentChanged.connect(refresh);
     notebooks?.activeCellChanged.connect(refresh);
+    notebooks?.currentChanged.connect((_, current) => current?.sessionContext.kernelChanged.connect(refresh));
+    NotebookActions.executed.connect(refresh);
 
     const open = () => {
       shell.activateById(panel.id);

@@ -3,17 +3,20 @@ import type { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { addIcon, deleteIcon, LabIcon, refreshIcon, stopIcon } from '@jupyterlab/ui-components';
 import React, { useEffect, useState } from 'react';
 
+import type { KernelRef } from '../wire';
 import type { ConnectionState } from './client';
 import type { CodeActions } from './markdown';
 import { MessageList } from './messages';
 import type { ChatModel } from './model';
-import type { ContextChoice } from './notebook';
+import type { ContextChoice, ContextPlaces } from './notebook';
 import type { ContextBlock } from './prompts';
 
 /** What the view needs from the documents around it. */
 export interface ViewWorkspace extends CodeActions {
-  describe(): { cell: string | null; notebook: string | null };
+  describe(): ContextPlaces;
   contextBlocks(choice: ContextChoice): ContextBlock[];
+  /** The notebook's running Python kernel, whose names the server reads ("Kernel" context). */
+  kernel(): KernelRef | null;
 }
 
 export interface ChatViewProps {
@@ -168,7 +171,7 @@ function Empty({ onPick }: { onPick: (text: string) => void }) {
       <p className="llamalab-chat-empty-title">Ask the local model anything.</p>
       <p>
         It answers in Markdown; code blocks come with <em>Copy</em>, <em>Insert</em> and <em>New cell</em>. Tick <em>Cell</em>,{' '}
-        <em>Selection</em> or <em>Notebook</em> below to send your work along.
+        <em>Selection</em>, <em>Notebook</em> or <em>Kernel</em> (its variables) below to send your work along.
       </p>
       <div className="llamalab-chat-ideas">
         {ideas.map(idea => (
@@ -199,7 +202,7 @@ function Toggle(props: { id: keyof ContextChoice; label: string; title: string; 
 export function ChatView({ model, workspace, rendermime }: ChatViewProps) {
   useModel(model);
   const [draft, setDraft] = useState('');
-  const [choice, setChoice] = useState<ContextChoice>({ cell: false, selection: false, notebook: false });
+  const [choice, setChoice] = useState<ContextChoice>({ cell: false, selection: false, notebook: false, kernel: false });
   const conversation = model.store.active;
   const generating = model.isGenerating();
   const where = workspace.describe();
@@ -210,7 +213,8 @@ export function ChatView({ model, workspace, rendermime }: ChatViewProps) {
       return;
     }
     const blocks = workspace.contextBlocks(choice);
-    const id = model.sendWithContext(message, blocks, { display: message });
+    const kernel = choice.kernel ? workspace.kernel() : null;
+    const id = model.sendWithContext(message, blocks, { display: message, kernel });
     if (id && text === draft) {
       setDraft('');
     }
@@ -264,11 +268,23 @@ export function ChatView({ model, workspace, rendermime }: ChatViewProps) {
           className="llamalab-context-toggles"
           role="group"
           aria-label="Send along with the message"
-          title="Send the active cell, the selection or the whole notebook along with your message"
+          title="Send the active cell, the selection, the whole notebook or the kernel's variables along with your message"
         >
           <Toggle id="cell" label="Cell" title={where.cell ? `The ${where.cell}` : 'Open a notebook or file first'} choice={choice} disabled={!where.cell} set={setChoice} />
           <Toggle id="selection" label="Selection" title="The selected text of the active cell or editor" choice={choice} disabled={!where.cell} set={setChoice} />
           <Toggle id="notebook" label="Notebook" title={where.notebook ? `The whole notebook ${where.notebook}` : 'Open a notebook first'} choice={choice} disabled={!where.notebook} set={setChoice} />
+          <Toggle
+            id="kernel"
+            label="Kernel"
+            title={
+              where.kernel
+                ? `The names ${where.kernel} defines: variables, functions, DataFrame columns (read when it is idle)`
+                : 'Open a notebook with a running Python kernel first'
+            }
+            choice={choice}
+            disabled={!where.kernel}
+            set={setChoice}
+          />
         </div>
         <div className="llamalab-chat-input-row">
           <textarea
