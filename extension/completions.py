@@ -128,7 +128,7 @@ class CompleteHandler(LlamalabHandler):
             generation.cancel()
         try:
             text = SuggestionText(request.cursor, prompted.plan.healed if prompted.plan else "")
-            budget = None if wire.stream else options.time_budget_s
+            budget = None if wire.stream or request.warm else options.time_budget_s  # a warm-up fills the cache whole
             on_text = self._chunk if wire.stream else None
             if wire.stream:
                 self._start_events()
