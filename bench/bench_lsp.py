@@ -76,6 +76,7 @@ class Request:
     ended_by: str
     same_text: bool  # the server's suggestion equals the direct generation, post-processed alike
     direct_first: bool  # the direct side ran first this time (its didChange then is not timed)
+    type_ahead: bool = False  # answered from the last suggestion (the user typed what it said): no generation
 
 
 class Client:
@@ -133,12 +134,16 @@ class Client:
     def call(self, method: str, params: Any, timeout: float = 300) -> Any:
         return self.wait(self.request(method, params), timeout)
 
-    def stats(self, uri: str, timeout: float = 60) -> re.Match:
+    def stats(self, uri: str, timeout: float = 60) -> Optional[re.Match]:
+        """The statistics of the generation for ``uri``; None when the server answered from its
+        last suggestion (type-ahead) and generated nothing."""
         deadline = time.monotonic() + timeout
         while True:
             message = self.logs.get(timeout=max(0.01, deadline - time.monotonic()))
             if (match := STATS.search(message)) is not None and match[6] == uri:
                 return match
+            if message == f"{uri}: no generation (type-ahead)":
+                return None
 
     def close(self) -> None:
         try:
@@ -282,6 +287,10 @@ def _type_line(client: Client, llama: Any, uri: str, lines: list[str], index: in
         reply = client.call("textDocument/inlineCompletion", request)
         lsp_ms = (time.perf_counter() - t0) * 1000
         stats = client.stats(uri)
+        if stats is None:  # type-ahead: nothing to compare with a generation
+            results.append(Request(index, len(burst), n == 0, lsp_ms, float("nan"), 0, 0, 0, 0, "type-ahead", True,
+                                   direct_first, type_ahead=True))
+            continue
         if not direct_first:
             info = client.call("llamalab/prompt", {"textDocument": {"uri": uri}, "position": cursor})
             direct_ms, direct_text = _direct(llama, info["tokens"], args.max_tokens, stop, info["healed"])
@@ -353,7 +362,9 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def summarize(requests: list[Request]) -> dict[str, Any]:
+def summarize(all_requests: list[Request]) -> dict[str, Any]:
+    requests = [r for r in all_requests if not r.type_ahead]  # the ones that generated, on both sides
+    typed_ahead = [r.lsp_ms for r in all_requests if r.type_ahead]
     lsp = [r.lsp_ms for r in requests]
     direct = [r.direct_ms for r in requests]
     edits = [r for r in requests if not r.first]
@@ -378,6 +389,8 @@ def summarize(requests: list[Request]) -> dict[str, Any]:
             [r.evaluated_tokens for r in requests if r.first]) if requests else float("nan"),
         "generated_median": statistics.median([r.generated_tokens for r in requests]) if requests else 0,
         "same_text": sum(r.same_text for r in requests),
+        "type_ahead": len(typed_ahead),
+        "type_ahead_p50_ms": _pct(typed_ahead, 0.5),
         "overhead_pass": p50_ratio <= 1 + OVERHEAD_TARGET,
         "reeval_pass": one_char_median <= REEVAL_TARGET,
     }
@@ -410,6 +423,9 @@ def print_table(s: dict[str, Any]) -> None:
           f"median x{s['paired_ratio_median']:.3f}, server overhead median {s['overhead_ms_median']:+.1f} ms; "
           f"generated tokens median {s['generated_median']:.0f}; the server's suggestion matched the direct "
           f"generation post-processed alike in {s['same_text']}/{s['requests']} requests")
+    if s["type_ahead"]:
+        print(f"{s['type_ahead']} more requests typed what the last suggestion said and were answered from it "
+              f"without a generation (type-ahead, p50 {s['type_ahead_p50_ms']:.1f} ms); they are not in the table")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
