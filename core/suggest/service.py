@@ -232,6 +232,7 @@ class SuggestionService:
         ``remember`` keeps where its prefix window starts for the document's next request."""
         document = self._document(request.document)
         prefix_tokens, suffix_tokens, context_tokens, _ = self._budgets(engine, request)
+        request = _clip_cursor_line(request, prefix_tokens * CHARS_PER_TOKEN, suffix_tokens * CHARS_PER_TOKEN)
         if engine.accepts_token_prompts:
             tokenizer = document.tokenizer
             if tokenizer is None or tokenizer.tokenizer is not engine:  # one per document and model
@@ -357,3 +358,20 @@ async def collect(pieces: AsyncIterator[str], text: SuggestionText, budget_s: Op
     except TimeoutError:
         return text.cut_short(), "time budget"
     return text.text, "model"
+
+
+def _clip_cursor_line(request: SuggestRequest, before: int, after: int) -> SuggestRequest:
+    """The request with the cursor's line cut to ``before`` characters before the cursor and
+    ``after`` after it: a 2-million-character line costs no more than a short one (the window
+    can hold no more of it anyway)."""
+    line_start = request.prefix.rfind("\n") + 1
+    line_end = request.suffix.find("\n")
+    line_end = len(request.suffix) if line_end < 0 else line_end
+    prefix, suffix = request.prefix, request.suffix
+    if len(prefix) - line_start > before:
+        prefix = prefix[:line_start] + prefix[len(prefix) - before:]
+    if line_end > after:
+        suffix = suffix[:after] + suffix[line_end:]
+    if prefix is request.prefix and suffix is request.suffix:
+        return request
+    return dataclasses.replace(request, prefix=prefix, suffix=suffix)

@@ -240,3 +240,31 @@ def code_llama(tmp_path_factory) -> Optional[tuple]:
     from tests.core.test_fim import code_llama as make
 
     yield from make.__wrapped__(tmp_path_factory)
+
+
+class CountingTokenizer:
+    """The demo engine, recording the longest text it was asked to tokenize."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.longest = 0
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def tokenize(self, text, **kw):
+        self.longest = max(self.longest, len(text))
+        return self.engine.tokenize(text, **kw)
+
+
+def test_a_two_million_character_line_costs_no_more_than_a_short_one(engine):
+    """The cursor at the end (and in the middle) of a 1.9-million-character line: only a window
+    around the cursor is ever tokenized."""
+    counting = CountingTokenizer(engine)
+    service = SuggestionService()
+    line = "x = [" + ", ".join(str(i % 97) for i in range(640_000))  # ~1.9 million characters
+    for cut in (len(line), len(line) // 2):
+        plan = service.plan(counting, SuggestRequest(document="long.py", prefix="import os\n" + line[:cut],
+                                                     suffix=line[cut:] + "\n]\n", language="python"))
+        assert len(plan.tokens) <= service.options.prefix_tokens + 16
+    assert counting.longest <= 2 * service.options.prefix_tokens * 8

@@ -337,3 +337,19 @@ async def test_typing_the_suggestion_is_answered_from_it_without_a_generation(cl
         assert time.monotonic() < deadline, [m.message for m in client.log_messages[seen:]]
         await asyncio.sleep(0.02)
     assert not any(STATS.search(m.message) and uri in m.message for m in client.log_messages[seen:])
+
+
+async def test_a_two_million_character_line_is_read_as_a_window_around_the_cursor(client):
+    """Issue 13, row 13: the cursor at the end of a 1.9-million-character line: the prompt holds
+    a window of the line, and the server answers (and keeps serving)."""
+    uri = "file:///work/project/one_line.py"
+    line = "data = [" + ", ".join(str(i % 89) for i in range(640_000))
+    open_doc(client, uri, "import math\n" + line + "\n")
+    cursor = types.Position(line=1, character=len(line))
+    info = await prompt_info(client, uri, cursor)
+    assert info["promptTokens"] <= OPTIONS["prefixTokens"] + 16, info["promptTokens"]
+    assert line[-200:-10] in info["text"]  # the text just before the cursor
+    await inline(client, uri, cursor)  # answers, empty or not
+    client.text_document_did_close(types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri)))
+    open_doc(client, MAIN, MAIN_TEXT)
+    assert (await prompt_info(client, MAIN, MID_LINE))["promptTokens"] > 0  # still serving
