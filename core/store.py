@@ -167,10 +167,15 @@ class ModelStore:
     def register(self, name: str, path: Path, *, source: str, sha256: Optional[str] = None,
                  license: Optional[str] = None, owned: bool = False,
                  info: Optional[GGUFInfo] = None,
-                 progress: Optional[ProgressCallback] = None) -> StoredModel:
-        """Validate ``path`` as a GGUF model and record it under ``name`` (replacing any old entry)."""
+                 progress: Optional[ProgressCallback] = None, force: bool = False) -> StoredModel:
+        """Validate ``path`` as a GGUF model and record it under ``name``.
+
+        A name already in the store is never replaced silently: that raises ``ConfigError``
+        unless ``force=True`` (the caller's user asked to replace it)."""
         self.validate_name(name)
         path = Path(path).expanduser().resolve()
+        if not force:
+            self._refuse_existing(name)  # early, before hashing; checked again under the lock
         info = info or read_gguf_info(path)
         digest = sha256 or sha256_file(path, progress)
         model = StoredModel(
@@ -189,9 +194,19 @@ class ModelStore:
         )
         with self._locked():
             models = self._read()
+            if not force and name in models:
+                self._refuse_existing(name)
             models[name] = asdict(model)
             self._write(models)
         return model
+
+    def _refuse_existing(self, name: str) -> None:
+        existing = self.find(name)
+        if existing is not None:
+            raise ConfigError(
+                f"the store already has a model named '{name}' ({existing.path}); choose another name, "
+                f"remove it first (`llamalab models rm {name}`) or replace it explicitly with force."
+            )
 
     def remove(self, name: str, *, delete_file: bool = True) -> StoredModel:
         """Forget ``name``; delete its file too when the store owns it."""

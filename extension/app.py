@@ -110,6 +110,11 @@ class LlamalabExtension(ExtensionApp):
                                     help="Ghost text: the longest an automatic suggestion may take (0: no limit).")
     max_tokens_limit = Int(4096, config=True, help="Largest max_tokens a client may ask for; larger requests are capped.")
     default_max_tokens = Int(512, config=True, help="max_tokens for requests that set none.")
+    allow_private_pull_addresses = Bool(
+        False, config=True,
+        help="""Let URL pulls started from the server fetch loopback, private and link-local addresses (off:
+        such pulls fail with the same message as an unknown host, so the server cannot be used to probe the
+        network it sits in).""")
     store_dir = Unicode(
         None, allow_none=True, config=True,
         help="""Folder of the model store; unset: $LLAMALAB_HOME or ~/.cache/llamalab. When set, kernels
@@ -167,7 +172,8 @@ class LlamalabExtension(ExtensionApp):
     def initialize_settings(self) -> None:
         store = ModelStore(self.store_dir) if self.store_dir else ModelStore()
         self.manager = EngineManager(self.manager_config(), store, log=self.log)
-        self.jobs = Jobs(store, allowed=self.manager.is_allowed, root_dir=self._root_dir())
+        self.jobs = Jobs(store, allowed=self.manager.is_allowed, root_dir=self._root_dir(),
+                         allow_private_addresses=self.allow_private_pull_addresses)
         self.kernel_key: Optional[str] = new_key() if self.kernel_access else None
         self._restore_env = None
         self.suggestions = SuggestionService(SuggestOptions(

@@ -10,10 +10,20 @@ get a ``JobProgressMessage`` on the event loop, at most every ``interval`` secon
 when the stage changes or the job ends.
 
 Conversions and quantizations need a lot of CPU and memory, so they run one at a time, in
-the order they were asked for; the others wait with ``stage == "queued"``. Pulls run at once.
-``cancel(id)`` sets the job's ``threading.Event``: the core step stops within a chunk or a
-tensor (the quantizer's child process is terminated), deletes its partial files, and the
-job ends ``cancelled``. Asking again for what a running job already does returns that job.
+the order they were asked for; the others wait with ``stage == "queued"``. Pulls run
+``max_pulls`` at a time (2 by default), the others queued the same way. ``cancel(id)`` sets the
+job's ``threading.Event``: a queued job ends at once, a download within a fraction of a second,
+other core steps within a chunk or a tensor (the quantizer's child process is terminated); the
+step deletes its partial files, and the job ends ``cancelled``. Asking again for what a running
+job already does returns that job.
+
+What the server may do for its users is narrower than the library: ``allowed`` (the
+``allowed_models`` setting) applies to every name a job reads or writes (pulls, a quantization's
+source, the names convert and quantize register), and a name in the store is never replaced by
+a conversion or quantization. URL pulls refuse loopback, private and link-local addresses unless
+``allow_private_addresses``, with one message for refused, unknown and unreachable hosts alike;
+pulls by path stay inside the server's root folder (symlinks resolved first) unless
+``allow_paths_outside_root``.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Callable, Optional
+from urllib.parse import unquote, urlparse
 
 from llamalab import (ConfigError, LlamalabError, ModelNotFoundError, ModelStore, OperationCancelledError, Progress,
                       StoredModel, checkpoint_license, convert_and_register, normalize_quant_type, pull, pull_license,
@@ -38,20 +49,46 @@ Listener = Callable[[JobProgressMessage], None]
 Work = Callable[[Callable[[Progress], None], threading.Event], StoredModel]
 
 
+class _AllowListStore(ModelStore):
+    """The server's store as convert and quantize see it: every name they derive is checked
+    against the allow-list before any work (``validate_name``) and again when registering."""
+
+    def __init__(self, root: Path, allowed: Callable[[str], bool]) -> None:
+        super().__init__(root)
+        self._allowed = allowed
+
+    def validate_name(self, name: str) -> str:  # type: ignore[override]
+        ModelStore.validate_name(name)
+        if not self._allowed(name):
+            raise ModelNotAllowedError(_not_allowed(name))
+        return name
+
+
+def _not_allowed(name: str) -> str:
+    return f"'{name}' is not one of the models this server offers; ask its administrator to allow it."
+
+
 class Jobs:
     def __init__(self, store: ModelStore, *, allowed: Callable[[str], bool] = lambda name: True,
-                 root_dir: Optional[str] = None, interval: float = 0.2, keep: int = 50) -> None:
+                 root_dir: Optional[str] = None, interval: float = 0.2, keep: int = 50,
+                 allow_private_addresses: bool = False, allow_paths_outside_root: bool = False,
+                 max_pulls: int = 2) -> None:
         self.store = store
         self._allowed = allowed
+        self._guarded_store = _AllowListStore(store.root, allowed)
         self._root = Path(root_dir).expanduser() if root_dir else Path.cwd()
+        self._allow_private = allow_private_addresses
+        self._allow_outside_root = allow_paths_outside_root
+        self._max_pulls = max(1, max_pulls)
         self._interval = interval
         self._keep = keep
         self._jobs: dict[str, Job] = {}
         self._cancels: dict[str, threading.Event] = {}
         self._keys: dict[str, tuple] = {}  # what each job does: asking again returns the running job
         self._lock = threading.Lock()
-        self._heavy = threading.Condition(self._lock)  # conversions and quantizations: one at a time
-        self._heavy_queue: list[str] = []  # job ids in order; the first one runs
+        self._turns = threading.Condition(self._lock)  # woken whenever a queue moves or a job is cancelled
+        self._heavy_queue: list[str] = []  # conversions and quantizations in order; the first one runs
+        self._pull_queue: list[str] = []  # pulls in order; the first ``max_pulls`` run
         self._listeners: list[Listener] = []
 
     # -- reading ------------------------------------------------------------------------
@@ -74,17 +111,18 @@ class Jobs:
         ref = self._local_ref(request.model)
         resolved = resolve(ref)  # ModelNotFoundError: say so now, not in a job
         if not (self._allowed(resolved.store_name) or self._allowed(request.model)):
-            raise ModelNotAllowedError(f"'{request.model}' is not one of the models this server offers; "
-                                       "ask its administrator to allow it.")
+            raise ModelNotAllowedError(_not_allowed(request.model))
         existing = self.store.find(resolved.store_name)
         if request.force or existing is None or not existing.file.is_file():
             require_license(pull_license(ref), accept=request.accept_license, store=self.store)
+        public_only = not self._allow_private
 
         def work(progress: Callable[[Progress], None], cancel: threading.Event) -> StoredModel:
             return pull(ref, store=self.store, progress=progress, force=request.force,
-                        accept_license=request.accept_license, cancel=cancel)
+                        accept_license=request.accept_license, cancel=cancel, public_only=public_only)
 
-        return self._start("pull", resolved.store_name, work, heavy=False, key=("pull", resolved.store_name))
+        return self._start("pull", resolved.store_name, work, queue=self._pull_queue, slots=self._max_pulls,
+                           key=("pull", resolved.store_name))
 
     async def start_convert(self, request: ConvertRequest) -> Job:
         """Start converting a checkpoint folder on this server (relative paths are taken from
@@ -92,13 +130,14 @@ class Jobs:
         raise at once."""
         source = self._resolve_folder(request.source)
         await asyncio.to_thread(self._check_convert, source, request)
+        store = self._guarded_store
 
         def work(progress: Callable[[Progress], None], cancel: threading.Event) -> StoredModel:
             return convert_and_register(source, quant=request.quant, name=request.name,
-                                        accept_license=request.accept_license, store=self.store,
+                                        accept_license=request.accept_license, store=store,
                                         progress=progress, cancel=cancel)
 
-        return self._start("convert", request.source, work, heavy=True,
+        return self._start("convert", request.source, work, queue=self._heavy_queue, slots=1,
                            key=("convert", str(source.resolve()), (request.quant or "f16").upper(), request.name))
 
     async def start_quantize(self, request: QuantizeRequest) -> Job:
@@ -107,24 +146,50 @@ class Jobs:
         if stored is None:
             raise ModelNotFoundError(f"'{request.model}' is not in the model store; GET /llamalab/models lists "
                                      "the stored models.")
+        if not self._allowed(stored.name):
+            raise ModelNotAllowedError(_not_allowed(stored.name))
         _checked(lambda: normalize_quant_type(request.quant))
         if request.name:
-            _checked(lambda: self.store.validate_name(request.name or ""))
-        src = stored.file
+            self._check_new_name(request.name)
+        src, store = stored.file, self._guarded_store
 
         def work(progress: Callable[[Progress], None], cancel: threading.Event) -> StoredModel:
-            return quantize_and_register(src, request.quant, name=request.name, store=self.store,
+            return quantize_and_register(src, request.quant, name=request.name, store=store,
                                          progress=progress, cancel=cancel)
 
-        return self._start("quantize", stored.name, work, heavy=True,
+        return self._start("quantize", stored.name, work, queue=self._heavy_queue, slots=1,
                            key=("quantize", stored.name, request.quant.upper(), request.name))
 
+    def _check_new_name(self, name: str) -> None:
+        """A name a job will register: valid, allowed, and not one the store already has."""
+        _checked(lambda: self.store.validate_name(name))
+        if not self._allowed(name):
+            raise ModelNotAllowedError(_not_allowed(name))
+        existing = self.store.find(name)
+        if existing is not None:
+            raise ConfigError(f"the store already has a model named '{name}'; choose another name, or remove "
+                              "it first (DELETE /llamalab/models/NAME or `llamalab models rm NAME`).")
+
     def _local_ref(self, ref: str) -> str:
-        """``ref``, or the server-root file it names when it is a relative path to one."""
-        if ref.startswith(("hf:", "http://", "https://", "file:")) or not ("/" in ref or ref.lower().endswith(".gguf")):
+        """``ref``, with a path (or ``file:`` URL) taken from the server's root folder when relative.
+
+        Unless ``allow_paths_outside_root``, a path whose real location (symlinks resolved) is
+        outside the root gets the same answer as a missing file: the server reveals nothing there."""
+        ref = ref.strip()
+        if ref.lower().startswith("file:"):
+            url = urlparse(ref)
+            if url.netloc not in ("", "localhost"):
+                return ref  # the catalog refuses it in its own words
+            path = Path(unquote(url.path))
+        elif ref.startswith(("hf:", "http://", "https://")) or not (
+                "/" in ref or ref.startswith("~") or ref.lower().endswith(".gguf")):
             return ref
-        path = Path(ref).expanduser()
-        return ref if path.is_absolute() or not (self._root / path).is_file() else str(self._root / path)
+        else:
+            path = Path(ref).expanduser()
+        path = path if path.is_absolute() else self._root / path
+        if not self._allow_outside_root and not path.resolve().is_relative_to(self._root.resolve()):
+            raise ModelNotFoundError(f"{path} does not exist or is not a file; check the path.")
+        return str(path)
 
     def _resolve_folder(self, source: str) -> Path:
         path = Path(source).expanduser()
@@ -135,36 +200,35 @@ class Jobs:
         if request.quant:
             _checked(lambda: normalize_quant_type(request.quant or ""))
         if request.name:
-            _checked(lambda: self.store.validate_name(request.name or ""))
+            self._check_new_name(request.name)
         require_license(license_id, accept=request.accept_license, store=self.store)
 
-    def _start(self, kind: JobKind, model: str, work: Work, *, heavy: bool, key: tuple) -> Job:
+    def _start(self, kind: JobKind, model: str, work: Work, *, queue: list[str], slots: int, key: tuple) -> Job:
         with self._lock:
             for job in self._jobs.values():
                 if job.state == "running" and self._keys.get(job.id) == key:
                     return job
             job = Job(id=uuid.uuid4().hex[:12], kind=kind, model=model, state="running",
-                      stage="queued" if heavy else "starting", started_at=time.time())
+                      stage="queued" if len(queue) >= slots else "starting", started_at=time.time())
             self._jobs[job.id] = job
             self._cancels[job.id] = threading.Event()
             self._keys[job.id] = key
-            if heavy:
-                self._heavy_queue.append(job.id)
+            queue.append(job.id)
             self._forget_old()
         loop = asyncio.get_running_loop()
-        threading.Thread(target=self._run, args=(job.id, work, heavy, loop), daemon=True,
+        threading.Thread(target=self._run, args=(job.id, work, queue, slots, loop), daemon=True,
                          name=f"llamalab-{kind}-{job.id}").start()
         return job
 
     # -- cancelling -----------------------------------------------------------------------
     def cancel(self, job_id: str) -> Optional[Job]:
         """Ask a running job to stop; it ends ``cancelled`` once its step has cleaned up."""
-        with self._heavy:
+        with self._turns:
             job = self._jobs.get(job_id)
             if job is None or job.state != "running":
                 return job
             self._cancels[job_id].set()
-            self._heavy.notify_all()  # a queued job wakes up to end
+            self._turns.notify_all()  # a queued job wakes up to end
             job = self._jobs[job_id] = job.model_copy(update={"message": "cancelling"})
         return job
 
@@ -188,24 +252,24 @@ class Jobs:
             self._jobs[job_id] = job
             return job
 
-    def _wait_turn(self, job_id: str, cancel: threading.Event) -> bool:
-        """Wait until ``job_id`` heads the queue of heavy jobs; False if it was cancelled meanwhile."""
-        with self._heavy:
-            while self._heavy_queue[0] != job_id and not cancel.is_set():
-                self._heavy.wait()
+    def _wait_turn(self, job_id: str, cancel: threading.Event, queue: list[str], slots: int) -> bool:
+        """Wait until ``job_id`` is among the first ``slots`` of ``queue``; False if cancelled meanwhile."""
+        with self._turns:
+            while queue.index(job_id) >= slots and not cancel.is_set():
+                self._turns.wait()
             if cancel.is_set():
-                self._heavy_queue.remove(job_id)
-                self._heavy.notify_all()
+                queue.remove(job_id)
+                self._turns.notify_all()
                 return False
             return True
 
-    def _done_turn(self, job_id: str) -> None:
-        with self._heavy:
-            if job_id in self._heavy_queue:
-                self._heavy_queue.remove(job_id)
-            self._heavy.notify_all()
+    def _done_turn(self, job_id: str, queue: list[str]) -> None:
+        with self._turns:
+            if job_id in queue:
+                queue.remove(job_id)
+            self._turns.notify_all()
 
-    def _run(self, job_id: str, work: Work, heavy: bool, loop: asyncio.AbstractEventLoop) -> None:
+    def _run(self, job_id: str, work: Work, queue: list[str], slots: int, loop: asyncio.AbstractEventLoop) -> None:
         last = [0.0, ""]
         cancel = self._cancels[job_id]
 
@@ -224,7 +288,7 @@ class Jobs:
                 publish(job)
 
         try:
-            if heavy and not self._wait_turn(job_id, cancel):
+            if not self._wait_turn(job_id, cancel, queue, slots):
                 raise OperationCancelledError("cancelled before it started.")
             publish(self._update(job_id, stage="starting"))
             stored = work(on_progress, cancel)
@@ -238,8 +302,7 @@ class Jobs:
             job = self._update(job_id, state="done", finished_at=time.time(), stage="done",
                                fraction=1.0, stored_name=stored.name)
         finally:
-            if heavy:
-                self._done_turn(job_id)
+            self._done_turn(job_id, queue)
         publish(job)
 
     def _publish(self, job: Job) -> None:

@@ -10,6 +10,10 @@ need. Meta's file leaves some values implicit, resolved here as Meta's reference
   ``ffn_dim_multiplier`` (``meta_hidden_dim``);
 - ``rope_theta`` defaults to 10000 (Code Llama sets 1e6).
 
+Every value is checked against ``LIMITS`` (sane ranges, well beyond any released Llama)
+before anything is derived from it, so a crafted ``params.json`` (``n_layers: 1000000000``)
+is refused at once instead of driving per-layer work.
+
 ``expected_shapes`` gives each GGUF tensor's shape (numpy order, rows first) so a
 checkpoint whose weights contradict its parameters is refused with one clear message.
 """
@@ -24,10 +28,32 @@ from typing import Any, Mapping, Optional
 
 from ..errors import CheckpointError
 
-__all__ = ["LlamaParams", "meta_hidden_dim", "read_json", "tensor_name"]
+__all__ = ["LlamaParams", "LIMITS", "meta_hidden_dim", "read_json", "tensor_name"]
 
 LLAMA2_CONTEXT = 4096
 CODE_LLAMA_CONTEXT = 16384
+
+# Inclusive ranges for each hyperparameter (Llama 2 70B: dim 8192, 80 layers, 64 heads, 32000 words).
+LIMITS: dict[str, tuple[float, float]] = {
+    "dim": (1, 65_536),
+    "n_layers": (1, 1_024),
+    "n_heads": (1, 1_024),
+    "n_kv_heads": (1, 1_024),
+    "vocab_size": (1, 1_048_576),
+    "hidden_dim": (1, 1_048_576),
+    "multiple_of": (1, 65_536),
+    "ffn_dim_multiplier": (0.01, 64.0),
+    "norm_eps": (1e-12, 0.1),
+    "rope_theta": (1.0, 1e10),
+    "context_length": (1, 16_777_216),
+}
+
+
+def _in_range(key: str, value: float, source: str) -> None:
+    low, high = LIMITS[key]
+    if not low <= value <= high:  # NaN fails too
+        raise CheckpointError(f"{source}'s '{key}' is {value!r}, outside the sane range {low:g} to {high:g}; "
+                              f"the {source} is damaged or not a Llama model's: download it again.")
 
 
 def meta_hidden_dim(dim: int, multiple_of: int, ffn_dim_multiplier: Optional[float]) -> int:
@@ -82,9 +108,13 @@ class LlamaParams:
             value = raw.get(key, default)
             if value is None and default is None:
                 raise CheckpointError(f"params.json has no '{key}'; it is not a Llama params.json.")
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                    or (kind is int and value != int(value))):
                 raise CheckpointError(f"params.json's '{key}' is {value!r}, not a number.")
-            return kind(value)
+            value = kind(value)
+            if key in LIMITS and (value > 0 or key in ("multiple_of", "ffn_dim_multiplier")):
+                _in_range(key, value, "params.json")  # zero and negatives get validate's message
+            return value
 
         dim, n_heads = number("dim"), number("n_heads")
         n_kv = raw.get("n_kv_heads")
@@ -100,6 +130,8 @@ class LlamaParams:
                 f"params.json says vocab_size {vocab} but tokenizer.model has {tokenizer_vocab} pieces; "
                 "use the tokenizer.model that came with these weights.")
         rope_theta = number("rope_theta", float, 10000.0)
+        if raw.get("max_seq_len") is not None:
+            _in_range("context_length", number("max_seq_len"), "params.json")
         default_ctx = CODE_LLAMA_CONTEXT if rope_theta >= 1e6 else LLAMA2_CONTEXT
         params = cls(
             dim=dim, n_layers=number("n_layers"), n_heads=n_heads, n_kv_heads=n_kv_heads, vocab_size=vocab,
@@ -128,7 +160,7 @@ class LlamaParams:
                 context_length=int(raw.get("max_position_embeddings") or LLAMA2_CONTEXT), source="config.json")
         except KeyError as exc:
             raise CheckpointError(f"config.json has no {exc}; it is not a Llama config.") from None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise CheckpointError(f"config.json has a value that is not a number ({exc}).") from None
         if params.vocab_size != tokenizer_vocab:
             raise CheckpointError(
@@ -151,6 +183,9 @@ class LlamaParams:
             problems.append("norm_eps and rope_theta must be positive")
         if problems:
             raise CheckpointError(f"{self.source} is inconsistent: {'; '.join(problems)}.")
+        for key in ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "hidden_dim", "norm_eps",
+                    "rope_theta", "context_length"):
+            _in_range(key, getattr(self, key), self.source)
 
     def expected_shapes(self, *, with_output: bool = True) -> dict[str, tuple[int, ...]]:
         """Every GGUF tensor's shape (numpy order, rows first) for these parameters."""
@@ -178,11 +213,11 @@ class LlamaParams:
 
     def check_shapes(self, shapes: Mapping[str, tuple[int, ...]], origin: Mapping[str, str]) -> None:
         """Refuse weights that contradict these parameters; ``origin`` names each tensor's source."""
-        expected = self.expected_shapes(with_output=any(n.startswith("output.") for n in shapes))
         layers = {int(n.split(".")[1]) for n in shapes if n.startswith("blk.")}
         if layers and max(layers) + 1 != self.n_layers:
             raise CheckpointError(f"{self.source} says {self.n_layers} layers but the weights have "
                                   f"{max(layers) + 1}; the {self.source} belongs to another model.")
+        expected = self.expected_shapes(with_output=any(n.startswith("output.") for n in shapes))
         missing = sorted(set(expected) - set(shapes))
         if missing:
             raise CheckpointError(f"the checkpoint has no {origin.get(missing[0], missing[0])} "

@@ -12,7 +12,8 @@ from tests.fixtures.tiny_llama import write_gguf_with_architecture
 
 @pytest.fixture
 def llamalab_config(tmp_path, demo_model):
-    return {"store_dir": str(tmp_path / "store"), "n_ctx": 1024}
+    # the test file servers listen on 127.0.0.1, which the server refuses unless allowed
+    return {"store_dir": str(tmp_path / "store"), "n_ctx": 1024, "allow_private_pull_addresses": True}
 
 
 async def test_pull_job_reports_progress_then_registers_the_model(fetch_json, jp_fetch, tmp_path, extension):
