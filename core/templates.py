@@ -9,7 +9,30 @@ Two formats, both producing token ids (never text that gets re-tokenized):
   parsed from text, so a user typing ``</s>`` cannot end a turn. (llama-cpp-python's own
   "llama-2" format builds a string and differs in whitespace.)
 - ``JinjaChatFormat``: the GGUF's own ``tokenizer.chat_template`` rendered in a sandbox, as
-  Hugging Face's ``apply_chat_template`` does, then tokenized with special tokens parsed.
+  Hugging Face's ``apply_chat_template`` does, then tokenized so that only the template's own
+  text can become special tokens: message contents are always plain text (see below).
+
+Safety of the chat path:
+
+- **Text stays text.** A user (or text pasted from a notebook) typing ``</s>``, ``<s>`` or
+  ``<|im_end|>`` gets those characters, never the end/start-of-sequence or turn tokens. The
+  Llama-2 format never parses special tokens. A GGUF template's rendering is tokenized with
+  special tokens parsed only when no message contains special-token text (then the result is
+  exactly llama.cpp's); otherwise the template is rendered a second time with placeholders in
+  place of the contents, the template's own pieces are tokenized as special and the contents
+  as plain text. A template that reshapes contents beyond trimming them cannot be split so;
+  such a message is then refused with a ``ChatTemplateError``.
+- **Llama-2 markers are refused, as Meta's reference does.** Meta's ``chat_completion``
+  answers "special tags are not allowed as part of the prompt" for a dialog whose messages
+  contain ``[INST]``, ``[/INST]``, ``<<SYS>>`` or ``<</SYS>>``; ``check_markers`` (called on
+  every chat by the engine) raises ``ChatTemplateError`` naming the message instead, for the
+  Llama-2 format and for GGUF templates that use ``[INST]`` themselves (Llama-2, Mistral).
+  ``format`` alone stays Meta's plain prompt construction.
+- **Templates run on a budget.** The sandbox counts loop iterations and calls
+  (``TemplateBudget.max_steps`` plus a few per message), bounds the output's length and
+  string arithmetic (``max_chars`` plus four times the messages' text) and the time a
+  render takes (``max_seconds``). A template over budget is refused with one line: when the
+  format is created (a test render of a small chat) and on any render after.
 
 ``choose_chat_format`` picks one for a model; ``fit_messages`` drops the oldest turns
 (keeping the system prompt and the last user message) until the prompt fits a budget.
@@ -17,7 +40,11 @@ Two formats, both producing token ids (never text that gets re-tokenized):
 
 from __future__ import annotations
 
+import functools
 import re
+import secrets
+import threading
+import time
 from dataclasses import dataclass
 from typing import Literal, Optional, Protocol, Sequence
 
@@ -29,6 +56,8 @@ __all__ = [
     "ChatFormat",
     "Llama2ChatFormat",
     "JinjaChatFormat",
+    "TemplateBudget",
+    "check_markers",
     "choose_chat_format",
     "fit_messages",
     "is_llama2_chat_name",
@@ -41,6 +70,7 @@ __all__ = [
 Role = Literal["system", "user", "assistant"]
 B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
+LLAMA2_MARKERS = (B_INST, E_INST, "<<SYS>>", "<</SYS>>")  # Meta's SPECIAL_TAGS in generation.py
 
 
 @dataclass(frozen=True)
@@ -90,6 +120,7 @@ class Llama2ChatFormat:
     """Meta's Llama-2-chat prompt, built token by token as ``generation.py`` does."""
 
     name = "llama-2"
+    refuses_llama2_markers = True
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         if tokenizer.bos_id is None or tokenizer.eos_id is None:
@@ -121,49 +152,287 @@ class Llama2ChatFormat:
         return tokens
 
 
+@dataclass(frozen=True)
+class TemplateBudget:
+    """What one render of a GGUF chat template may spend (per render, on top of the messages)."""
+
+    max_steps: int = 100_000  # loop iterations plus calls, plus 64 per message
+    max_chars: int = 1_000_000  # output and string results, plus 4x the messages' text
+    max_seconds: float = 2.0
+
+
+class _OverBudget(ChatTemplateError):
+    pass
+
+
+class _Meter:
+    """One render's spending; lives in a thread-local while the render runs."""
+
+    def __init__(self, budget: TemplateBudget, messages: Sequence[Message]) -> None:
+        self.steps_left = budget.max_steps + 64 * len(messages)
+        self.max_chars = budget.max_chars + 4 * sum(len(m.content) for m in messages)
+        self.deadline = time.monotonic() + budget.max_seconds
+        self.budget = budget
+
+    def step(self) -> None:
+        self.steps_left -= 1
+        if self.steps_left < 0:
+            raise _OverBudget(f"the model's chat template was stopped after {self.budget.max_steps} loop "
+                              "iterations and calls (its budget); pass chat_format='llama-2' or fix the GGUF's template.")
+        if time.monotonic() > self.deadline:
+            raise _OverBudget(f"the model's chat template ran longer than {self.budget.max_seconds:g} s (its "
+                              "budget); pass chat_format='llama-2' or fix the GGUF's template.")
+
+    def size(self, n: int) -> None:
+        if n > self.max_chars:
+            raise _OverBudget(f"the model's chat template built a text of {n} characters, over its budget of "
+                              f"{self.max_chars}; pass chat_format='llama-2' or fix the GGUF's template.")
+
+
+_current = threading.local()
+
+
+def _meter() -> _Meter:
+    meter = getattr(_current, "meter", None)
+    if meter is None:  # rendered outside JinjaChatFormat.render: no budget to spend from
+        raise _OverBudget("the chat template was rendered without a budget.")
+    return meter
+
+
+def _sized(value: object) -> int:
+    return len(value) if isinstance(value, (str, bytes, list, tuple)) else 0
+
+
+def _budgeted_environment():  # type: ignore[no-untyped-def]
+    """An immutable sandbox whose loops, calls and string arithmetic spend the render's budget."""
+    from jinja2 import nodes
+    from jinja2.runtime import LoopContext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def budgeted_iter(iterable):  # type: ignore[no-untyped-def]
+        meter = _meter()
+        for item in iterable:
+            meter.step()
+            yield item
+
+    class BudgetedEnvironment(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset(["*", "**", "+"])
+
+        def _parse(self, source, name, filename):  # type: ignore[no-untyped-def]
+            tree = super()._parse(source, name, filename)
+            for loop in tree.find_all(nodes.For):  # every for loop iterates through budgeted_iter
+                loop.iter = nodes.Call(nodes.EnvironmentAttribute("llamalab_budgeted_iter"), [loop.iter], [],
+                                       None, None, lineno=loop.iter.lineno)
+            tree.set_environment(self)
+            return tree
+
+        def call(__self, __context, __obj, *args, **kwargs):  # type: ignore[no-untyped-def]
+            meter = _meter()
+            meter.step()
+            if isinstance(__obj, LoopContext) and args:  # a recursive loop's next level
+                args = (budgeted_iter(args[0]), *args[1:])
+            for value in (*args, *kwargs.values()):  # padding widths and repeat counts
+                if isinstance(value, int) and not isinstance(value, bool):
+                    meter.size(abs(value))
+            result = super().call(__context, __obj, *args, **kwargs)
+            meter.size(_sized(result))
+            return result
+
+        def call_binop(self, context, operator, left, right):  # type: ignore[no-untyped-def]
+            meter = _meter()
+            meter.step()
+            if operator == "*":
+                for seq, count in ((left, right), (right, left)):
+                    if _sized(seq) and isinstance(count, int):
+                        meter.size(_sized(seq) * max(count, 0))
+            elif operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1:
+                meter.size(abs(left).bit_length() * max(right, 0) // 8)
+            elif operator == "+":
+                meter.size(_sized(left) + _sized(right))
+            return super().call_binop(context, operator, left, right)
+
+    def budgeted_filter(function):  # type: ignore[no-untyped-def]
+        @functools.wraps(function)  # keeps jinja's pass_context/pass_environment marks
+        def run(*args, **kwargs):  # type: ignore[no-untyped-def]
+            meter = _meter()
+            meter.step()
+            for value in (*args, *kwargs.values()):  # center(10**9), indent(10**9)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    meter.size(abs(value))
+            result = function(*args, **kwargs)
+            meter.size(_sized(result))
+            return result
+        return run
+
+    env = BudgetedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters = {name: budgeted_filter(f) for name, f in env.filters.items()}
+    env.llamalab_budgeted_iter = budgeted_iter  # type: ignore[attr-defined]
+    return env
+
+
+# A small chat rendered once when the format is created: a template over budget on it is refused then.
+_PROBE_CHAT = (Message("system", "You are helpful."), Message("user", "Hello."),
+               Message("assistant", "Hi."), Message("user", "Thanks."))
+
+
 class JinjaChatFormat:
-    """A model's own Jinja chat template, rendered in a sandbox."""
+    """A model's own Jinja chat template, rendered in a budgeted sandbox."""
 
     name = "gguf"
 
-    def __init__(self, template: str, tokenizer: Tokenizer, add_bos: bool = False) -> None:
+    def __init__(self, template: str, tokenizer: Tokenizer, add_bos: bool = False,
+                 budget: Optional[TemplateBudget] = None) -> None:
         from jinja2 import TemplateError
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         self.tokenizer = tokenizer
         self.add_bos = add_bos
+        self.budget = budget or TemplateBudget()
         self.bos_text = tokenizer.token_text(tokenizer.bos_id) if tokenizer.bos_id is not None else ""
         self.eos_text = tokenizer.token_text(tokenizer.eos_id) if tokenizer.eos_id is not None else ""
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                           extensions=["jinja2.ext.loopcontrols"])
+        self.refuses_llama2_markers = B_INST in template  # the template writes Llama-2's markers itself
+        env = _budgeted_environment()
         env.globals["raise_exception"] = self._raise
         try:
             self._template = env.from_string(template)
-        except TemplateError as exc:
+        except (TemplateError, RecursionError, MemoryError) as exc:
             raise ChatTemplateError(f"the model's chat template does not parse ({exc}); "
                                     "pass chat_format='llama-2' or fix the GGUF's template.") from None
+        for probe in (_PROBE_CHAT, _PROBE_CHAT[1:]):
+            try:
+                self.render(probe)
+            except _OverBudget:
+                raise
+            except ChatTemplateError:  # the template may refuse a system prompt, say: not our business here
+                continue
 
     @staticmethod
     def _raise(message: str) -> None:
         raise ChatTemplateError(f"the model's chat template refused the messages: {message}")
 
     def render(self, messages: Sequence[Message | dict]) -> str:
-        from jinja2 import TemplateError
+        dialog = _coerce(messages)
+        return self._render(dialog, [m.content for m in dialog])
 
-        dialog = [{"role": m.role, "content": m.content} for m in _coerce(messages)]
+    def _render(self, dialog: list[Message], contents: Sequence[str]) -> str:
+        meter = _Meter(self.budget, dialog)
+        _current.meter = meter
+        pieces: list[str] = []
+        size = 0
         try:
-            return self._template.render(messages=dialog, add_generation_prompt=True,
-                                         bos_token=self.bos_text, eos_token=self.eos_text)
-        except TemplateError as exc:
-            raise ChatTemplateError(f"the model's chat template failed: {exc}") from None
+            for piece in self._template.generate(
+                    messages=[{"role": m.role, "content": c} for m, c in zip(dialog, contents)],
+                    add_generation_prompt=True, bos_token=self.bos_text, eos_token=self.eos_text):
+                size += len(piece)
+                meter.size(size)
+                pieces.append(piece)
+        except ChatTemplateError:
+            raise
+        except RecursionError:
+            raise _OverBudget("the model's chat template recursed too deeply; pass chat_format='llama-2' "
+                              "or fix the GGUF's template.") from None
+        except Exception as exc:  # a TemplateError, or a TypeError or ZeroDivisionError from the template's code
+            raise ChatTemplateError(f"the model's chat template failed: {type(exc).__name__}: {exc}") from None
+        finally:
+            _current.meter = None
+        return "".join(pieces)
 
     def format(self, messages: Sequence[Message | dict]) -> list[int]:
-        text = self.render(messages)
-        tokens = self.tokenizer.encode(text, special=True)
+        dialog = _coerce(messages)
+        text = self._render(dialog, [m.content for m in dialog])
+        if any(self._has_special_text(m.content) for m in dialog):
+            tokens = self._encode_keeping_contents_plain(dialog, text)
+        else:
+            tokens = self.tokenizer.encode(text, special=True)  # exactly llama.cpp's tokenization
         bos = self.tokenizer.bos_id
         if self.add_bos and bos is not None and (not tokens or tokens[0] != bos):
             tokens = [bos, *tokens]
         return tokens
+
+    # -- keeping message contents plain text ------------------------------------------------
+    def _has_special_text(self, text: str) -> bool:
+        return bool(text) and self.tokenizer.encode(text, special=True) != self.tokenizer.encode(text, special=False)
+
+    def _encode_keeping_contents_plain(self, dialog: list[Message], text: str) -> list[int]:
+        """Tokens of ``text`` (the real rendering) with each content as plain text and the
+        template's own pieces parsed for special tokens, found by rendering with placeholders."""
+        nonce = f"{secrets.randbelow(10 ** 16):016d}"
+        marks = [f"\ue000{nonce}:{i}\ue001" for i in range(len(dialog))]
+        skeleton = re.split(f"\ue000{nonce}:(\\d+)\ue001", self._render(dialog, marks))
+        pieces: list[tuple[str, bool]] = []  # (text, is the template's)
+        position = 0
+        for index, part in enumerate(skeleton):
+            if index % 2 == 0:
+                if not text.startswith(part, position):
+                    break
+                pieces.append((part, True))
+                position += len(part)
+                continue
+            content = dialog[int(part)].content
+            following = skeleton[index + 1]
+            choices = sorted({content, content.strip(), content.lstrip(), content.rstrip()}, key=len, reverse=True)
+            match = next((c for c in choices if text.startswith(c + following, position)), None)
+            if match is None:
+                break
+            pieces.append((match, False))
+            position += len(match)
+        else:
+            if position == len(text):
+                return self._encode_pieces(pieces)
+        culprit = next(i for i, m in enumerate(dialog) if self._has_special_text(m.content))
+        raise ChatTemplateError(
+            f"message {culprit + 1} contains special-token text (such as {self.eos_text or '</s>'!r}), and this "
+            "model's chat template reshapes messages too much to keep it plain text; remove it.")
+
+    def _encode_pieces(self, pieces: list[tuple[str, bool]]) -> list[int]:
+        """Split the template's pieces at the special-token texts they contain, then tokenize
+        each run of plain text in one go (as llama.cpp does between special tokens)."""
+        specials: dict[str, int] = {}
+        for piece, ours in pieces:
+            if not ours or not piece:
+                continue
+            parsed = self.tokenizer.encode(piece, special=True)
+            if parsed == self.tokenizer.encode(piece, special=False):
+                continue
+            for token in parsed:
+                word = self.tokenizer.token_text(token)
+                if word and word in piece and self.tokenizer.encode(word, special=False) != [token]:
+                    specials[word] = token
+        splitter = (re.compile("|".join(re.escape(w) for w in sorted(specials, key=len, reverse=True)))
+                    if specials else None)
+        tokens: list[int] = []
+        run: list[str] = []
+
+        def flush() -> None:
+            if run:
+                tokens.extend(self.tokenizer.encode("".join(run), special=False))
+                run.clear()
+
+        for piece, ours in pieces:
+            if not ours or splitter is None:
+                run.append(piece)
+                continue
+            last = 0
+            for found in splitter.finditer(piece):
+                run.append(piece[last:found.start()])
+                flush()
+                tokens.append(specials[found.group()])
+                last = found.end()
+            run.append(piece[last:])
+        flush()
+        return tokens
+
+
+def check_markers(fmt: ChatFormat, messages: Sequence[Message | dict]) -> None:
+    """Refuse messages containing Llama-2's ``[INST]``, ``[/INST]``, ``<<SYS>>`` or ``<</SYS>>``
+    when ``fmt`` uses them as structure (as Meta's ``chat_completion`` refuses them)."""
+    if not getattr(fmt, "refuses_llama2_markers", False):
+        return
+    for position, message in enumerate(_coerce(messages)):
+        found = next((m for m in LLAMA2_MARKERS if m in message.content), None)
+        if found is not None:
+            raise ChatTemplateError(
+                f"message {position + 1} contains the Llama-2 marker '{found}', which could forge a turn; "
+                "Meta's reference refuses such messages too: remove or reword it.")
 
 
 _LLAMA2_CHAT_RE = re.compile(r"(llama[-_ ]?2|code[-_ ]?llama).*(chat|instruct)", re.IGNORECASE)

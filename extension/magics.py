@@ -21,6 +21,7 @@ Settings for every call go through IPython's config: ``%config LlamaMagics.tempe
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shlex
@@ -158,13 +159,104 @@ def extract_code(text: str) -> tuple[str, str]:
     return "python", text.strip()
 
 
+_MD_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
+_MD_TEXT_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "~": "&#126;"}
+_MD_BAD_LINK = re.compile(r"\]\((?=\s*(?:javascript|vbscript|data|file)\s*:)", re.IGNORECASE)
+_MD_BAD_REFERENCE = re.compile(r"^( {0,3})\[(?=[^\]\n]*\]:\s*(?:javascript|vbscript|data|file)\s*:)",
+                               re.IGNORECASE | re.MULTILINE)
+
+
+def _md_fence(language: str, code: str) -> str:
+    """A fenced block no line of ``code`` can close: longer than any backtick run in it."""
+    longest = max((len(run) for run in re.findall(r"`+", code)), default=0)
+    fence = "`" * max(3, longest + 1)
+    info = re.sub(r"[^\w+#.-]", "", language)
+    return f"{fence}{info}\n{code}\n{fence}"
+
+
+def _md_inline(text: str) -> str:
+    """Markdown text with no active HTML: ``&<>`` escaped, code spans as escaped ``<code>``,
+    other backticks and tildes as entities (so nothing here opens a code block), images as
+    plain text (``!\\[``: no remote loads) and script-scheme links disarmed."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        char = text[i]
+        if char == "\\" and text.startswith("`", i + 1):
+            out.append("&#96;")
+            i += 2
+        elif char == "`":
+            end = i
+            while end < n and text[end] == "`":
+                end += 1
+            run, k, close = end - i, end, -1
+            while k < n and text[k] != "\n":  # a span closes on its own line with as many backticks
+                if text[k] != "`":
+                    k += 1
+                    continue
+                stop = k
+                while stop < n and text[stop] == "`":
+                    stop += 1
+                if stop - k == run:
+                    close = k
+                    break
+                k = stop
+            if close < 0:
+                out.append("&#96;" * run)
+                i = end
+                continue
+            code = text[end:close]
+            if code.strip() and code.startswith(" ") and code.endswith(" "):
+                code = code[1:-1]
+            out.append(f"<code>{html.escape(code, quote=False)}</code>")
+            i = close + run
+        elif char == "!" and text.startswith("[", i + 1):
+            out.append("!\\")
+            i += 1
+        else:
+            out.append(_MD_TEXT_ESCAPES.get(char, char))
+            i += 1
+    return _MD_BAD_REFERENCE.sub(r"\1\\[", _MD_BAD_LINK.sub("]\\(", "".join(out)))
+
+
+def safe_markdown(text: str) -> str:
+    """``text`` (a model's answer) as Markdown that renders without active HTML, even as trusted
+    output: fenced code blocks are re-emitted with fences of our own (their contents stay
+    verbatim), everything else goes through ``_md_inline``."""
+    lines = text.split("\n")
+    out: list[str] = []
+    plain: list[str] = []
+    i = 0
+    while i < len(lines):
+        opening = _MD_FENCE.match(lines[i])
+        if opening is None or (opening[1][0] == "`" and "`" in opening[2]):
+            plain.append(lines[i])
+            i += 1
+            continue
+        char, width = opening[1][0], len(opening[1])
+        closing = re.compile(rf"^ {{0,3}}{re.escape(char)}{{{width},}}\s*$")
+        end = i + 1
+        while end < len(lines) and not closing.match(lines[end]):
+            end += 1
+        if plain:
+            out.append(_md_inline("\n".join(plain)))
+            plain = []
+        words = opening[2].split()
+        out.append(_md_fence(words[0] if words else "", "\n".join(lines[i + 1:end])))
+        i = end + 1
+    if plain:
+        out.append(_md_inline("\n".join(plain)))
+    return "\n".join(out)
+
+
 def render(text: str, fmt: str, final: bool) -> dict[str, Any]:
-    """The display bundle for ``text`` in format ``fmt``."""
+    """The display bundle for ``text`` in format ``fmt``. Markdown is made safe first
+    (``safe_markdown``): the model's HTML shows as text, never as active HTML."""
     if fmt == "text":
         return {"text/plain": text}
     if fmt == "code":
         language, code = extract_code(text)
-        return {"text/markdown": f"```{language}\n{code}\n```", "text/plain": code}
+        return {"text/markdown": _md_fence(language, code), "text/plain": code}
     if fmt == "json" and final:
         _, body = extract_code(text)
         try:
@@ -175,7 +267,7 @@ def render(text: str, fmt: str, final: bool) -> dict[str, Any]:
                 "text/plain": json.dumps(value, indent=2)}
     if fmt == "json":
         return {"text/plain": text}
-    return {"text/markdown": text or "&#8230;", "text/plain": text}
+    return {"text/markdown": safe_markdown(text) or "&#8230;", "text/plain": text}
 
 
 _LINE_MAGIC_ENDING_IN_QUESTION = re.compile(r"^(?P<indent>[ \t]*)%llama(?P<args>[ \t]+\S.*?\?+)[ \t]*(?P<eol>\r?\n?)$")

