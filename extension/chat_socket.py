@@ -11,8 +11,10 @@ once the first answer is done, and are ignored when it already has turns. A requ
 notebook's ``kernel`` gets the names that kernel defines (``llamalab.kernel_names.format_names``,
 the ones its message mentions first) in that turn's system prompt; a kernel that is busy, gone or
 slow to answer adds nothing (or what it defined when last read). Anything malformed gets an ``error`` reply and
-the connection stays open. ``model_changed`` and ``job_progress`` events are pushed to
-every connection.
+the connection stays open. ``model`` is a store name or catalog reference (never a path or URL;
+unknown: ``model_not_found``); ``system``, ``history`` and ``content`` are size-checked, alone and
+together, against ``max_prompt_chars`` before anything is tokenized. ``model_changed`` and
+``job_progress`` events are pushed to every connection.
 
 Authentication is Jupyter's (token or login cookie); the origin is checked as for
 Jupyter's own kernel WebSockets, and the user must be authorized to ``execute`` on the
@@ -60,11 +62,19 @@ class Conversation:
         """The earlier turns a request brings: used while this conversation has none of its own."""
         return list(history or ()) if not self.turns else []
 
-    def messages(self, content: str, default_system: str, seed: Sequence[ChatTurn] = ()) -> list[dict[str, str]]:
+    def messages(self, content: str, default_system: str, seed: Sequence[ChatTurn] = (),
+                 max_chars: Optional[int] = None) -> list[dict[str, str]]:
+        """The prompt's messages; the conversation's own oldest turns are left out (a question and its
+        answer at a time) while all together would be over ``max_chars``."""
         system = self.system if self.system is not None else default_system
         head = [{"role": "system", "content": system}] if system else []
-        earlier = [t.model_dump() for t in [*seed, *self.turns][-MAX_TURNS:]]
-        return head + earlier + [{"role": "user", "content": content}]
+        earlier = [*seed, *self.turns][-MAX_TURNS:]
+        if max_chars is not None:
+            chars = len(system or "") + len(content) + sum(len(t.content) for t in earlier)
+            while chars > max_chars and len(earlier) > len(seed):  # the seed was checked whole
+                dropped, earlier = earlier[:2], earlier[2:]
+                chars -= sum(len(t.content) for t in dropped)
+        return head + [t.model_dump() for t in earlier] + [{"role": "user", "content": content}]
 
     def record(self, question: str, answer: str, seed: Sequence[ChatTurn] = ()) -> None:
         self.turns = [*seed, *self.turns, ChatTurn(role="user", content=question),
@@ -181,15 +191,20 @@ class ChatSocket(WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, Jupyte
         if conversation.running is not None:
             raise BusyError(f"conversation '{request.conversation_id}' is still answering request "
                             f"'{conversation.running}'; wait for it or cancel it.")
+        self.manager.canonical(request.model)  # a store name or catalog reference, never a path
         params = self.manager.params(request.params)  # ConfigError for impossible values
         seed = conversation.seed(request.history)
-        limit = self.manager.config.max_prompt_chars
-        if (chars := sum(len(t.content) for t in seed)) > limit:
-            raise PromptTooLongError(f"the history has {chars} characters, over this server's limit of {limit}; "
-                                     "send fewer earlier turns.")
+        config = self.manager.config
+        system = request.system if request.system is not None else \
+            (conversation.system if conversation.system is not None else config.system_prompt)
+        if (chars := sum(len(t.content) for t in seed)) > config.max_prompt_chars:
+            raise PromptTooLongError(f"the history has {chars} characters, over this server's limit of "
+                                     f"{config.max_prompt_chars}; send fewer earlier turns.")
+        self.manager.check_prompt([("the system prompt", len(system)), ("the history", chars),
+                                   ("the message", len(request.content))])  # before anything is stored
         if request.system is not None:
             conversation.system = request.system
-        messages = conversation.messages(request.content, self.manager.config.system_prompt, seed)
+        messages = conversation.messages(request.content, config.system_prompt, seed, config.max_prompt_chars)
         conversation.running = request.id
         self._running[request.id] = Running(request.conversation_id)
         task = asyncio.ensure_future(self._stream(request, conversation, messages, params, seed))

@@ -105,6 +105,7 @@ class CompleteHandler(LlamalabHandler):
     @authorized
     async def post(self) -> None:
         wire = self.body_as(CompletionRequest)
+        model = self.manager.canonical(wire.model)  # store names and catalog references only: 404 before any work
         limit = self.manager.config.max_tokens_limit
         max_tokens = min(wire.max_tokens or DEFAULT_MAX_TOKENS, limit)
         near = "".join(c.source for c in (wire.cells or [])[:wire.cell_index or 0][-8:]) + wire.prefix[-2000:]
@@ -114,8 +115,7 @@ class CompleteHandler(LlamalabHandler):
         predicted = self.service.predicted(request)
         if predicted is not None:
             self.service.remember(request, predicted)
-            reply = CompletionReply(text=predicted, fim=False, model=self.manager.served_name(
-                self.manager.canonical(wire.model)), finish_reason="stop",
+            reply = CompletionReply(text=predicted, fim=False, model=self.manager.served_name(model), finish_reason="stop",
                 usage=Usage(prompt_tokens=0, completion_tokens=0))
             await self._answer(wire, reply)
             return

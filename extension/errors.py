@@ -3,7 +3,7 @@
     LlamalabError (llamalab)
      ├── ModelNotAllowedError   the server's allowed_models does not list the model
      ├── BusyError              the queue is full, or a conversation is still answering
-     └── PromptTooLongError     over the server's max_prompt_chars
+     └── PromptTooLongError     over the server's max_prompt_chars (HTTP 413, like a context overflow)
 
 llamalab's errors carry one-line messages meant for people; they are passed on as they
 are. Anything else is a bug: the client gets ``internal`` and the log the traceback.
@@ -54,7 +54,7 @@ _CODES: tuple[tuple[type[BaseException], ErrorCode], ...] = (
 
 _STATUS: dict[str, int] = {
     "bad_request": 400, "forbidden": 403, "unknown_type": 400, "not_found": 404, "model_not_found": 404,
-    "model_not_allowed": 403, "prompt_too_long": 400, "busy": 429, "license_required": 403,
+    "model_not_allowed": 403, "prompt_too_long": 413, "busy": 429, "license_required": 403,
     "engine_error": 500, "internal": 500,
 }
 

@@ -3,15 +3,30 @@
 The chat WebSocket, the OpenAI-compatible routes (and through them kernels' ``%llama``
 magics and a local language server) all start their generations here, so the weights are
 in memory once. The model is loaded lazily, on a worker thread, by the first request that
-needs it (or at start with ``preload``). A request for another model switches: the
-generations still running on the old one are cancelled (they end with
-``finish_reason == "cancelled"``), the old engine is closed, then the new one loads.
+needs it (or at start with ``preload``).
 
-Starting a generation and switching models take one asyncio lock, so an engine is never
-closed between being chosen and being given its request; the generation itself runs
-without the lock, on one of ``LocalEngine``'s slots (``n_parallel`` requests decoded together,
-interactive completions first). ``max_queued`` bounds how many run or
-wait at once (more get ``BusyError``).
+Model names: inference requests name a model by its store name or a catalog reference
+(``smollm2-135m-instruct:q4_1``, ``default``), never by a file path or URL (those go through
+the pull and registration routes first); anything else is a plain ``ModelNotFoundError``
+(404) that does not look at the filesystem. Only the server's own settings (``default_model``,
+``/llamalab/models/load`` and ``PATCH /llamalab/settings``, for logged-in users) may name a path.
+
+Switching: a request for another model than the loaded one never cancels anyone's generation.
+It waits until the generations running on the loaded model have ended, then closes it and
+loads the new one. While it waits it holds the manager's lock, so new requests (for either
+model) queue behind it in arrival order and the switch cannot starve; they run once the new
+model is in. A switch that still finds generations running after ``switch_wait_s`` gives up
+with ``BusyError`` (cancelling nothing), which also frees the requests queued behind it. Only an explicit ``unload`` (``/llamalab/models/unload``, a settings change that
+needs a reload) or shutdown cancels running generations (they end with
+``finish_reason == "cancelled"``).
+
+The lock is held only to choose (load, or switch to) the engine and register the request
+with it; formatting and tokenizing the prompt run after, on a worker thread, outside the
+lock, and the registration keeps the engine from being closed under them. The generation
+itself runs on one of ``LocalEngine``'s slots (``n_parallel`` requests decoded together,
+interactive completions first). ``max_queued`` bounds how many run or wait at once (more get
+``BusyError``). Every text is size-checked against ``max_prompt_chars`` (each message and
+their sum) before anything is tokenized (``PromptTooLongError``).
 
 With ``remote_url`` set the manager loads nothing: it hands requests to a ``RemoteEngine``
 per model name, and the server becomes a front for a shared inference server.
@@ -22,11 +37,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 from pathlib import Path
-from typing import Awaitable, Callable, Optional, Sequence, Union
+from typing import Callable, Iterable, Optional, Sequence, TypeVar, Union
 
-from llamalab import (AsyncTokenStream, Engine, GenerationParams, GenerationResult, LocalOptions, ModelStore,
-                      TokenStream, default_model_name, open_engine, resolve)
+from llamalab import (CATALOG, AsyncTokenStream, Engine, GenerationParams, GenerationResult, LocalOptions,
+                      ModelNotFoundError, ModelStore, TokenStream, default_model_name, open_engine, resolve)
 
 from .errors import BusyError, ModelNotAllowedError, PromptTooLongError
 from .messages import LoadedModel, ModelChangedMessage, SamplingParams
@@ -36,6 +52,8 @@ __all__ = ["EngineManager", "Generation", "ManagerConfig"]
 log = logging.getLogger(__name__)
 
 Listener = Callable[[ModelChangedMessage], None]
+T = TypeVar("T")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9._+-]{1,128}(:[A-Za-z0-9._+-]{1,32})?$")  # a store name or catalog reference
 
 
 @dataclasses.dataclass
@@ -57,6 +75,7 @@ class ManagerConfig:
     max_prompt_chars: int = 200_000
     max_tokens_limit: int = 4096
     default_max_tokens: int = 512
+    switch_wait_s: float = 300.0  # how long a switch waits for the loaded model's generations
 
 
 class Generation:
@@ -113,6 +132,8 @@ class EngineManager:
         self._remote: dict[str, Engine] = {}
         self._remote_names: dict[str, str] = {}  # requested name -> the name the server reports
         self._active: set[Generation] = set()
+        self._starting: dict[int, int] = {}  # id(engine) -> requests formatting their prompt on it
+        self._ended = asyncio.Event()  # set whenever a generation or a start ends (a switch waits on it)
         self._listeners: list[Listener] = []
         self._closed = False
 
@@ -129,15 +150,24 @@ class EngineManager:
             return self.config.allowed_models[0]
         return "" if self.remote else default_model_name()
 
-    def canonical(self, model: Optional[str]) -> str:
-        """The store name (or path) ``model`` stands for; checks ``allowed_models``."""
-        ref = (model or "").strip() or self.default_model()
+    def canonical(self, model: Optional[str], *, paths: bool = False) -> str:
+        """The store name ``model`` stands for; checks ``allowed_models``.
+
+        A request names a store name or a catalog reference; a path, URL or Hub reference is an
+        unknown model (``ModelNotFoundError``, the same answer whether such a file exists or not:
+        the filesystem is not looked at). ``paths=True`` (the server's settings and the load
+        route, for logged-in users) also accepts a GGUF path, as the configured default may be."""
+        ref = (model or "").strip()
+        trusted = paths or not ref or ref == self.config.default_model
+        ref = ref or self.default_model()
         if self.remote:
             name = ref
         elif ref == self._name:
             return ref
         elif self.store.find(ref) is not None:
             name = ref
+        elif not trusted:
+            name = self._catalog_name(ref)
         elif Path(ref).expanduser().is_file():
             name = str(Path(ref).expanduser().resolve())
         else:
@@ -147,6 +177,21 @@ class EngineManager:
             raise ModelNotAllowedError(f"'{ref}' is not one of the models this server offers "
                                        f"({', '.join(allowed)}); ask its administrator to allow it.")
         return name
+
+    def _catalog_name(self, ref: str) -> str:
+        """The store name of catalog reference ``ref``; never touches the filesystem."""
+        if _MODEL_NAME.match(ref) and not ref.lower().endswith(".gguf") and not ref.lower().startswith("hf:"):
+            try:
+                return resolve(ref).store_name  # a name-shaped ref only reaches the catalog
+            except ModelNotFoundError as exc:
+                if ":" in ref and "quantization" in str(exc):
+                    raise
+        stored = [m.name for m in self.store.list() if self.is_allowed(m.name)][:8]
+        shown = ref if len(ref) <= 60 else ref[:57] + "..."
+        raise ModelNotFoundError(
+            f"unknown model '{shown}'; name a model in this server's store ({', '.join(stored) or 'none yet'}) or "
+            f"the catalog ({', '.join(e.name for e in CATALOG)}); a file or URL must be pulled into the store "
+            "first (POST /llamalab/pulls, or `llamalab models pull`).")
 
     def is_allowed(self, name: str) -> bool:
         return not self.config.allowed_models or name in self.config.allowed_models
@@ -158,7 +203,7 @@ class EngineManager:
 
     @property
     def active_count(self) -> int:
-        return len(self._active)
+        return len(self._active) + sum(self._starting.values())
 
     def add_listener(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` when the model changes; returns the function that removes it."""
@@ -181,10 +226,13 @@ class EngineManager:
         options = LocalOptions(n_ctx=c.n_ctx, n_gpu_layers=c.n_gpu_layers, n_threads=c.n_threads,
                                n_parallel=c.n_parallel, kv_size=c.kv_size, prompt_cache_mb=c.prompt_cache_mb,
                                max_queued=c.max_queued + 8)
-        return open_engine(name, options=options, store=self.store, on_notice=self.log.info)
+        stored = self.store.find(name)  # a store name opens its own file, never a same-named one nearby
+        model = str(self.store.get(name).file) if stored is not None else name
+        return open_engine(model, options=options, name=name, store=self.store, on_notice=self.log.info)
 
     async def _ensure(self, name: str) -> Engine:
-        """The engine for ``name``, loading or switching to it (the lock is held)."""
+        """The engine for ``name``, loading or switching to it (the lock is held). A switch
+        first waits for the generations on the loaded model to end."""
         if self._closed:
             raise BusyError("the Jupyter server is shutting down; try again once it restarts.")
         if self.remote:
@@ -203,12 +251,52 @@ class EngineManager:
             return engine
         if self._engine is not None and self._name == name:
             return self._engine
+        if self._engine is not None:
+            self.log.info("llamalab: %s asked for; waiting for %d generations on %s to end", name,
+                          self._in_use(self._engine), self._name)
+            await self._drained(self._engine, name)
+            if self._closed:
+                raise BusyError("the Jupyter server is shutting down; try again once it restarts.")
         await self._unload_locked()
         engine = await asyncio.to_thread(self._load, name)
         self._engine, self._name = engine, name
         self._described = _describe(engine)
         self._notify()
         return engine
+
+    def _in_use(self, engine: Engine) -> int:
+        """Generations running on ``engine`` plus requests still starting on it."""
+        return self._starting.get(id(engine), 0) + sum(1 for g in self._active if g.engine is engine)
+
+    async def _drained(self, engine: Engine, wanted: str) -> None:
+        """Return once nothing runs or starts on ``engine`` (the lock is held: nothing new starts),
+        or raise ``BusyError`` after ``switch_wait_s`` (nothing is cancelled either way)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.switch_wait_s
+        while self._in_use(engine):
+            self._ended.clear()
+            left = deadline - loop.time()
+            if left <= 0:
+                raise BusyError(f"{self._in_use(engine)} generations are still running on {self._name}; loading "
+                                f"{wanted} waited {self.config.switch_wait_s:g} s for them to end. Try again later, "
+                                "or ask on the loaded model.")
+            try:
+                await asyncio.wait_for(self._ended.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
+    def _release(self, engine: Engine) -> None:
+        """A request that was starting on ``engine`` has its generation, or failed."""
+        left = self._starting.get(id(engine), 0) - 1
+        if left > 0:
+            self._starting[id(engine)] = left
+        else:
+            self._starting.pop(id(engine), None)
+        self._ended.set()
+
+    def _finished(self, generation: "Generation") -> None:
+        self._active.discard(generation)
+        self._ended.set()
 
     async def _unload_locked(self) -> Optional[str]:
         engine, name = self._engine, self._name
@@ -224,8 +312,9 @@ class EngineManager:
         return name
 
     async def load(self, model: Optional[str] = None) -> LoadedModel:
-        """Load ``model`` now (switching if another is loaded) and describe it."""
-        name = self.canonical(model)
+        """Load ``model`` now (a store name, catalog reference or path; switching, once the
+        loaded model's generations end, if another is loaded) and describe it."""
+        name = self.canonical(model, paths=True)
         async with self._lock:
             engine = await self._ensure(name)
             if self.remote:
@@ -238,6 +327,7 @@ class EngineManager:
         return self._remote_names.get(name, name) if self.remote else (self._name or name)
 
     async def unload(self) -> Optional[str]:
+        """Unload the model now: generations still running on it end ``cancelled``."""
         async with self._lock:
             return await self._unload_locked()
 
@@ -251,31 +341,76 @@ class EngineManager:
                                    self.config.max_tokens_limit)
         return GenerationParams(**values)  # type: ignore[arg-type]
 
+    def check_prompt(self, fields: Iterable[tuple[str, int]]) -> None:
+        """Refuse (``PromptTooLongError``) a prompt with one text field, or all of them together,
+        over ``max_prompt_chars``; ``fields`` are (what it is, its length). Cheap: call it
+        before anything is tokenized."""
+        limit, total = self.config.max_prompt_chars, 0
+        for what, chars in fields:
+            if chars > limit:
+                raise PromptTooLongError(f"{what} has {chars} characters, over this server's limit of {limit} "
+                                         "(max_prompt_chars); shorten it.")
+            total += chars
+        if total > limit:
+            raise PromptTooLongError(f"the prompt has {total} characters in all (system prompt, earlier messages "
+                                     f"and message), over this server's limit of {limit} (max_prompt_chars); "
+                                     "send fewer or shorter messages, or start a new chat.")
+
     def _check_size(self, chars: int) -> None:
-        if chars > self.config.max_prompt_chars:
-            raise PromptTooLongError(f"the prompt has {chars} characters, over this server's limit of "
-                                     f"{self.config.max_prompt_chars}; shorten it or start a new chat.")
+        self.check_prompt([("the prompt", chars)])
 
     async def start(self, model: Optional[str], chars: int,
                     begin: Callable[[Engine], TokenStream]) -> Generation:
         """A generation that ``begin(engine)`` starts (on a worker thread) on the engine serving
-        ``model``; ``chars`` is the prompt's size, checked against ``max_prompt_chars``."""
+        ``model``; ``chars`` is the prompt's size, checked against ``max_prompt_chars``.
+
+        The lock is held only to choose the engine and register the request on it; ``begin``
+        (which formats and tokenizes the prompt) runs after, outside it."""
         self._check_size(chars)
         name = self.canonical(model)
         async with self._lock:
             engine = await self._ensure(name)
-            if len(self._active) >= self.config.max_queued:
-                raise BusyError(f"{len(self._active)} requests are already running or queued on the model "
+            if self.active_count >= self.config.max_queued:
+                raise BusyError(f"{self.active_count} requests are already running or queued on the model "
                                 "(the server's max_queued); wait for some to finish or cancel them.")
-            stream = await _started(asyncio.to_thread(begin, engine))  # formats the prompt; then a slot
-            generation = Generation(stream, engine, self.served_name(name), self._active.discard)
-            self._active.add(generation)
-            return generation
+            self._starting[id(engine)] = self._starting.get(id(engine), 0) + 1  # a switch now waits for it
+        stream = await self._started(engine, begin)
+        generation = Generation(stream, engine, self.served_name(name), self._finished)
+        self._active.add(generation)
+        self._release(engine)
+        return generation
+
+    async def _started(self, engine: Engine, begin: Callable[[Engine], TokenStream]) -> TokenStream:
+        """``begin(engine)`` for a request registered in ``_starting``; if the waiter is cancelled
+        meanwhile, the stream is cancelled as soon as it exists."""
+        return await self._off_lock(engine, begin, abandon=lambda stream: stream.cancel())
+
+    async def _off_lock(self, engine: Engine, work: Callable[[Engine], T],
+                        abandon: Callable[[T], object] = lambda _: None) -> T:
+        """Run ``work(engine)`` on a thread for a request registered in ``_starting``. A failure
+        releases the registration; a cancelled waiter releases it only once the thread is done
+        (so the engine is not closed under it), and ``abandon`` gets what it made."""
+        future = asyncio.ensure_future(asyncio.to_thread(work, engine))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            def later(f: "asyncio.Future[T]") -> None:
+                if not f.cancelled() and f.exception() is None:
+                    abandon(f.result())
+                self._release(engine)
+
+            future.add_done_callback(later)
+            raise
+        except BaseException:
+            self._release(engine)
+            raise
 
     async def chat(self, messages: Sequence[dict], params: GenerationParams,
                    model: Optional[str] = None) -> Generation:
-        chars = len(messages[-1].get("content") or "") if messages else 0  # older turns get trimmed
-        return await self.start(model, chars, lambda engine: engine.chat(messages, params))
+        """A chat generation; every message, and all of them together, are size-checked first."""
+        self.check_prompt((f"message {i + 1} ({m.get('role')})", len(m.get("content") or ""))
+                          for i, m in enumerate(messages))
+        return await self.start(model, 0, lambda engine: engine.chat(messages, params))
 
     async def complete(self, prompt: str, params: GenerationParams, model: Optional[str] = None) -> Generation:
         return await self.start(model, len(prompt), lambda engine: engine.complete(prompt, params))
@@ -285,7 +420,10 @@ class EngineManager:
         name = self.canonical(model)
         async with self._lock:
             engine = await self._ensure(name)
-            return await asyncio.to_thread(engine.tokenize, text, add_bos=add_bos, special=special)
+            self._starting[id(engine)] = self._starting.get(id(engine), 0) + 1  # keeps it open, off the lock
+        tokens = await self._off_lock(engine, lambda e: e.tokenize(text, add_bos=add_bos, special=special))
+        self._release(engine)
+        return tokens
 
     def cancel_all(self) -> None:
         for generation in list(self._active):
@@ -297,7 +435,7 @@ class EngineManager:
         Returns whether it was unloaded."""
         changes = {k: v for k, v in changes.items() if v is not None}
         if "default_model" in changes:
-            self.canonical(str(changes["default_model"]))  # refuse unknown or disallowed models
+            self.canonical(str(changes["default_model"]), paths=True)  # refuse unknown or disallowed models
         reload = any(k in changes and changes[k] != getattr(self.config, k)
                      for k in ("default_model", "n_ctx", "n_gpu_layers", "n_parallel", "kv_size", "prompt_cache_mb"))
         reconnect = any(k in changes and changes[k] != getattr(self.config, k) for k in ("remote_url", "remote_api_key"))
@@ -320,17 +458,6 @@ class EngineManager:
             engines, self._remote, self._described = list(self._remote.values()), {}, None
         for engine in engines:
             await asyncio.to_thread(engine.close)
-
-
-async def _started(starting: "asyncio.Future[TokenStream] | Awaitable[TokenStream]") -> TokenStream:
-    """Await a stream being started on a thread; if the waiter is cancelled meanwhile, the
-    stream is cancelled as soon as it exists, so no generation runs on with no reader."""
-    future = asyncio.ensure_future(starting)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        future.add_done_callback(lambda f: f.cancelled() or f.exception() or f.result().cancel())
-        raise
 
 
 def _describe(engine: Engine) -> LoadedModel:

@@ -1,5 +1,5 @@
-"""One model per server: asking for another cancels what runs on the old one, closes it,
-and loads the new one; every chat socket hears about it."""
+"""One model per server: asking for another waits for what runs on the old one (it is never
+cancelled), closes it, and loads the new one; every chat socket hears about it."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ def llamalab_config(demo_model, tmp_path):
     return {"store_dir": str(store.root), "n_ctx": 512, "default_model": "demo-a", "max_prompt_chars": 100_000}
 
 
-async def test_switching_models_cancels_the_old_one_and_loads_the_new(open_chat, extension):
+async def test_switching_models_waits_for_the_old_one_then_loads_the_new(open_chat, extension):
     socket = await open_chat()
-    await socket.send(chat("on-a", "Write a long story about llamas.", "one", max_tokens=400, temperature=0))
+    await socket.send(chat("on-a", "Write a long story about llamas.", "one", max_tokens=48, temperature=0))
     await socket.until(lambda m: m["type"] == "token" and m["id"] == "on-a")
     await socket.send({**chat("on-b", "Say hi.", "two", max_tokens=4), "model": "demo-b"})
     finals = {}
@@ -31,7 +31,7 @@ async def test_switching_models_cancels_the_old_one_and_loads_the_new(open_chat,
         message = await socket.next()
         if message["type"] in ("done", "error"):
             finals[message["id"]] = message
-    assert finals["on-a"]["type"] == "done" and finals["on-a"]["finish_reason"] == "cancelled"
+    assert finals["on-a"]["type"] == "done" and finals["on-a"]["finish_reason"] != "cancelled"
     assert finals["on-a"]["model"] == "demo-a"
     assert finals["on-b"]["type"] == "done" and finals["on-b"]["model"] == "demo-b"
     changes = [m["model"] and m["model"]["name"] for m in socket.received if m["type"] == "model_changed"]

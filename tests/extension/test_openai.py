@@ -83,7 +83,7 @@ async def test_v1_models_lists_the_served_model_first(jp_fetch, fetch_json):
     ("completions", {"prompt": "hi", "suffix": "def f():"}, 400, "bad_request"),
     ("completions", {"prompt": ["a", "b"]}, 400, "bad_request"),
     ("completions", {"prompt": "hi", "model": "gpt-4"}, 404, "model_not_found"),
-    ("completions", {"prompt": "x" * 250_000}, 400, "prompt_too_long"),
+    ("completions", {"prompt": "x" * 250_000}, 413, "prompt_too_long"),
     ("chat/completions", {"messages": []}, 400, "bad_request"),
     ("chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "bad_request"),
     ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, 400, "bad_request"),
