@@ -108,6 +108,10 @@ class LlamalabExtension(ExtensionApp):
                                    help="Ghost text: tokens after the cursor, for fill-in-the-middle models.")
     completion_time_budget_ms = Int(3000, config=True,
                                     help="Ghost text: the longest an automatic suggestion may take (0: no limit).")
+    model_switch_wait_s = Int(
+        300, config=True,
+        help="""How long a request naming another model waits for the loaded model's running generations to
+        end before it gives up with 'busy' (nothing is cancelled either way).""")
     max_tokens_limit = Int(4096, config=True, help="Largest max_tokens a client may ask for; larger requests are capped.")
     default_max_tokens = Int(512, config=True, help="max_tokens for requests that set none.")
     allow_private_pull_addresses = Bool(
@@ -151,7 +155,7 @@ class LlamalabExtension(ExtensionApp):
         return proposal["value"]
 
     @validate("max_queued", "max_prompt_chars", "max_tokens_limit", "default_max_tokens", "n_ctx", "n_parallel",
-              "kv_size")
+              "kv_size", "model_switch_wait_s")
     def _positive(self, proposal: Any) -> Optional[int]:
         if proposal["value"] is None and proposal["trait"].name == "kv_size":
             return None
@@ -167,7 +171,8 @@ class LlamalabExtension(ExtensionApp):
             prompt_cache_mb=self.prompt_cache_mb, remote_url=self.remote_url or None, remote_api_key=self.remote_api_key,
             allowed_models=tuple(self.allowed_models), system_prompt=self.system_prompt,
             max_queued=self.max_queued, max_prompt_chars=self.max_prompt_chars,
-            max_tokens_limit=self.max_tokens_limit, default_max_tokens=self.default_max_tokens)
+            max_tokens_limit=self.max_tokens_limit, default_max_tokens=self.default_max_tokens,
+            switch_wait_s=float(self.model_switch_wait_s))
 
     def initialize_settings(self) -> None:
         store = ModelStore(self.store_dir) if self.store_dir else ModelStore()
