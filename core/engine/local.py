@@ -211,7 +211,9 @@ class LocalEngine(Engine):
 
     def complete(self, prompt: str, params: Optional[GenerationParams] = None) -> TokenStream:
         params = params or GenerationParams()
-        tokens = self.tokenize(prompt, add_bos=bool(self.info.add_bos_token), special=True)
+        # plain text: a prompt that contains "</s>" or "<|im_end|>" (pasted from a notebook, say)
+        # cannot end a turn or forge one; only the beginning-of-sequence token is added as a token
+        tokens = self.tokenize(prompt, add_bos=bool(self.info.add_bos_token), special=False)
         starts_with_bos = bool(self.info.add_bos_token) and tokens[:1] == [self.tokenizer.bos_id]
         tokens, dropped = self._fit_prompt(tokens, params, keep_head=1 if starts_with_bos else 0)
         return self._submit(tokens, params, dropped_tokens=dropped)
