@@ -18,12 +18,13 @@ must name an existing file.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Mapping, Optional, Union
 from urllib.parse import unquote, urlparse
 
-from .errors import ModelNotFoundError
+from .errors import ConfigError, ModelNotFoundError
 
 __all__ = [
     "CatalogEntry",
@@ -183,7 +184,52 @@ CATALOG: tuple[CatalogEntry, ...] = (
                  "TheBloke/CodeLlama-13B-Instruct-GGUF", "codellama-13b-instruct", "llama-2"),
 )
 
-_HF_RE = re.compile(r"^hf:(?P<repo>[\w.-]+/[\w.-]+)/(?P<file>[^:]+\.gguf)(?:@(?P<rev>[\w./-]+))?$")
+# A Hub reference's shape (hf:OWNER/REPO/FILE.gguf[@REVISION]); each part is then checked by ``_hub_file``.
+_HF_RE = re.compile(r"hf:(?P<repo>[^/]*/[^/]*)/(?P<file>.+\.gguf)(?:@(?P<rev>.+))?", re.DOTALL)
+_HF_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # an owner or repository name on the Hub
+_HF_FILE_SEGMENT = re.compile(r"[^\\:\x00-\x1f\x7f-\x9f]+")  # no backslash, drive colon or control character
+_HF_REV_SEGMENT = re.compile(r"[A-Za-z0-9._+-]+")  # a branch, tag, commit or refs/pr/N part
+_HF_HINT = "write hf:OWNER/REPO/FILE.gguf[@REVISION] with plain names, no '..', '\\', empty parts or control characters"
+
+
+def _unsafe_hub_ref(ref: str, why: str) -> ConfigError:
+    shown = ascii(ref if len(ref) <= 100 else ref[:97] + "...")  # escapes newlines and control characters
+    return ConfigError(f"refusing Hub reference {shown}: {why}; {_HF_HINT}.")
+
+
+def _check_hub_chars(ref: str) -> None:
+    """Refuse an ``hf:`` reference holding a backslash or an invisible or control character."""
+    if "\\" in ref:
+        raise _unsafe_hub_ref(ref, "it has a backslash")
+    if any(unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp") for c in ref):
+        raise _unsafe_hub_ref(ref, "it has a control or invisible character")
+
+
+def _hub_file(ref: str, match: "re.Match[str]") -> HubFile:
+    """The ``HubFile`` of a reference shaped like hf:OWNER/REPO/FILE.gguf[@REV], every part checked.
+
+    A part that could climb out of a folder or hide from a reader (``..``, an absolute path,
+    a backslash, an empty segment, a control character) is refused with a ``ConfigError``.
+    """
+    owner, repo = match["repo"].split("/")
+    for label, name in (("owner", owner), ("repository", repo)):
+        if not _HF_NAME.fullmatch(name) or ".." in name:
+            raise _unsafe_hub_ref(ref, f"its {label} name {ascii(name[:60])} is not a plain Hub name")
+    filename = match["file"]
+    if filename.startswith("/"):
+        raise _unsafe_hub_ref(ref, "its file part is an absolute path")
+    for segment in filename.split("/"):
+        if segment in ("", ".", ".."):
+            raise _unsafe_hub_ref(ref, f"its file part has a {'empty' if not segment else repr(segment)} segment")
+        if not _HF_FILE_SEGMENT.fullmatch(segment):
+            raise _unsafe_hub_ref(ref, "its file part has a backslash, a colon or a control character")
+    revision = match["rev"]
+    if revision is not None:
+        for segment in revision.split("/"):
+            if segment in (".", "..") or not _HF_REV_SEGMENT.fullmatch(segment):
+                raise _unsafe_hub_ref(ref, "its revision is not a plain branch, tag or commit")
+    return HubFile(repo_id=f"{owner}/{repo}", filename=filename, revision=revision or "main",
+                   gated=owner.lower() == "meta-llama")
 
 
 def find_entry(name: str) -> Optional[CatalogEntry]:
@@ -219,19 +265,22 @@ def _local_path(ref: str) -> Optional[Path]:
 
 
 def resolve(ref: str) -> ResolvedRef:
-    """Parse a model reference; raise ``ModelNotFoundError`` with the known names otherwise."""
+    """Parse a model reference; raise ``ModelNotFoundError`` with the known names otherwise, and
+    ``ConfigError`` for an ``hf:`` reference with an unsafe part (``..``, ``\\``, a control character)."""
     ref = ref.strip()
     if ref.startswith(("http://", "https://")):
         source = UrlFile(url=ref)
         return ResolvedRef(store_name=_stem_name(source.filename), source=source, license=None)
-    hub = _HF_RE.match(ref)
-    if hub:
-        source = HubFile(repo_id=hub["repo"], filename=hub["file"], revision=hub["rev"] or "main",
-                         gated=hub["repo"].lower().startswith("meta-llama/"))
-        return ResolvedRef(store_name=_stem_name(hub["file"]), source=source, license=None)
     if ref.startswith("hf:"):
+        _check_hub_chars(ref)
+    hub = _HF_RE.fullmatch(ref)
+    if hub:
+        source = _hub_file(ref, hub)
+        return ResolvedRef(store_name=_stem_name(source.filename), source=source, license=None)
+    if ref.startswith("hf:"):
+        shown = ref if len(ref) <= 100 else ref[:97] + "..."
         raise ModelNotFoundError(
-            f"'{ref}' is not a Hub file reference; write hf:OWNER/REPO/FILE.gguf[@REVISION]."
+            f"'{shown}' is not a Hub file reference; write hf:OWNER/REPO/FILE.gguf[@REVISION]."
         )
     local = _local_path(ref)
     if local is not None:
