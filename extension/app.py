@@ -114,6 +114,11 @@ class LlamalabExtension(ExtensionApp):
         end before it gives up with 'busy' (nothing is cancelled either way).""")
     max_tokens_limit = Int(4096, config=True, help="Largest max_tokens a client may ask for; larger requests are capped.")
     default_max_tokens = Int(512, config=True, help="max_tokens for requests that set none.")
+    job_memory_mb = Int(
+        0, config=True,
+        help="""Memory (MB) a conversion or quantization's child process may use beyond what it maps at start-up
+        and its input files (Linux RLIMIT_AS); a bad file then fails that job, not the server. 0: half the
+        machine's memory, at least 4096.""")
     allow_private_pull_addresses = Bool(
         False, config=True,
         help="""Let URL pulls started from the server fetch loopback, private and link-local addresses (off:
@@ -142,7 +147,7 @@ class LlamalabExtension(ExtensionApp):
             raise TraitError(f"prompt_cache_mb must be 0 (off) or more, got {proposal['value']}")
         return proposal["value"]
 
-    @validate("completion_context_tokens", "completion_suffix_tokens", "completion_time_budget_ms")
+    @validate("completion_context_tokens", "completion_suffix_tokens", "completion_time_budget_ms", "job_memory_mb")
     def _completion_not_negative(self, proposal: Any) -> int:
         if proposal["value"] < 0:
             raise TraitError(f"{proposal['trait'].name} must be 0 or more, got {proposal['value']}")
@@ -178,7 +183,8 @@ class LlamalabExtension(ExtensionApp):
         store = ModelStore(self.store_dir) if self.store_dir else ModelStore()
         self.manager = EngineManager(self.manager_config(), store, log=self.log)
         self.jobs = Jobs(store, allowed=self.manager.is_allowed, root_dir=self._root_dir(),
-                         allow_private_addresses=self.allow_private_pull_addresses)
+                         allow_private_addresses=self.allow_private_pull_addresses,
+                         job_memory_mb=self.job_memory_mb or None)
         self.kernel_key: Optional[str] = new_key() if self.kernel_access else None
         self._restore_env = None
         self.suggestions = SuggestionService(SuggestOptions(

@@ -4,18 +4,27 @@
 unknown model, a folder that holds no checkpoint, an unknown quantization type or a licence
 not yet accepted raise, and the client gets the error as its reply) and return a ``Job``
 whose state is ``running``. The core step (``llamalab.pull``, ``convert_and_register``,
-``quantize_and_register``) then runs on a thread and reports ``Progress``; the job's fields
+``quantize_and_register``) then runs and reports ``Progress``; the job's fields
 follow, and listeners (every chat WebSocket, and SSE streams on ``/llamalab/jobs/{id}/events``)
 get a ``JobProgressMessage`` on the event loop, at most every ``interval`` seconds and always
 when the stage changes or the job ends.
 
 Conversions and quantizations need a lot of CPU and memory, so they run one at a time, in
-the order they were asked for; the others wait with ``stage == "queued"``. Pulls run
+the order they were asked for, each in a child process (``python -m llamalab.extension.job_worker``,
+in its own process group) whose address space is capped (``RLIMIT_AS``, Linux) at what it maps
+after start-up, plus the size of its input files (they may be mapped), plus ``job_memory_mb``
+(default: half the machine's memory, at least 4096 MB). A file that makes the step ask for more
+fails the job with "needed more than N MB"; the server is not touched. The child reports its
+progress over a socket and waits for each reply, which carries the cancel flag; pulls run on
+threads in the server. the others wait with ``stage == "queued"``. Pulls run
 ``max_pulls`` at a time (2 by default), the others queued the same way. ``cancel(id)`` sets the
 job's ``threading.Event``: a queued job ends at once, a download within a fraction of a second,
 other core steps within a chunk or a tensor (the quantizer's child process is terminated); the
 step deletes its partial files, and the job ends ``cancelled``. Asking again for what a running
-job already does returns that job.
+job already does returns that job. A conversion or quantization whose child has not ended
+``cancel_grace`` seconds (0.5) after the cancel (it is stuck inside one allocation or one call)
+is killed with its process group, and the server deletes the files the child wrote in the model
+folders it announced.
 
 What the server may do for its users is narrower than the library: ``allowed`` (the
 ``allowed_models`` setting) applies to every name a job reads or writes (pulls, a quantization's
@@ -29,6 +38,9 @@ pulls by path stay inside the server's root folder (symlinks resolved first) unl
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import threading
 import time
 import uuid
@@ -37,31 +49,27 @@ from typing import Callable, Optional
 from urllib.parse import unquote, urlparse
 
 from llamalab import (ConfigError, LlamalabError, ModelNotFoundError, ModelStore, OperationCancelledError, Progress,
-                      StoredModel, checkpoint_license, convert_and_register, normalize_quant_type, pull, pull_license,
-                      quantize_and_register, require_license, resolve)
+                      StoredModel, checkpoint_license, normalize_quant_type, pull, pull_license, require_license,
+                      resolve)
 
 from .errors import ModelNotAllowedError, error_message
+from .job_worker import run_in_child
 from .messages import ConvertRequest, Job, JobKind, JobProgressMessage, PullRequest, QuantizeRequest
 
 __all__ = ["Jobs"]
 
 Listener = Callable[[JobProgressMessage], None]
 Work = Callable[[Callable[[Progress], None], threading.Event], StoredModel]
+_WORKER = "llamalab.extension.job_worker"
 
 
-class _AllowListStore(ModelStore):
-    """The server's store as convert and quantize see it: every name they derive is checked
-    against the allow-list before any work (``validate_name``) and again when registering."""
-
-    def __init__(self, root: Path, allowed: Callable[[str], bool]) -> None:
-        super().__init__(root)
-        self._allowed = allowed
-
-    def validate_name(self, name: str) -> str:  # type: ignore[override]
-        ModelStore.validate_name(name)
-        if not self._allowed(name):
-            raise ModelNotAllowedError(_not_allowed(name))
-        return name
+def default_job_memory_mb() -> int:
+    """Half the machine's memory, at least 4096 MB (4096 where the size cannot be read)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    except (AttributeError, ValueError, OSError):
+        return 4096
+    return max(4096, total // 2)
 
 
 def _not_allowed(name: str) -> str:
@@ -72,10 +80,12 @@ class Jobs:
     def __init__(self, store: ModelStore, *, allowed: Callable[[str], bool] = lambda name: True,
                  root_dir: Optional[str] = None, interval: float = 0.2, keep: int = 50,
                  allow_private_addresses: bool = False, allow_paths_outside_root: bool = False,
-                 max_pulls: int = 2) -> None:
+                 max_pulls: int = 2, job_memory_mb: Optional[int] = None, cancel_grace: float = 0.5) -> None:
         self.store = store
+        self._memory_mb = job_memory_mb if job_memory_mb and job_memory_mb > 0 else default_job_memory_mb()
+        self._cancel_grace = cancel_grace
+        self._workers: dict[str, int] = {}  # job id -> its child's pid, while it runs
         self._allowed = allowed
-        self._guarded_store = _AllowListStore(store.root, allowed)
         self._root = Path(root_dir).expanduser() if root_dir else Path.cwd()
         self._allow_private = allow_private_addresses
         self._allow_outside_root = allow_paths_outside_root
@@ -104,6 +114,11 @@ class Jobs:
         with self._lock:
             return sorted(self._jobs.values(), key=lambda j: j.started_at)
 
+    def worker_pid(self, job_id: str) -> Optional[int]:
+        """The process id of the child that runs a conversion or quantization, while it runs."""
+        with self._lock:
+            return self._workers.get(job_id)
+
     # -- starting (on the event loop) ---------------------------------------------------
     def start_pull(self, request: PullRequest) -> Job:
         """Start pulling; errors in the reference or a licence to accept raise at once. A relative
@@ -130,15 +145,11 @@ class Jobs:
         raise at once."""
         source = self._resolve_folder(request.source)
         await asyncio.to_thread(self._check_convert, source, request)
-        store = self._guarded_store
-
-        def work(progress: Callable[[Progress], None], cancel: threading.Event) -> StoredModel:
-            return convert_and_register(source, quant=request.quant, name=request.name,
-                                        accept_license=request.accept_license, store=store,
-                                        progress=progress, cancel=cancel)
-
-        return self._start("convert", request.source, work, queue=self._heavy_queue, slots=1,
-                           key=("convert", str(source.resolve()), (request.quant or "f16").upper(), request.name))
+        kwargs = {"source": str(source), "quant": request.quant, "name": request.name,
+                  "accept_license": request.accept_license}
+        return self.start_in_child("convert", request.source, f"{_WORKER}:convert", kwargs, inputs=[str(source)],
+                                   key=("convert", str(source.resolve()), (request.quant or "f16").upper(),
+                                        request.name))
 
     async def start_quantize(self, request: QuantizeRequest) -> Job:
         """Start quantizing a stored model into a new stored model."""
@@ -151,14 +162,20 @@ class Jobs:
         _checked(lambda: normalize_quant_type(request.quant))
         if request.name:
             self._check_new_name(request.name)
-        src, store = stored.file, self._guarded_store
+        kwargs = {"source": str(stored.file), "quant": request.quant, "name": request.name}
+        return self.start_in_child("quantize", stored.name, f"{_WORKER}:quantize", kwargs, inputs=[str(stored.file)],
+                                   key=("quantize", stored.name, request.quant.upper(), request.name))
+
+    def start_in_child(self, kind: JobKind, model: str, call: str, kwargs: dict, *, inputs: list[str],
+                       key: tuple) -> Job:
+        """Queue a heavy job whose work is ``call`` (``module:function``, run by the child as
+        ``function(store=, progress=, cancel=, **kwargs)``, returning the registered name)."""
+        spec = {"call": call, "kwargs": kwargs, "inputs": inputs, "store_root": str(self.store.root)}
 
         def work(progress: Callable[[Progress], None], cancel: threading.Event) -> StoredModel:
-            return quantize_and_register(src, request.quant, name=request.name, store=store,
-                                         progress=progress, cancel=cancel)
+            return self._in_child(kind, spec, progress, cancel)
 
-        return self._start("quantize", stored.name, work, queue=self._heavy_queue, slots=1,
-                           key=("quantize", stored.name, request.quant.upper(), request.name))
+        return self._start(kind, model, work, queue=self._heavy_queue, slots=1, key=key)
 
     def _check_new_name(self, name: str) -> None:
         """A name a job will register: valid, allowed, and not one the store already has."""
@@ -237,6 +254,11 @@ class Jobs:
         for job in self.list():
             if job.state == "running":
                 self.cancel(job.id)
+        with self._lock:
+            workers = list(self._workers.values())
+        for pid in workers:  # no grace: the server may exit before the job threads act
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
 
     # -- running (on the job's thread) ----------------------------------------------------
     def _forget_old(self) -> None:
@@ -304,6 +326,22 @@ class Jobs:
         finally:
             self._done_turn(job_id, queue)
         publish(job)
+
+    def _in_child(self, kind: str, spec: dict, progress: Callable[[Progress], None],
+                  cancel: threading.Event) -> StoredModel:
+        with self._lock:
+            job_id = next(k for k, event in self._cancels.items() if event is cancel)
+
+        def started(pid: Optional[int]) -> None:
+            with self._lock:
+                if pid is None:
+                    self._workers.pop(job_id, None)
+                else:
+                    self._workers[job_id] = pid
+
+        name = run_in_child(spec, kind=kind, memory_mb=self._memory_mb, progress=progress, cancel=cancel,
+                            allowed=self._allowed, store=self.store, grace=self._cancel_grace, started=started)
+        return self.store.get(name)
 
     def _publish(self, job: Job) -> None:
         message = JobProgressMessage(job=job)
