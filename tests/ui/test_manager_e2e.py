@@ -21,7 +21,9 @@ PAUSE = 0.1
 
 @pytest.fixture(scope="module")
 def lab_options() -> dict[str, Any]:
-    return {"own_store": True}  # the pulled model must not show up in the other modules' stores
+    # the pulled model must not show up in the other modules' stores; the test's file server listens on
+    # 127.0.0.1, which the server's pulls refuse unless an administrator allows private addresses
+    return {"own_store": True, "llamalab": {"allow_private_pull_addresses": True}}
 
 
 @pytest.fixture(scope="module")
