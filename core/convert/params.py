@@ -147,16 +147,19 @@ class LlamaParams:
         if raw.get("model_type") != "llama":
             raise CheckpointError(f"config.json describes a '{raw.get('model_type')}' model; llamalab converts "
                                   "Llama models (model_type 'llama') only.")
-        if raw.get("rope_scaling"):
-            raise CheckpointError("config.json uses rope_scaling, which Llama 2 and Code Llama do not; "
-                                  "llamalab does not convert this model.")
+        rope_theta = _hf_rope_theta(raw)
+        head_dim = raw.get("head_dim")
+        if head_dim is not None and raw.get("num_attention_heads") and raw.get("hidden_size") and \
+                head_dim != raw["hidden_size"] // raw["num_attention_heads"]:
+            raise CheckpointError(f"config.json sets head_dim {head_dim}, not hidden_size / num_attention_heads; "
+                                  "Llama 2 and Code Llama do not, and llamalab does not convert this model.")
         try:
             n_heads = int(raw["num_attention_heads"])
             params = cls(
                 dim=int(raw["hidden_size"]), n_layers=int(raw["num_hidden_layers"]), n_heads=n_heads,
                 n_kv_heads=int(raw.get("num_key_value_heads") or n_heads),
                 vocab_size=int(raw["vocab_size"]), hidden_dim=int(raw["intermediate_size"]),
-                norm_eps=float(raw.get("rms_norm_eps", 1e-5)), rope_theta=float(raw.get("rope_theta") or 10000.0),
+                norm_eps=float(raw.get("rms_norm_eps", 1e-5)), rope_theta=rope_theta,
                 context_length=int(raw.get("max_position_embeddings") or LLAMA2_CONTEXT), source="config.json")
         except KeyError as exc:
             raise CheckpointError(f"config.json has no {exc}; it is not a Llama config.") from None
@@ -229,3 +232,36 @@ class LlamaParams:
                     f"but dim {self.dim}, {self.n_heads} heads ({self.n_kv_heads} for keys/values), "
                     f"feed-forward {self.hidden_dim} and vocabulary {self.vocab_size} need {shape}; "
                     f"the {self.source} belongs to another model.")
+
+
+def _hf_rope_theta(raw: Mapping[str, Any]) -> float:
+    """RoPE's base frequency from a ``config.json`` as transformers 4 writes it (a top-level
+    ``rope_theta``, ``rope_scaling`` for other schemes) or 5 (``rope_parameters: {"rope_theta",
+    "rope_type"}``); any scheme but plain RoPE is refused, as is a contradiction between the two."""
+    thetas = []
+    if raw.get("rope_theta") is not None:
+        thetas.append(("rope_theta", raw["rope_theta"]))
+    for key in ("rope_parameters", "rope_scaling"):
+        settings = raw.get(key)
+        if not settings:
+            continue
+        if not isinstance(settings, Mapping):
+            raise CheckpointError(f"config.json's {key} is not an object; it is not a Llama config llamalab knows.")
+        kind = settings.get("rope_type", settings.get("type"))
+        if kind not in (None, "default"):
+            raise CheckpointError(f"config.json's {key} asks for rope_type {ascii(kind)[:40]}; Llama 2 and Code "
+                                  "Llama use plain RoPE, and llamalab does not convert this model.")
+        if key == "rope_scaling" and kind is None:
+            raise CheckpointError("config.json uses rope_scaling, which Llama 2 and Code Llama do not; "
+                                  "llamalab does not convert this model.")
+        if settings.get("rope_theta") is not None:
+            thetas.append((f"{key}.rope_theta", settings["rope_theta"]))
+    values = []
+    for where, value in thetas:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise CheckpointError(f"config.json's {where} is {ascii(value)[:40]}, not a positive number.")
+        values.append(float(value))
+    if len(set(values)) > 1:
+        shown = ", ".join(f"{where} {value:g}" for (where, _), value in zip(thetas, values))
+        raise CheckpointError(f"config.json contradicts itself about RoPE's base ({shown}); fix the config.")
+    return values[0] if values else 10000.0
