@@ -14,18 +14,12 @@ from llamalab import ConfigError, OperationCancelledError, SourceUnreachableErro
 from llamalab.fetch import check_public_url
 from tests.fixtures.file_server import FileServer
 from tests.fixtures.tiny_llama import write_gguf_with_architecture
+from tests.fixtures.waiting import wait_until
 
 
 @pytest.fixture
 def gguf_bytes(tmp_path):
     return write_gguf_with_architecture(tmp_path / "src.gguf", "llama", n_rows=3000).read_bytes()  # ~3 MB
-
-
-def _wait_for(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
 
 
 def test_register_refuses_an_existing_name_unless_forced(tmp_store, demo_model, tmp_path):
@@ -118,7 +112,7 @@ def test_cancelling_a_stalled_download_ends_it_within_a_second(tmp_store, gguf_b
         url = f"{server.url}/m.gguf"
         worker = threading.Thread(target=run)
         worker.start()
-        _wait_for(lambda: server.ranges)
+        wait_until(lambda: server.ranges, "the transfer to start", 30)
         asked = time.monotonic()
         cancel.set()
         worker.join(10)

@@ -4,7 +4,6 @@ server keeps serving, and a cancel kills a stuck child (and its files) within a 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
@@ -13,7 +12,8 @@ import pytest
 
 from llamalab import ConfigError
 from llamalab.progress import report
-from tests.fixtures.meta_checkpoint import Spec, make_weights, train_tokenizer, write_meta_checkpoint
+from tests.extension.test_jobs import checkpoint, llamalab_config  # noqa: F401  (fixtures)
+from tests.fixtures.waiting import job_ended, job_reached
 
 HERE = "tests.extension.test_hardening_job_process"
 
@@ -35,36 +35,7 @@ def stuck(*, store, progress, cancel, name: str) -> str:
 
 
 # -- the server ----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    import sentencepiece as spm
-
-    root = tmp_path_factory.mktemp("meta")
-    tokenizer = train_tokenizer(root / "tok")
-    spec = Spec()
-    weights = make_weights(spec, spm.SentencePieceProcessor(model_file=str(tokenizer)).vocab_size(), seed=1)
-    return write_meta_checkpoint(root / "llama-2-tiny", weights, spec, 1, tokenizer)
-
-
-@pytest.fixture
-def llamalab_config(tmp_path):
-    return {"store_dir": str(tmp_path / "store"), "n_ctx": 512}
-
-
-async def _ended(jobs, job_id: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while (job := jobs.get(job_id)).state == "running":
-        assert time.monotonic() < deadline, job
-        await asyncio.sleep(0.02)
-    return job
-
-
-async def _reached(jobs, job_id: str, stage: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while (job := jobs.get(job_id)).stage != stage:
-        assert job.state == "running" and time.monotonic() < deadline, job
-        await asyncio.sleep(0.02)
-    return job
+# the checkpoint and the server's config: the same as tests/extension/test_jobs.py's (imported above)
 
 
 def _gone(pid: int) -> bool:
@@ -75,7 +46,7 @@ def _gone(pid: int) -> bool:
     return False
 
 
-async def test_conversion_and_quantization_run_in_a_child_process(fetch_json, checkpoint, extension, monkeypatch):
+async def test_conversion_and_quantization_run_in_a_child_process(fetch_json, checkpoint, extension, monkeypatch):  # noqa: F811
     jobs = extension.jobs
     seen: dict[str, set] = {}
     update = jobs._update
@@ -89,7 +60,7 @@ async def test_conversion_and_quantization_run_in_a_child_process(fetch_json, ch
     body = {"source": str(checkpoint), "name": "tiny", "accept_license": True}
     status, job = await fetch_json("POST", "llamalab/convert", body)
     assert status == 202
-    final = await _ended(jobs, job["id"], timeout=120)
+    final = await job_ended(jobs, job["id"], timeout=120)
     assert final.state == "done" and final.stored_name == "tiny", final
     pids = seen[job["id"]]
     assert len(pids) == 1 and None not in pids and os.getpid() not in pids, pids
@@ -98,7 +69,7 @@ async def test_conversion_and_quantization_run_in_a_child_process(fetch_json, ch
 
     status, job = await fetch_json("POST", "llamalab/quantize", {"model": "tiny", "quant": "q8_0", "name": "q8"})
     assert status == 202
-    final = await _ended(jobs, job["id"], timeout=120)
+    final = await job_ended(jobs, job["id"], timeout=120)
     assert final.state == "done" and extension.manager.store.get("q8").quantization == "Q8_0", final
     assert seen[job["id"]] and os.getpid() not in seen[job["id"]] and None not in seen[job["id"]]
     assert not list(extension.manager.store.root.rglob("*.part"))
@@ -108,7 +79,7 @@ async def test_a_job_past_the_memory_ceiling_fails_clearly_and_the_server_goes_o
     jobs = extension.jobs
     monkeypatch.setattr(jobs, "_memory_mb", 256)
     job = jobs.start_in_child("convert", "hog", f"{HERE}:hog", {"mb": 2048}, inputs=[], key=("hog",))
-    final = await _ended(jobs, job.id)
+    final = await job_ended(jobs, job.id)
     assert final.state == "failed" and final.error is not None, final
     message = final.error.message
     assert "needed more than 256 MB" in message and "job_memory_mb" in message and "\n" not in message, message
@@ -120,14 +91,14 @@ async def test_a_job_past_the_memory_ceiling_fails_clearly_and_the_server_goes_o
 async def test_cancel_kills_a_stuck_child_and_its_files_within_a_second(fetch_json, extension):
     jobs, store = extension.jobs, extension.jobs.store
     job = jobs.start_in_child("convert", "stuck", f"{HERE}:stuck", {"name": "stuck"}, inputs=[], key=("stuck",))
-    running = await _reached(jobs, job.id, "stuck")
+    running = await job_reached(jobs, job.id, "stuck")
     pid = int(running.message.split()[1])
     assert pid != os.getpid() and pid == jobs.worker_pid(job.id)
     assert list(store.model_dir("stuck").iterdir())  # half written
     asked = time.monotonic()
     status, _ = await fetch_json("DELETE", f"llamalab/jobs/{job.id}")
     assert status == 200
-    final = await _ended(jobs, job.id, timeout=30)
+    final = await job_ended(jobs, job.id, timeout=30)
     took = time.monotonic() - asked
     assert final.state == "cancelled" and took < 1.5, (final, took)
     assert _gone(pid) and not store.model_dir("stuck").exists()

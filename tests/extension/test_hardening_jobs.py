@@ -4,13 +4,13 @@ two at a time with cancels answered within a second."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
 
 from tests.fixtures.file_server import FileServer
 from tests.fixtures.tiny_llama import write_gguf_with_architecture
+from tests.fixtures.waiting import job_ended, until
 
 
 @pytest.fixture
@@ -23,14 +23,6 @@ def llamalab_config(demo_model, tmp_path):
     return {"store_dir": str(store.root), "n_ctx": 512, "allowed_models": ["default", "tiny", "m"]}
 
 
-async def _ended(jobs, job_id: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while (job := jobs.get(job_id)).state == "running":
-        assert time.monotonic() < deadline, job
-        await asyncio.sleep(0.02)
-    return job
-
-
 async def test_quantize_cannot_take_an_allowed_or_existing_name(fetch_json, extension, demo_model):
     store = extension.jobs.store
     status, error = await fetch_json("POST", "llamalab/quantize", {"model": "tiny", "quant": "Q8_0", "name": "default"})
@@ -39,7 +31,7 @@ async def test_quantize_cannot_take_an_allowed_or_existing_name(fetch_json, exte
     assert error["code"] == "model_not_allowed" and status == 403, (status, error)
     status, job = await fetch_json("POST", "llamalab/quantize", {"model": "tiny", "quant": "Q8_0"})  # derived name
     assert status == 202
-    final = await _ended(extension.jobs, job["id"])
+    final = await job_ended(extension.jobs, job["id"])
     assert final.state == "failed" and final.error.code == "model_not_allowed", final
     assert store.get("default").file == demo_model.resolve() and [m.name for m in store.list()] == ["default", "tiny"]
     assert not store.models_dir.exists() or not list(store.models_dir.iterdir())
@@ -49,10 +41,10 @@ async def test_url_pulls_refuse_loopback_like_a_missing_host(fetch_json, extensi
     gguf = write_gguf_with_architecture(tmp_path / "m.gguf", "llama", n_rows=10).read_bytes()
     with FileServer({"m.gguf": gguf}) as files:
         _, refused = await fetch_json("POST", "llamalab/pulls", {"model": f"{files.url}/m.gguf"})
-        refused = await _ended(extension.jobs, refused["id"])
+        refused = await job_ended(extension.jobs, refused["id"])
         assert files.ranges == []  # the server never connected
     _, missing = await fetch_json("POST", "llamalab/pulls", {"model": "http://no-such-host.invalid/m.gguf"})
-    missing = await _ended(extension.jobs, missing["id"])
+    missing = await job_ended(extension.jobs, missing["id"])
     assert refused.state == missing.state == "failed"
     assert refused.error.message == missing.error.message and refused.error.code == missing.error.code
     assert extension.jobs.store.find("m") is None
@@ -83,21 +75,16 @@ async def test_pulls_run_two_at_a_time_and_cancels_answer_within_a_second(tmp_pa
         files.pieces, files.pause = 200, 0.3  # each transfer would take a minute
         started = [jobs.start_pull(PullRequest(model=f"{files.url}/{n}.gguf")) for n in "abc"]
         assert [j.stage for j in started] == ["starting", "starting", "queued"]
-        deadline = time.monotonic() + 30
-        while len(files.ranges) < 2:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        await until(lambda: len(files.ranges) >= 2, "two transfers to start", 30)
         assert jobs.get(started[2].id).stage == "queued" and len(files.ranges) == 2
         asked = time.monotonic()
         jobs.cancel(started[0].id)
-        first = await _ended(jobs, started[0].id)
+        first = await job_ended(jobs, started[0].id)
         assert first.state == "cancelled" and time.monotonic() - asked < 1.0
-        while len(files.ranges) < 3:  # the queued pull takes the free place
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        await until(lambda: len(files.ranges) >= 3, "the queued pull to take the free place", 30)
         asked = time.monotonic()
         jobs.cancel_all()
-        ends = [await _ended(jobs, j.id) for j in started[1:]]
+        ends = [await job_ended(jobs, j.id) for j in started[1:]]
         assert {j.state for j in ends} == {"cancelled"} and time.monotonic() - asked < 1.5
     assert not list(jobs.store.root.rglob("*.part"))
     assert not jobs.store.models_dir.exists() or not list(jobs.store.models_dir.iterdir())

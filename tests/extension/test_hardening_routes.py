@@ -22,6 +22,7 @@ from tornado.httpclient import HTTPClientError
 
 from llamalab import GenerationParams
 from tests.extension.test_chat_socket import chat
+from tests.fixtures.waiting import until
 
 LIMIT = 100_000
 
@@ -45,13 +46,6 @@ async def _post(jp_fetch, path: str, body: Any, headers: dict[str, str]) -> tupl
         assert exc.response is not None, exc
         return exc.code, exc.response.body.decode()
     return response.code, response.body.decode()
-
-
-async def _until(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(0.01)
 
 
 # -- row 1: names, not paths ----------------------------------------------------------------
@@ -131,7 +125,7 @@ async def test_a_waiting_switch_is_not_starved_by_new_requests_for_the_old_model
     await socket.send(chat("a1", "Write a long story about llamas.", "one", max_tokens=48))
     await socket.until(lambda m: m["type"] == "token" and m["id"] == "a1")
     await socket.send({**chat("b", "Say hi.", "two", max_tokens=4), "model": "demo-b"})
-    await _until(lambda: extension.manager._lock.locked())  # the switch waits, holding the lock
+    await until(lambda: extension.manager._lock.locked())  # the switch waits, holding the lock
     await socket.send(chat("a2", "Say hello.", "three", max_tokens=4))  # the old model again: queues behind it
     finals: dict[str, dict] = {}
     order = []
@@ -171,9 +165,9 @@ async def test_a_switch_waits_for_a_request_still_formatting_its_prompt(extensio
         return engine.complete("Once upon a time", GenerationParams(max_tokens=4, temperature=0))
 
     starting = asyncio.ensure_future(manager.start("demo-a", 16, begin))
-    await _until(entered.is_set)
+    await until(entered.is_set)
     switching = asyncio.ensure_future(manager.load("demo-b"))
-    await _until(manager._lock.locked)
+    await until(manager._lock.locked)
     assert not switching.done() and manager.loaded.name == "demo-a"
     release.set()
     generation = await asyncio.wait_for(starting, 60)
@@ -253,7 +247,7 @@ async def test_tokenizing_runs_outside_the_managers_lock(extension):
 
     slow = asyncio.ensure_future(manager.start(None, 2, slow_begin))
     try:
-        await _until(entered.is_set)
+        await until(entered.is_set)
         tokens = await asyncio.wait_for(manager.tokenize("hello", add_bos=False, special=False), 30)
         assert tokens
         other = await asyncio.wait_for(manager.complete("Hello", GenerationParams(max_tokens=2, temperature=0)), 30)

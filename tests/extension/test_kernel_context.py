@@ -5,22 +5,12 @@ from a busy, unknown or shut-down kernel."""
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from llamalab.extension.kernel_context import KernelContextReader, reader_for
 from llamalab.extension.magics import parse_line
 from tests.extension.test_kernel_magics import execute, printed, server_kernel
-
-DEADLINE_S = 60.0
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, deadline_s: float = DEADLINE_S) -> None:
-    """Waits for ``check`` to hold (an event the server records), failing after a generous deadline."""
-    end = time.monotonic() + deadline_s
-    while not await check():
-        assert time.monotonic() < end, f"gave up waiting for {what}"
-        await asyncio.sleep(0.05)
+from tests.fixtures.waiting import DEADLINE_S, until
 
 
 async def idle(serverapp: Any, kernel_id: str) -> None:
@@ -75,21 +65,25 @@ async def test_the_reader_sees_a_dataframes_columns_and_leaves_the_history_alone
         assert block.splitlines()[1].startswith("# df: DataFrame, 1 row; columns: price (float64), qty (int64)")
 
 
-async def test_a_busy_kernel_answers_at_once_with_what_was_read_before(jp_fetch, jp_serverapp, extension):
+async def test_a_busy_kernel_answers_at_once_with_what_was_read_before(jp_fetch, jp_serverapp, extension,
+                                                                        tmp_path):
     reader = KernelContextReader(jp_serverapp.kernel_manager, jp_serverapp.log)
+    sleeping = tmp_path / "sleeping"
     async with server_kernel(jp_fetch, jp_serverapp) as (kernel_id, kernel):
         reply, _ = await execute(kernel, "x = 1")
         await idle(jp_serverapp, kernel_id)
         before = await read_all(reader, kernel_id, reply["execution_count"])
         assert [e["name"] for e in before] == ["x"]
 
-        kernel.execute("import time; time.sleep(30)")  # not awaited: the kernel stays busy
+        # not awaited: the kernel stays busy; the marker says the sleep itself has begun (a busy
+        # state seen earlier may be the read's own request winding down)
+        kernel.execute(f"import pathlib, time; pathlib.Path({str(sleeping)!r}).touch(); time.sleep(30)")
         manager = jp_serverapp.kernel_manager.get_kernel(kernel_id)
 
         async def busy() -> bool:
-            return manager.execution_state == "busy"
+            return sleeping.exists() and manager.execution_state == "busy"
 
-        await until(busy, "the kernel to be busy")
+        await until(busy, "the kernel to be busy sleeping")
         # A long wait_s: the answer must not wait for the kernel, and no read may start.
         entries = await asyncio.wait_for(reader.entries(kernel_id, reply["execution_count"] + 1, wait_s=DEADLINE_S),
                                          timeout=DEADLINE_S / 2)

@@ -20,6 +20,7 @@ pytest.importorskip("pytest_lsp")
 import pytest_lsp  # noqa: E402
 from lsprotocol import types  # noqa: E402
 from pytest_lsp import ClientServerConfig, LanguageClient, client_capabilities  # noqa: E402
+from tests.fixtures.waiting import until  # noqa: E402
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -332,10 +333,8 @@ async def test_typing_the_suggestion_is_answered_from_it_without_a_generation(cl
     seen = len(client.log_messages)
     again = await inline(client, uri, types.Position(line=4, character=cursor.character + 1))
     assert [item.insert_text for item in again] == [shown[1:]]
-    deadline = time.monotonic() + 30
-    while not any(uri in m.message and "type-ahead" in m.message for m in client.log_messages[seen:]):
-        assert time.monotonic() < deadline, [m.message for m in client.log_messages[seen:]]
-        await asyncio.sleep(0.02)
+    await until(lambda: any(uri in m.message and "type-ahead" in m.message for m in client.log_messages[seen:]),
+                "the type-ahead log line", 30)
     assert not any(STATS.search(m.message) and uri in m.message for m in client.log_messages[seen:])
 
 
