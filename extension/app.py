@@ -16,10 +16,11 @@ or on the command line: ``jupyter lab --LlamalabExtension.remote_url=http://gpu-
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any, Optional, Union
 
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Int, List, TraitError, Unicode, Union as UnionTrait, validate
+from traitlets import Bool, Int, List, TraitError, Unicode, Union as UnionTrait, default, validate
 
 from llamalab import ModelStore
 from llamalab import SuggestionService, SuggestOptions
@@ -77,11 +78,19 @@ class LlamalabExtension(ExtensionApp):
         None, allow_none=True, config=True,
         help="""URL of an OpenAI-compatible server (llama.cpp's llama-server, vLLM, another
         llamalab) to use instead of loading a model in this process, e.g. http://gpu-box:8080.
-        Models are then the remote server's model names.""")
+        Models are then the remote server's model names. Default: $LLAMALAB_REMOTE_URL.""")
     remote_api_key = Unicode(
         None, allow_none=True, config=True,
-        help="API key sent to remote_url as a Bearer token (keep it out of shared config files; "
-             "set it with an environment-specific config or the command line).")
+        help="""API key sent to remote_url as a Bearer token (keep it out of shared config files;
+        on a JupyterHub, give each user's server its own key in $LLAMALAB_REMOTE_API_KEY, the default).""")
+
+    @default("remote_url")
+    def _remote_url_from_environment(self) -> Optional[str]:
+        return os.environ.get("LLAMALAB_REMOTE_URL") or None
+
+    @default("remote_api_key")
+    def _remote_api_key_from_environment(self) -> Optional[str]:
+        return os.environ.get("LLAMALAB_REMOTE_API_KEY") or None
 
     # -- policy and limits ------------------------------------------------------------------
     allowed_models = List(
