@@ -11,11 +11,13 @@ language server (``llamalab.lsp``)::
 Everything here is light to import: llama_cpp, gguf and huggingface_hub load on first use.
 """
 
+from .api_keys import ApiKey, KeyRing
 from .catalog import CATALOG, DEFAULT_MODEL, CatalogEntry, resolve
 from .convert import checkpoint_license, convert_and_register, quantize_and_register
 from .doctor import DoctorReport, build_report, format_report
 from .engine import (AsyncEngine, AsyncTokenStream, Engine, GenerationParams, GenerationResult,
-                     LocalEngine, LocalOptions, ModelDescription, RemoteEngine, TokenStream, open_engine)
+                     LocalEngine, LocalOptions, ModelDescription, RemoteEngine, SchedulerStats, TokenStream,
+                     open_engine)
 from .errors import (ChatTemplateError, CheckpointError, ChecksumMismatchError, ConfigError,
                      ContextOverflowError, ConversionError, EngineBusyError, EngineError,
                      InsufficientDiskSpaceError, InvalidModelFileError, LicenseNotAcceptedError,
@@ -63,6 +65,8 @@ def chat(*args: object, **kwargs: object) -> object:
 
 
 __all__ = [
+    "ApiKey",
+    "KeyRing",
     "NotebookCell",
     "SuggestionPlan",
     "SuggestionService",
@@ -115,6 +119,7 @@ __all__ = [
     "ProgressCallback",
     "PullError",
     "RemoteEngine",
+    "SchedulerStats",
     "RemoteEngineError",
     "ServerResponseError",
     "ServerUnreachableError",

@@ -44,7 +44,7 @@ from .manager import EngineManager
 from .messages import (CatalogModelInfo, ErrorMessage, HardwareReply, LoadRequest, ModelsReply, SettingsReply,
                        SettingsUpdate, StoredModelInfo, UnloadReply)
 
-__all__ = ["AUTH_RESOURCE", "BadRequest", "LlamalabHandler", "handlers"]
+__all__ = ["AUTH_RESOURCE", "BadRequest", "JsonRoutes", "LlamalabHandler", "handlers"]
 
 AUTH_RESOURCE = "llamalab"
 M = TypeVar("M", bound=BaseModel)
@@ -59,10 +59,17 @@ class BadRequest(Exception):
         self.error = error
 
 
-class LlamalabHandler(ExtensionHandlerMixin, APIHandler):
-    """Base of the extension's HTTP routes."""
+class JsonRoutes:
+    """What every llamalab route does on any tornado handler: JSON bodies validated into pydantic
+    models, replies and one-line errors out. Mixed into Jupyter's handlers (``LlamalabHandler``)
+    and ``llamalab serve``'s alike; ``settings`` holds ``llamalab_manager`` (and ``llamalab_jobs``)."""
 
-    auth_resource = AUTH_RESOURCE
+    settings: dict[str, Any]
+    request: Any
+    log: Any
+    _reason: str
+    forbidden_hint = ("not logged in, or not allowed: log in to Jupyter, or send the server's token "
+                      "as 'Authorization: token ...'")
 
     @property
     def manager(self) -> EngineManager:
@@ -112,15 +119,20 @@ class LlamalabHandler(ExtensionHandlerMixin, APIHandler):
         elif isinstance(exc, web.HTTPError) or exc is None:
             text = exc.log_message % exc.args if exc is not None and exc.log_message and exc.args else \
                 (exc.log_message if exc is not None else None)
-            if not text and status_code == 403:
-                text = ("not logged in, or not allowed: log in to Jupyter, or send the server's token "
-                        "as 'Authorization: token ...'")
+            if not text and status_code in (401, 403):
+                text = self.forbidden_hint
             error = ErrorMessage(code=_HTTP_CODES.get(status_code, "internal"),  # type: ignore[arg-type]
                                  message=text or self._reason or responses.get(status_code, "error"))
             status = status_code
         else:  # a bug: log_exception has logged the traceback
             error = ErrorMessage(code="internal", message="internal error; see the Jupyter server's log.")
         self.fail(error, status)
+
+
+class LlamalabHandler(JsonRoutes, ExtensionHandlerMixin, APIHandler):
+    """Base of the extension's HTTP routes: Jupyter's authentication and authorization."""
+
+    auth_resource = AUTH_RESOURCE
 
 
 class ModelsHandler(LlamalabHandler):

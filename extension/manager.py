@@ -41,8 +41,8 @@ import re
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, TypeVar, Union
 
-from llamalab import (CATALOG, AsyncTokenStream, Engine, GenerationParams, GenerationResult, LocalOptions,
-                      ModelNotFoundError, ModelStore, TokenStream, default_model_name, open_engine, resolve)
+from llamalab import (CATALOG, AsyncTokenStream, ConfigError, Engine, GenerationParams, GenerationResult, LocalOptions,
+                      ModelNotFoundError, ModelStore, SchedulerStats, TokenStream, build_fim_prompt, default_model_name, open_engine, resolve)
 
 from .errors import BusyError, ModelNotAllowedError, PromptTooLongError
 from .messages import LoadedModel, ModelChangedMessage, SamplingParams
@@ -200,6 +200,11 @@ class EngineManager:
     @property
     def loaded(self) -> Optional[LoadedModel]:
         return self._described
+
+    def engine_stats(self) -> Optional[SchedulerStats]:
+        """The loaded model's scheduler snapshot (slots, queue, KV cells, prompt cache), if loaded."""
+        engine = self._engine
+        return engine.stats() if engine is not None else None
 
     @property
     def active_count(self) -> int:
@@ -415,15 +420,45 @@ class EngineManager:
     async def complete(self, prompt: str, params: GenerationParams, model: Optional[str] = None) -> Generation:
         return await self.start(model, len(prompt), lambda engine: engine.complete(prompt, params))
 
+    async def complete_tokens(self, tokens: Sequence[int], params: GenerationParams,
+                              model: Optional[str] = None) -> Generation:
+        """A completion of a prompt given as token ids (sent as they are)."""
+        return await self.start(model, len(tokens), lambda engine: _token_prompts(engine).complete_tokens(tokens, params))
+
+    async def infill(self, prefix: str, suffix: str, params: GenerationParams,
+                     model: Optional[str] = None) -> tuple[Generation, str]:
+        """Fill in the middle between ``prefix`` and ``suffix`` (the model's FIM tokens; the prefix
+        alone for a model without them). Returns the generation and the text it begins with that
+        is the prefix's own (token healing: leave it out of the answer)."""
+        healed: list[str] = []
+
+        def begin(engine: Engine) -> TokenStream:
+            window = engine.context_size or 4096  # half for the prefix, a quarter for the suffix
+            fim = build_fim_prompt(_token_prompts(engine), prefix, suffix, engine.fim_tokens(),
+                                   max_prefix_tokens=window // 2, max_suffix_tokens=window // 4)
+            healed.append(fim.healed)
+            return engine.complete_tokens(fim.tokens, dataclasses.replace(params, heal=fim.healed))
+
+        generation = await self.start(model, len(prefix) + len(suffix), begin)
+        return generation, healed[0]
+
     async def tokenize(self, text: str, *, add_bos: bool, special: bool, model: Optional[str] = None) -> list[int]:
         self._check_size(len(text))
+        return await self._with_engine(model, lambda e: e.tokenize(text, add_bos=add_bos, special=special))
+
+    async def detokenize(self, tokens: Sequence[int], model: Optional[str] = None) -> str:
+        self._check_size(len(tokens))
+        return await self._with_engine(model, lambda e: e.detokenize(tokens))
+
+    async def _with_engine(self, model: Optional[str], work: Callable[[Engine], T]) -> T:
+        """``work(engine)`` on a worker thread, outside the lock, the engine kept open meanwhile."""
         name = self.canonical(model)
         async with self._lock:
             engine = await self._ensure(name)
             self._starting[id(engine)] = self._starting.get(id(engine), 0) + 1  # keeps it open, off the lock
-        tokens = await self._off_lock(engine, lambda e: e.tokenize(text, add_bos=add_bos, special=special))
+        result = await self._off_lock(engine, work)
         self._release(engine)
-        return tokens
+        return result
 
     def cancel_all(self) -> None:
         for generation in list(self._active):
@@ -458,6 +493,14 @@ class EngineManager:
             engines, self._remote, self._described = list(self._remote.values()), {}, None
         for engine in engines:
             await asyncio.to_thread(engine.close)
+
+
+def _token_prompts(engine: Engine) -> Engine:
+    """``engine``, if it takes prompts as token ids; else ``ConfigError``."""
+    if not engine.accepts_token_prompts:
+        raise ConfigError("this server's model takes text prompts only (a remote server without token "
+                          "prompts); send the prompt as text.")
+    return engine
 
 
 def _describe(engine: Engine) -> LoadedModel:

@@ -2,9 +2,15 @@
 client reuse the server's one model:
 
     GET  /llamalab/v1/models             the default (or loaded) model first, then the others allowed
-    POST /llamalab/v1/completions        text completion; ``"stream": true`` for server-sent events
+    POST /llamalab/v1/completions        text completion (the prompt as text or token ids);
+                                         ``"stream": true`` for server-sent events
     POST /llamalab/v1/chat/completions   chat completion; likewise
     POST /llamalab/tokenize              llama-server's tokenize route ({"content"} -> {"tokens"})
+    POST /llamalab/detokenize            and its detokenize route ({"tokens"} -> {"content"})
+    POST /llamalab/infill                and its fill-in-the-middle route ({"input_prefix", "input_suffix"})
+
+The routes' work is ``OpenAIRoutes``, a mixin that ``llamalab serve`` puts on its own handlers
+(API keys instead of Jupyter's login), so both servers answer the same way.
 
 ``llamalab.RemoteEngine("http://host:port/llamalab", api_key=...)`` speaks to it like to
 any other OpenAI-compatible server. Authentication is Jupyter's (``Authorization: token``
@@ -16,25 +22,26 @@ such an error event. A client that disconnects cancels its generation.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 from jupyter_server.auth.decorator import authorized
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from tornado import web
 from tornado.iostream import StreamClosedError
 
 from llamalab import GenerationParams, GenerationResult, LlamalabError
 
 from .errors import error_message, http_status
-from .handlers import BadRequest, LlamalabHandler
+from .handlers import BadRequest, JsonRoutes, LlamalabHandler
 from .kernel_access import KernelKeyIdentity
 from .manager import Generation
 from .messages import ErrorMessage
 
-__all__ = ["ChatCompletionRequest", "CompletionRequest", "handlers"]
+__all__ = ["ChatCompletionRequest", "CompletionRequest", "OpenAIRoutes", "handlers"]
 
 
 class _Request(BaseModel):
@@ -57,17 +64,28 @@ class _Request(BaseModel):
         return bool((self.stream_options or {}).get("include_usage"))
 
 
+_MAX_TOKEN_IDS = 1 << 20  # bounds a token prompt's size before anything is done with it
+TokenId = Annotated[int, Field(ge=0, lt=1 << 31)]
+
+
 class CompletionRequest(_Request):
-    prompt: Union[str, list[str]]
-    suffix: Optional[str] = Field(None, max_length=0, description="fill-in-the-middle is not offered here")
+    prompt: Union[str, list[StrictStr], list[TokenId], list[list[TokenId]]]
+    suffix: Optional[str] = Field(None, max_length=0, description="fill-in-the-middle: use /infill")
     echo: Literal[False] = False
 
-    def text(self) -> str:
-        if isinstance(self.prompt, str):
-            return self.prompt
-        if len(self.prompt) != 1:
+    def text_or_tokens(self) -> Union[str, list[int]]:
+        """The one prompt: text, or token ids (OpenAI's array form, as llama-server takes it)."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return prompt
+        if prompt and all(isinstance(p, int) for p in prompt):
+            if len(prompt) > _MAX_TOKEN_IDS:
+                raise BadRequest(ErrorMessage(code="prompt_too_long", message=f"the prompt has {len(prompt)} "
+                                              f"token ids, over {_MAX_TOKEN_IDS}; shorten it."))
+            return list(prompt)  # type: ignore[arg-type]
+        if len(prompt) != 1:
             raise BadRequest(ErrorMessage(code="bad_request", message="send one prompt per request."))
-        return self.prompt[0]
+        return self.prompt[0] if isinstance(prompt[0], str) else CompletionRequest(prompt=prompt[0]).text_or_tokens()
 
 
 class _Part(BaseModel):
@@ -92,17 +110,41 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: Optional[int] = Field(None, ge=1)
 
 
-class OpenAIHandler(LlamalabHandler):
-    """Jupyter's authentication plus the kernels' key; OpenAI-shaped errors."""
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
 
+    content: str
+    add_special: bool = False
+    parse_special: bool = True
+    model: Optional[str] = None
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    tokens: list[TokenId] = Field(max_length=_MAX_TOKEN_IDS)
+    model: Optional[str] = None
+
+
+class InfillRequest(_Request):
+    """llama-server's ``/infill`` body (the fields llamalab uses)."""
+
+    input_prefix: str = ""
+    input_suffix: str = ""
+    n_predict: Optional[int] = Field(None, ge=1)
+
+
+class OpenAIRoutes(JsonRoutes):
+    """The OpenAI-compatible routes' work, on any tornado handler: Jupyter's (below) and
+    ``llamalab serve``'s (``llamalab.extension.serve``). ``user`` is who asks (the scheduler's
+    fairness; an API key's name on a team server) and ``max_tokens_cap`` this caller's limit."""
+
+    user = ""
+    max_tokens_cap: Optional[int] = None
+    stream_write_timeout_s = 60.0  # a client that stops reading its stream is let go after this
     _gone = False
     _generation: Optional[Generation] = None
-
-    @property
-    def identity_provider(self) -> Any:  # type: ignore[override]
-        inner = super().identity_provider
-        key = self.settings.get("llamalab_kernel_key")
-        return KernelKeyIdentity(inner, key) if key else inner
+    _first_piece_at: Optional[float] = None
 
     def error_body(self, error: ErrorMessage) -> str:
         return json.dumps(_openai_error(error))
@@ -114,60 +156,182 @@ class OpenAIHandler(LlamalabHandler):
 
     def params_of(self, request: _Request, max_tokens: Optional[int] = None) -> GenerationParams:
         stop = [request.stop] if isinstance(request.stop, str) else request.stop
-        return self.manager.params(None, max_tokens=max_tokens or request.max_tokens, temperature=request.temperature,
+        wanted = max_tokens or request.max_tokens
+        cap = self.max_tokens_cap
+        if cap is not None and wanted is not None and wanted > cap:
+            raise BadRequest(ErrorMessage(code="bad_request", message=f"max_tokens {wanted} is over this key's "
+                                          f"limit of {cap}; ask for {cap} or fewer."))
+        return self.manager.params(None, max_tokens=wanted or cap, temperature=request.temperature,
                                    top_p=request.top_p, top_k=request.top_k, min_p=request.min_p,
-                                   repeat_penalty=request.repeat_penalty, stop=stop, seed=request.seed)
+                                   repeat_penalty=request.repeat_penalty, stop=stop, seed=request.seed,
+                                   user=self.user or None)
 
+    # -- the routes -------------------------------------------------------------------
+    async def list_models(self) -> None:
+        manager = self.manager
+        loaded = await manager.load(None) if manager.remote else manager.loaded
+        first = loaded.name if loaded else manager.canonical(None)
+        names = [first] + [m.name for m in manager.store.list() if m.name != first and manager.is_allowed(m.name)]
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "llamalab"} for name in names]
+        if loaded is not None:
+            data[0]["meta"] = {"n_ctx": loaded.context_length, "backend": loaded.backend,
+                               "quantization": loaded.quantization}
+        self.finish(json.dumps({"object": "list", "data": data}))
+
+    async def completions(self) -> None:
+        request = self.body_as(CompletionRequest)
+        prompt, params = request.text_or_tokens(), self.params_of(request)
+        if isinstance(prompt, str):
+            generation = await self.manager.complete(prompt, params, request.model)
+        else:
+            generation = await self.manager.complete_tokens(prompt, params, request.model)
+        await self.run(
+            generation, request, "text_completion",
+            chunk=lambda piece: {"choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]},
+            last=lambda r: {"choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": r.finish_reason}]},
+            whole=lambda r: {"choices": [{"index": 0, "text": r.text, "logprobs": None,
+                                          "finish_reason": r.finish_reason}], "usage": _usage(r)})
+
+    async def chat_completions(self) -> None:
+        request = self.body_as(ChatCompletionRequest)
+        params = self.params_of(request, request.max_completion_tokens)
+        generation = await self.manager.chat([m.plain() for m in request.messages], params, request.model)
+        await self.run(
+            generation, request, "chat.completion",
+            chunk=lambda piece: {"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]},
+            last=lambda r: {"choices": [{"index": 0, "delta": {}, "finish_reason": r.finish_reason}]},
+            whole=lambda r: {"choices": [{"index": 0, "message": {"role": "assistant", "content": r.text},
+                                          "finish_reason": r.finish_reason}], "usage": _usage(r)})
+
+    async def tokenize(self) -> None:
+        request = self.body_as(TokenizeRequest)
+        tokens = await self.manager.tokenize(request.content, add_bos=request.add_special,
+                                             special=request.parse_special, model=request.model)
+        self.finish(json.dumps({"tokens": tokens}))
+
+    async def detokenize(self) -> None:
+        request = self.body_as(DetokenizeRequest)
+        self.finish(json.dumps({"content": await self.manager.detokenize(request.tokens, request.model)}))
+
+    async def infill(self) -> None:
+        """llama-server's ``/infill``: the text between ``input_prefix`` and ``input_suffix``;
+        ``stream`` sends ``{"content", "stop"}`` events as its ``/completion`` does."""
+        request = self.body_as(InfillRequest)
+        params = self.params_of(request, request.n_predict)
+        generation, healed = await self.manager.infill(request.input_prefix, request.input_suffix, params,
+                                                       request.model)
+        unhealed = _Unheal(len(healed))
+        await self.run(
+            generation, request, "infill",
+            chunk=lambda piece: {"content": unhealed(piece), "stop": False},
+            last=lambda r: {"content": "", "stop": True, **_infill_usage(r)},
+            whole=lambda r: {"content": r.text[len(healed):], "stop": True, **_infill_usage(r)})
+
+    # -- answering --------------------------------------------------------------------
     async def run(self, generation: Generation, request: _Request, kind: str,
                   chunk: Callable[[str], dict[str, Any]], last: Callable[[GenerationResult], dict[str, Any]],
                   whole: Callable[[GenerationResult], dict[str, Any]]) -> None:
-        """Stream ``generation`` as SSE, or answer it whole, in OpenAI's shapes."""
+        """Stream ``generation`` as SSE, or answer it whole, in OpenAI's shapes (llama-server's
+        for ``infill``, which has no envelope)."""
         self._generation = generation
+        envelope = kind != "infill"
+        began = time.perf_counter()
         try:
             if not request.stream:
                 async for _ in generation:
-                    pass
+                    self._first_piece_at = self._first_piece_at or time.perf_counter()
                 if self._gone:  # nobody to answer
                     return
                 result = _finished(generation.result)
-                self.finish(json.dumps({**self._envelope(kind, generation.model), **whole(result)}))
+                self.observe(result, began)
+                head = self._envelope(kind, generation.model) if envelope else {"model": generation.model}
+                self.finish(json.dumps({**head, **whole(result)}))
                 return
             self.set_header("Content-Type", "text/event-stream")
             self.set_header("Cache-Control", "no-cache")
             self.set_header("X-Accel-Buffering", "no")
-            head = self._envelope(kind + ".chunk" if kind == "chat.completion" else kind, generation.model)
+            head = self._envelope(kind + ".chunk" if kind == "chat.completion" else kind, generation.model) \
+                if envelope else {}
             try:
                 first = chunk("")
                 if kind == "chat.completion":  # the role comes first, as OpenAI sends it
                     first["choices"][0]["delta"] = {"role": "assistant", "content": ""}
                     await self._event({**head, **first})
                 async for piece in generation:
+                    self._first_piece_at = self._first_piece_at or time.perf_counter()
                     await self._event({**head, **chunk(piece)})
                 result = _finished(generation.result)
+                self.observe(result, began)
                 await self._event({**head, **last(result)})
                 if request.include_usage():
                     await self._event({**head, "choices": [], "usage": _usage(result)})
-                self.write("data: [DONE]\n\n")
+                if envelope:
+                    self.write("data: [DONE]\n\n")
             except (BadRequest, LlamalabError) as exc:  # the status is sent: report in the stream
                 error = exc.error if isinstance(exc, BadRequest) else error_message(exc, log=self.log)
                 await self._event(_openai_error(error))
-            self.finish(set_content_type="text/event-stream")
+            self.end_stream()
         except StreamClosedError:
             generation.cancel()
         finally:
             await generation.aclose()
 
+    def end_stream(self) -> None:
+        self.finish()
+
+    def observe(self, result: GenerationResult, began: float) -> None:
+        """Called once a generation has its result (``llamalab serve`` counts it in its metrics);
+        ``began`` and ``_first_piece_at`` are ``time.perf_counter()`` values."""
+
     async def _event(self, data: dict[str, Any]) -> None:
         if self._gone:
             raise StreamClosedError()
         self.write(f"data: {json.dumps(data)}\n\n")
-        await self.flush()
+        try:
+            await asyncio.wait_for(self.flush(), self.stream_write_timeout_s)
+        except asyncio.TimeoutError:  # the client stopped reading: free its slot for others
+            self.log.info("llamalab: %s stopped reading its stream for %g s; ending it", self.request.remote_ip,
+                          self.stream_write_timeout_s)
+            self._gone = True
+            self.request.connection.close()
+            raise StreamClosedError() from None
 
     @staticmethod
     def _envelope(kind: str, model: str) -> dict[str, Any]:
         prefix = "chatcmpl" if kind.startswith("chat") else "cmpl"
         return {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "object": kind, "created": int(time.time()),
                 "model": model}
+
+
+class _Unheal:
+    """Drops the first ``n`` characters of a stream of pieces (the healed end of the prefix)."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def __call__(self, piece: str) -> str:
+        cut = min(self.left, len(piece))
+        self.left -= cut
+        return piece[cut:]
+
+
+def _infill_usage(result: GenerationResult) -> dict[str, Any]:
+    stop_type = {"length": "limit", "stop": "eos"}.get(result.finish_reason, result.finish_reason)
+    return {"tokens_predicted": result.completion_tokens, "tokens_evaluated": result.prompt_tokens,
+            "tokens_cached": result.reused_prompt_tokens or 0, "stop_type": stop_type}
+
+
+class OpenAIHandler(OpenAIRoutes, LlamalabHandler):
+    """Jupyter's authentication plus the kernels' key."""
+
+    @property
+    def identity_provider(self) -> Any:  # type: ignore[override]
+        inner = super().identity_provider
+        key = self.settings.get("llamalab_kernel_key")
+        return KernelKeyIdentity(inner, key) if key else inner
+
+    def end_stream(self) -> None:
+        self.finish(set_content_type="text/event-stream")  # APIHandler's finish would say JSON
 
 
 def _finished(result: Optional[GenerationResult]) -> GenerationResult:
@@ -195,63 +359,42 @@ class ModelsV1Handler(OpenAIHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        manager = self.manager
-        loaded = await manager.load(None) if manager.remote else manager.loaded
-        first = loaded.name if loaded else manager.canonical(None)
-        names = [first] + [m.name for m in manager.store.list() if m.name != first and manager.is_allowed(m.name)]
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "llamalab"} for name in names]
-        if loaded is not None:
-            data[0]["meta"] = {"n_ctx": loaded.context_length, "backend": loaded.backend,
-                               "quantization": loaded.quantization}
-        self.finish(json.dumps({"object": "list", "data": data}))
+        await self.list_models()
 
 
 class CompletionsHandler(OpenAIHandler):
     @web.authenticated
     @authorized("execute")
     async def post(self) -> None:
-        request = self.body_as(CompletionRequest)
-        generation = await self.manager.complete(request.text(), self.params_of(request), request.model)
-        await self.run(
-            generation, request, "text_completion",
-            chunk=lambda piece: {"choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": None}]},
-            last=lambda r: {"choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": r.finish_reason}]},
-            whole=lambda r: {"choices": [{"index": 0, "text": r.text, "logprobs": None,
-                                          "finish_reason": r.finish_reason}], "usage": _usage(r)})
+        await self.completions()
 
 
 class ChatCompletionsHandler(OpenAIHandler):
     @web.authenticated
     @authorized("execute")
     async def post(self) -> None:
-        request = self.body_as(ChatCompletionRequest)
-        params = self.params_of(request, request.max_completion_tokens)
-        generation = await self.manager.chat([m.plain() for m in request.messages], params, request.model)
-        await self.run(
-            generation, request, "chat.completion",
-            chunk=lambda piece: {"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]},
-            last=lambda r: {"choices": [{"index": 0, "delta": {}, "finish_reason": r.finish_reason}]},
-            whole=lambda r: {"choices": [{"index": 0, "message": {"role": "assistant", "content": r.text},
-                                          "finish_reason": r.finish_reason}], "usage": _usage(r)})
-
-
-class TokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    content: str
-    add_special: bool = False
-    parse_special: bool = True
-    model: Optional[str] = None
+        await self.chat_completions()
 
 
 class TokenizeHandler(OpenAIHandler):
     @web.authenticated
     @authorized("execute")
     async def post(self) -> None:
-        request = self.body_as(TokenizeRequest)
-        tokens = await self.manager.tokenize(request.content, add_bos=request.add_special,
-                                             special=request.parse_special, model=request.model)
-        self.finish(json.dumps({"tokens": tokens}))
+        await self.tokenize()
+
+
+class DetokenizeHandler(OpenAIHandler):
+    @web.authenticated
+    @authorized("execute")
+    async def post(self) -> None:
+        await self.detokenize()
+
+
+class InfillHandler(OpenAIHandler):
+    @web.authenticated
+    @authorized("execute")
+    async def post(self) -> None:
+        await self.infill()
 
 
 def handlers() -> list[tuple[str, type]]:
@@ -260,4 +403,6 @@ def handlers() -> list[tuple[str, type]]:
         (r"/llamalab/v1/completions", CompletionsHandler),
         (r"/llamalab/v1/chat/completions", ChatCompletionsHandler),
         (r"/llamalab/tokenize", TokenizeHandler),
+        (r"/llamalab/detokenize", DetokenizeHandler),
+        (r"/llamalab/infill", InfillHandler),
     ]

@@ -4,6 +4,7 @@
     llamalab generate PROMPT          stream a completion
     llamalab chat                     a terminal chat that streams
     llamalab doctor                   the llama.cpp build, GPUs and what fits
+    llamalab serve                    one model for a team, behind API keys
 
 A user mistake prints one line starting with ``error:`` and exits 1 (2 for bad usage);
 ``--debug`` shows tracebacks.
@@ -294,9 +295,11 @@ def _register_commands() -> None:
     from .convert_cmd import convert, quantize
     from .download_cmd import download
     from .lsp_cmd import lsp
+    from .serve_cmd import serve
 
     cli.add_command(download)
     cli.add_command(lsp)
+    cli.add_command(serve)
     cli.add_command(convert)
     cli.add_command(quantize)
 

@@ -5,6 +5,7 @@ from .base import Engine, FinishReason, GenerationParams, GenerationResult, Mode
 from .local import LocalEngine
 from .opening import LocalOptions, open_engine
 from .remote import RemoteEngine
+from .slots import SchedulerStats
 
 __all__ = [
     "AsyncEngine",
@@ -17,6 +18,7 @@ __all__ = [
     "LocalOptions",
     "ModelDescription",
     "RemoteEngine",
+    "SchedulerStats",
     "TokenStream",
     "open_engine",
 ]

@@ -15,11 +15,14 @@ from __future__ import annotations
 import abc
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Generator, Iterator, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Generator, Iterator, Literal, Optional, Sequence
 
 from ..errors import ConfigError
 from ..fim import FimTokens
 from ..templates import Message
+
+if TYPE_CHECKING:
+    from .slots import SchedulerStats
 
 __all__ = [
     "Engine",
@@ -42,7 +45,9 @@ class GenerationParams:
     ``priority`` tells a shared model what to serve first: ``interactive`` (inline completions,
     the language server: a person waits for each keystroke), ``normal`` (chats, magics) or
     ``background`` (benchmarks, smoke tests). Engines that cannot schedule ignore it.
-    ``heal`` is the text the answer must start with (token healing)."""
+    ``heal`` is the text the answer must start with (token healing). ``user`` is who asked (an
+    API key's name on a team server): a shared model admits users in turn, so one user's many
+    streams never keep another user's first one waiting for a slot."""
 
     max_tokens: int = 512
     temperature: float = 0.7
@@ -58,6 +63,7 @@ class GenerationParams:
     # it in its own tokens (token healing, ``llamalab.healing``); engines that cannot constrain
     # their first tokens ignore it.
     heal: str = ""
+    user: str = ""
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -211,6 +217,11 @@ class Engine(abc.ABC):
     def context_size(self) -> Optional[int]:
         """Tokens a prompt and its answer may take together (the n_ctx in use); None if unknown."""
         return self.describe().context_length
+
+    def stats(self) -> Optional["SchedulerStats"]:
+        """Slots busy, requests queued, KV cells used, prompt-cache use (a snapshot, for metrics);
+        None when the engine does not schedule requests itself (a remote server)."""
+        return None
 
     @abc.abstractmethod
     def describe(self) -> ModelDescription:

@@ -224,7 +224,7 @@ class LocalEngine(Engine):
         the first one, or raises, as ``params.overflow`` says."""
         params = params or GenerationParams()
         self._check_open()
-        ids = [int(t) for t in tokens]
+        ids = self._valid_ids(tokens)
         if not ids:
             raise EngineError("the prompt has no tokens.")
         ids, dropped = self._fit_prompt(ids, params, keep_head=1)
@@ -271,7 +271,17 @@ class LocalEngine(Engine):
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         self._check_open()
-        return self._native.detokenize(tokens)
+        return self._native.detokenize(self._valid_ids(tokens))
+
+    def _valid_ids(self, tokens: Sequence[int]) -> list[int]:
+        """``tokens`` as ints, each a token of this model's vocabulary (llama.cpp aborts the
+        process on an id outside it), else ``ConfigError``."""
+        ids = [int(t) for t in tokens]
+        n_vocab = self._native.n_vocab
+        bad = next((t for t in ids if not 0 <= t < n_vocab), None)
+        if bad is not None:
+            raise ConfigError(f"token id {bad} is not in {self.name}'s vocabulary (0 to {n_vocab - 1}).")
+        return ids
 
     @property
     def accepts_token_prompts(self) -> bool:

@@ -101,12 +101,13 @@ class NativeModel:
                  n_batch: int, n_threads: int, n_threads_batch: int) -> None:
         lib = _init_backend()
         self._lib = lib
-        limit = int(lib.llama_max_parallel_sequences()) - 1
+        limit = int(lib.llama_max_parallel_sequences()) - 2
         if not 1 <= n_parallel <= limit:
-            raise ConfigError(f"n_parallel must be between 1 and {limit} (llama.cpp's limit, less one sequence "
-                              f"kept for completions), got {n_parallel}.")
-        # One more sequence than n_parallel, kept for interactive requests (see slots.py).
-        self.n_sequences = n_parallel + 1 if n_parallel > 1 else 1
+            raise ConfigError(f"n_parallel must be between 1 and {limit} (llama.cpp's limit, less two sequences "
+                              f"kept for completions and for a user with nothing running), got {n_parallel}.")
+        # Two more sequences than n_parallel: one kept for interactive requests, one for a user who has
+        # nothing running while others fill the slots (see slots.py).
+        self.n_sequences = n_parallel + 2 if n_parallel > 1 else 1
         self.path = os.fspath(path)
         self.model: Any = None
         self.ctx: Any = None

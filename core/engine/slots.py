@@ -16,7 +16,10 @@ Each sequence samples from its own logits with its own llama.cpp sampler chain.
 
 Priorities (``GenerationParams.priority``): requests are admitted best priority first (with
 ``n_parallel > 1`` one more sequence is kept for interactive requests, so a completion never
-waits for a slot while chats fill the others), and
+waits for a slot while chats fill the others). Within a priority, users (``GenerationParams.user``)
+take turns: the request whose user has the fewest sequences running goes first, and one more
+sequence is kept for a user who has nothing running, so one user's many streams never keep
+another's first one waiting for a slot to end. And
 when the model runs on the CPU a step serves only the best priority present, so ghost text
 never shares its steps with a streaming chat (on a CPU a shared step costs about as much as
 two); with GPU offload, where a wider batch is nearly free, every sequence shares each step.
@@ -80,6 +83,7 @@ class Request:
 class _Slot:
     seq_id: int
     interactive_only: bool = False  # kept for completions, so ghost text never waits for a chat to end
+    newcomer_only: bool = False  # kept for a user with nothing running, so nobody waits for another's streams
     tokens: list[int] = field(default_factory=list)  # what this sequence's KV cells hold, in order
     running: Optional["_Running"] = None
     last_used: int = 0
@@ -134,7 +138,8 @@ class SlotScheduler:
         self.n_ctx = n_ctx
         self.share_steps = share_steps
         self.cache = PromptCache(prompt_cache_bytes)
-        self._slots = [_Slot(seq_id=i, interactive_only=i >= n_parallel) for i in range(native.n_sequences)]
+        self._slots = [_Slot(seq_id=i, interactive_only=i == n_parallel, newcomer_only=i > n_parallel)
+                       for i in range(native.n_sequences)]
         self._inbox: "queue.Queue[Optional[Request | _Clear]]" = queue.Queue()
         self._pending: list[Request] = []
         self._running: list[_Running] = []
@@ -150,7 +155,7 @@ class SlotScheduler:
     def stats(self) -> SchedulerStats:
         slots = list(self._slots)
         return SchedulerStats(
-            n_parallel=sum(not s.interactive_only for s in slots), slots_busy=sum(s.running is not None for s in slots),
+            n_parallel=sum(not (s.interactive_only or s.newcomer_only) for s in slots), slots_busy=sum(s.running is not None for s in slots),
             queued=len(self._pending) + self._inbox.qsize(), kv_size=self.native.kv_size,
             kv_used=sum(len(s.tokens) for s in slots), prompt_cache_entries=len(self.cache),
             prompt_cache_bytes=self.cache.used_bytes, prompt_cache_limit_bytes=self.cache.limit_bytes,
@@ -219,29 +224,38 @@ class SlotScheduler:
 
     # -- admission: a slot for each waiting request ----------------------------------------
     def _admit(self) -> None:
-        self._pending.sort(key=lambda r: r.rank)
+        running = self._running_per_user()
         waiting = []
-        while self._pending:
-            request = self._pending.pop(0)
-            slot = self._choose_slot(request)
+        while self._pending:  # best priority first; within one, the user with the fewest running first
+            request = min(self._pending, key=lambda r: (r.rank[0], running.get(r.params.user, 0), r.arrival))
+            self._pending.remove(request)
+            slot = self._choose_slot(request, running.get(request.params.user, 0))
             if slot is None:
                 waiting.append(request)
                 continue
             try:
                 self._bind(request, slot)
+                running[request.params.user] = running.get(request.params.user, 0) + 1
             except Exception as exc:
                 request.out.put((ERROR, exc if isinstance(exc, EngineError) else EngineError(str(exc))))
         self._pending = waiting
 
-    def _choose_slot(self, request: Request) -> Optional[_Slot]:
+    def _running_per_user(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for running in self._running:
+            counts[running.request.params.user] = counts.get(running.request.params.user, 0) + 1
+        return counts
+
+    def _choose_slot(self, request: Request, running_for_user: int = 0) -> Optional[_Slot]:
         """The idle slot whose sequence this prompt continues (it shares at least half of the
         slot's tokens: the same conversation, the same document's next keystroke; or the whole
         prompt: a request repeated); else an empty slot (``_borrow`` then shares any common start
         with the others); else the least recently used one. Only interactive requests use the
-        reserved slot."""
+        slot kept for them, and only a user with nothing running the one kept for newcomers."""
         prompt = request.prompt
         interactive = request.rank[0] == 0
-        idle = [s for s in self._slots if s.running is None and (interactive or not s.interactive_only)]
+        idle = [s for s in self._slots if s.running is None and (interactive or not s.interactive_only)
+                and (running_for_user == 0 or not s.newcomer_only)]
         if not idle:
             return None
 

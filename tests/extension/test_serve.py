@@ -1,0 +1,232 @@
+"""``llamalab serve``: the real command on 127.0.0.1 with the demo model, its keys made by the
+real CLI; auth, per-key limits, fairness between users, metrics, bad input, graceful stop."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from llamalab import KeyRing
+from tests.conftest import TEST_HOME, free_port
+from tests.fixtures.serve_process import ServeProcess, add_key
+from tests.fixtures.waiting import wait_until
+
+COUNTING = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"  # the model keeps counting: long answers
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, demo_model):
+    keys = tmp_path_factory.mktemp("serve") / "keys.json"
+    names = {"alice": add_key(keys, "alice", "--max-concurrent", "8", "--max-tokens", "256"),
+             "bob": add_key(keys, "bob"),
+             "carol": add_key(keys, "carol", "--max-concurrent", "1"),
+             "dave": add_key(keys, "dave")}
+    server = ServeProcess(TEST_HOME, keys, free_port(), ("--parallel", "2", "--n-ctx", "1024")).start()
+    yield server, names
+    assert server.stop() == 0, server.output()
+
+
+def _auth(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _chat(url: str, key: str, **body) -> httpx.Response:
+    payload = {"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0, **body}
+    return httpx.post(url + "/v1/chat/completions", json=payload, headers=_auth(key), timeout=120)
+
+
+class Stream:
+    """A streamed completion read on a thread: when its first piece came, and how it ended."""
+
+    def __init__(self, url: str, key: str, prompt: str = COUNTING, max_tokens: int = 64) -> None:
+        self.first = threading.Event()
+        self.done = threading.Event()
+        self.events: list[dict] = []
+        self.raw: list[str] = []
+        self.status = 0
+        body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+        self._thread = threading.Thread(target=self._read, args=(url, key, body), daemon=True)
+        self._thread.start()
+
+    def _read(self, url: str, key: str, body: dict) -> None:
+        try:
+            with httpx.stream("POST", url + "/v1/completions", json=body, headers=_auth(key), timeout=300) as reply:
+                self.status = reply.status_code
+                for line in reply.iter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    self.raw.append(line)
+                    if line != "data: [DONE]":
+                        self.events.append(json.loads(line[6:]))
+                        if any(c.get("text") for c in self.events[-1].get("choices", [])):
+                            self.first.set()
+        except httpx.HTTPError as exc:
+            self.raw.append(f"error: {exc}")
+        finally:
+            self.first.set()
+            self.done.set()
+
+    @property
+    def finish_reason(self):
+        for event in self.events:
+            for choice in event.get("choices", []):
+                if choice.get("finish_reason"):
+                    return choice["finish_reason"]
+        return None
+
+    def wait(self, timeout: float = 300) -> "Stream":
+        assert self.done.wait(timeout), "the stream did not end"
+        return self
+
+
+# -- keys -------------------------------------------------------------------------------
+def test_every_route_but_health_needs_a_valid_key(served):
+    server, keys = served
+    assert httpx.get(server.url + "/health").json() == {"status": "ok", "model": "smollm2-135m-instruct:q4_1"}
+    for route in ("/v1/models", "/metrics"):
+        missing = httpx.get(server.url + route)
+        assert missing.status_code == 401 and "Authorization: Bearer" in missing.json()["error"]["message"]
+        assert missing.headers["WWW-Authenticate"].startswith("Bearer")
+        wrong = httpx.get(server.url + route, headers=_auth("llk-" + "x" * 43))
+        assert wrong.status_code == 401 and "not valid" in wrong.json()["error"]["message"]
+        assert httpx.get(server.url + route, headers={"Authorization": "Basic " + keys["bob"]}).status_code == 401
+    listed = httpx.get(server.url + "/v1/models", headers=_auth(keys["bob"]))
+    assert listed.status_code == 200 and listed.json()["data"][0]["id"] == "smollm2-135m-instruct:q4_1"
+    assert _chat(server.url, keys["bob"]).json()["choices"][0]["message"]["content"]
+
+
+def test_a_revoked_key_is_refused_from_its_next_request(served):
+    server, keys = served
+    assert _chat(server.url, keys["dave"]).status_code == 200
+    KeyRing(server.keys_file).revoke("dave")  # what `llamalab serve keys revoke dave` does, server running
+    refused = _chat(server.url, keys["dave"])
+    assert refused.status_code == 401 and "revoked" in refused.json()["error"]["message"]
+    assert _chat(server.url, keys["bob"]).status_code == 200  # the others go on
+
+
+def test_a_key_in_the_url_is_refused_and_kept_out_of_the_log(served):
+    server, keys = served
+    for query in (f"?api_key={keys['bob']}", f"?key={keys['bob']}", f"?x={keys['bob']}"):
+        reply = httpx.get(server.url + "/v1/models" + query)
+        assert reply.status_code == 400 and "Authorization header" in reply.json()["error"]["message"]
+    wait_until(lambda: server.output().count("GET /v1/models") >= 3, "the access log lines")
+    assert keys["bob"] not in server.output()
+
+
+# -- limits -----------------------------------------------------------------------------
+def test_max_tokens_over_the_keys_limit_is_a_clear_400(served):
+    server, keys = served
+    for body in ({"max_tokens": 1_000_000}, {"max_tokens": 300}, {"max_completion_tokens": 257}):
+        reply = _chat(server.url, keys["alice"], **body)
+        assert reply.status_code == 400, reply.text
+        assert "over this key's limit of 256" in reply.json()["error"]["message"]
+    assert _chat(server.url, keys["alice"], max_tokens=256).status_code == 200
+
+
+def test_a_key_may_run_only_its_max_concurrent_requests(served):
+    server, keys = served
+    running = Stream(server.url, keys["carol"], max_tokens=200)
+    assert running.first.wait(120) and running.status == 200
+    second = _chat(server.url, keys["carol"])
+    assert second.status_code == 429 and "limit" in second.json()["error"]["message"]
+    assert _chat(server.url, keys["bob"]).status_code == 200  # another key is not held back
+    running.wait()
+    assert _chat(server.url, keys["carol"]).status_code == 200  # its turn again once the first ended
+
+
+# -- fairness ---------------------------------------------------------------------------
+def test_one_users_many_streams_do_not_keep_another_waiting(served):
+    """Alice fills both slots and queues four more streams; Bob's one stream still starts while
+    all of hers run or wait (without turns, it would wait for two of hers to end)."""
+    server, keys = served
+    alice = [Stream(server.url, keys["alice"], max_tokens=160) for _ in range(6)]
+    wait_until(lambda: sum(s.first.is_set() for s in alice) >= 2, "alice's first two streams to start", 120)
+    bob = Stream(server.url, keys["bob"], max_tokens=4)
+    assert bob.first.wait(120)
+    assert not any(s.done.is_set() for s in alice), "bob got his first token only after alice's streams ended"
+    assert bob.wait().finish_reason == "length"
+    for stream in alice:
+        assert stream.wait().finish_reason in ("length", "stop"), stream.raw[-2:]
+
+
+# -- metrics ----------------------------------------------------------------------------
+def test_metrics_count_requests_tokens_and_the_scheduler(served):
+    server, keys = served
+    assert _chat(server.url, keys["bob"], max_tokens=5).status_code == 200
+    text = httpx.get(server.url + "/metrics", headers=_auth(keys["bob"])).text
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line and not line.startswith("#")}
+    assert values['llamalab_requests_total{route="chat.completions",status="200",user="bob"}'] >= 1
+    assert values['llamalab_generated_tokens_total{user="bob"}'] >= 1
+    assert values["llamalab_slots"] == 2 and values["llamalab_kv_cells"] >= 1024
+    for gauge in ("llamalab_slots_busy", "llamalab_queue_length", "llamalab_kv_cells_used",
+                  "llamalab_prompt_cache_hits", "llamalab_tokens_per_second", "llamalab_first_token_seconds_count"):
+        assert gauge in values
+
+
+# -- bad input --------------------------------------------------------------------------
+@pytest.mark.parametrize("body, status", [
+    (b"{not json", 400),
+    (b'{"messages": []}', 400),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}', 400),
+    (b'{"messages": [{"role": "user", "content": "hi"}], "model": "/etc/passwd"}', 404),
+])
+def test_malformed_requests_get_a_4xx_in_openais_shape(served, body, status):
+    server, keys = served
+    reply = httpx.post(server.url + "/v1/chat/completions", content=body, headers=_auth(keys["bob"]))
+    assert reply.status_code == status, reply.text
+    assert reply.json()["error"]["message"]
+
+
+def test_a_huge_body_is_refused_and_the_server_goes_on(served):
+    server, keys = served
+    huge = b'{"prompt": "' + b"a" * (9 << 20) + b'"}'
+    try:
+        reply = httpx.post(server.url + "/v1/completions", content=huge, headers=_auth(keys["bob"]), timeout=60)
+        assert reply.status_code >= 400
+    except httpx.HTTPError:
+        pass  # tornado may close the connection instead of answering: either way nothing was read
+    assert _chat(server.url, keys["bob"]).status_code == 200
+
+
+def test_a_thousand_dropped_connections_leave_the_server_serving(served):
+    server, keys = served
+    request = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {keys['alice']}\r\n"
+               "Content-Type: application/json\r\nContent-Length: 60\r\n\r\n{\"prompt\": \"hi\",").encode()
+    for i in range(1000):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            if i % 2:
+                sock.sendall(request)  # half a body, then gone
+    assert _chat(server.url, keys["alice"]).status_code == 200
+    text = httpx.get(server.url + "/metrics", headers=_auth(keys["bob"])).text
+    assert "llamalab_requests_active 0.0" in text
+
+
+# -- stopping ---------------------------------------------------------------------------
+def _one_off_server(tmp_path: Path, *args: str) -> tuple[ServeProcess, str]:
+    keys = tmp_path / "keys.json"
+    key = add_key(keys, "erin", "--max-tokens", "2000")
+    return ServeProcess(TEST_HOME, keys, free_port(), ("--parallel", "2", *args)).start(), key
+
+
+def test_a_stop_lets_running_answers_finish(tmp_path, demo_model):
+    server, key = _one_off_server(tmp_path, "--stop-grace", "120")
+    stream = Stream(server.url, key, max_tokens=40)
+    assert stream.first.wait(120)
+    assert server.stop() == 0, server.output()
+    assert stream.wait().finish_reason == "length" and stream.raw[-1] == "data: [DONE]"
+
+
+def test_a_stop_past_its_grace_ends_streams_with_a_clear_reason(tmp_path, demo_model):
+    server, key = _one_off_server(tmp_path, "--stop-grace", "0.2")
+    stream = Stream(server.url, key, max_tokens=2000)
+    assert stream.first.wait(120)
+    assert server.stop() == 0, server.output()
+    stream.wait()
+    assert stream.raw[-1] != "data: [DONE]"  # nobody may take it for a whole answer
+    assert "stopping" in stream.events[-1]["error"]["message"]
