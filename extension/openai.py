@@ -217,6 +217,9 @@ class OpenAIRoutes(JsonRoutes):
         """llama-server's ``/infill``: the text between ``input_prefix`` and ``input_suffix``;
         ``stream`` sends ``{"content", "stop"}`` events as its ``/completion`` does."""
         request = self.body_as(InfillRequest)
+        if not request.input_prefix and not request.input_suffix:
+            raise BadRequest(ErrorMessage(code="bad_request", message="send the text around the cursor as "
+                                          "input_prefix and input_suffix (either may be empty, not both)."))
         params = self.params_of(request, request.n_predict)
         generation, healed = await self.manager.infill(request.input_prefix, request.input_suffix, params,
                                                        request.model)

@@ -226,7 +226,7 @@ class LocalEngine(Engine):
         self._check_open()
         ids = self._valid_ids(tokens)
         if not ids:
-            raise EngineError("the prompt has no tokens.")
+            raise ConfigError("the prompt has no tokens; send at least one.")
         ids, dropped = self._fit_prompt(ids, params, keep_head=1)
         return self._submit(ids, params, dropped_tokens=dropped)
 

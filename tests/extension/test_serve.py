@@ -230,3 +230,22 @@ def test_a_stop_past_its_grace_ends_streams_with_a_clear_reason(tmp_path, demo_m
     stream.wait()
     assert stream.raw[-1] != "data: [DONE]"  # nobody may take it for a whole answer
     assert "stopping" in stream.events[-1]["error"]["message"]
+
+
+# -- the routes RemoteEngine and the suggestion service use ----------------------------------
+def test_token_prompts_tokenize_detokenize_and_infill(served):
+    server, keys = served
+    auth = _auth(keys["bob"])
+    text = "def add(a, b):\n    return"
+    tokens = httpx.post(server.url + "/tokenize", json={"content": text}, headers=auth).json()["tokens"]
+    assert httpx.post(server.url + "/detokenize", json={"tokens": tokens}, headers=auth).json()["content"] == text
+    by_text, by_ids = (httpx.post(server.url + "/v1/completions", headers=auth, timeout=120, json={
+        "prompt": prompt, "max_tokens": 8, "temperature": 0}).json()["choices"][0]["text"] for prompt in (text, tokens))
+    assert by_ids and by_ids == by_text
+    bad = httpx.post(server.url + "/detokenize", json={"tokens": [10 ** 9]}, headers=auth)
+    assert bad.status_code == 400 and "vocabulary" in bad.json()["error"]["message"]
+    filled = httpx.post(server.url + "/infill", headers=auth, timeout=120, json={
+        "input_prefix": text + " ", "input_suffix": "\n", "n_predict": 8, "temperature": 0}).json()
+    assert filled["stop"] is True and filled["content"].strip() and not filled["content"].startswith(" ")
+    empty = httpx.post(server.url + "/infill", json={"n_predict": 4}, headers=auth)
+    assert empty.status_code == 400 and "input_prefix" in empty.json()["error"]["message"]

@@ -1,0 +1,292 @@
+#!/usr/bin/env python
+"""A team's server under load: ``llamalab serve`` against llama.cpp's ``llama-server``, same run.
+
+Both serve the same GGUF with the same slots (``--parallel P`` / ``-np P --kv-unified``), the
+same KV cells (``--n-ctx N`` / ``-c N``) and threads, on 127.0.0.1. For 1, 4 and 8 clients at
+once, each client sends ``--requests`` streamed chat completions one after another (its own
+conversation openers, ``temperature`` 0, ``max_tokens`` M) to ``/v1/chat/completions``, as an
+OpenAI client does; llamalab's side with an API key, as its users do. Measured by the client
+(``perf_counter``): the first token (request sent to first non-empty piece) and the aggregate
+throughput (streamed pieces of all clients / the wall time of the round).
+
+Targets (issue 14): llamalab's aggregate throughput >= 0.9x llama-server's, and its p50 and p95
+first-token times within 1/0.9 of llama-server's, at every client count.
+
+Fairness (llamalab only: llama-server has no notion of users): user A runs 6 streams at once and
+user B starts 1; B's first token against B's first token on an idle server (target <= 2x).
+
+The llama-server binary: ``--llama-server PATH``, ``$LLAMA_SERVER``, or the cache of
+``scripts/build-llama-server.sh`` (which builds it from the llama.cpp sources vendored in
+llama-cpp-python's sdist); without it only llamalab's side runs. Shared two-core machines are
+noisy: the load average is printed; compare ratios, and several runs. Prints tables; not a test.
+
+    python bench/bench_serve.py [--clients 1,4,8] [--requests 3] [--max-tokens 64] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import httpx
+
+from benchlib import add_common_arguments, model_path, save_report
+
+OPENERS = ["Tell me about the sea.", "Write a short poem about autumn.", "Explain what a CPU does.",
+           "Describe a walk in a forest.", "What makes bread rise?", "Tell a story about a cat.",
+           "Why is the sky blue?", "Describe your favourite city.", "How do birds fly?", "What is music?"]
+
+
+@dataclass
+class Sample:
+    first_token_s: float
+    pieces: int
+
+
+@dataclass
+class Round:
+    side: str
+    clients: int
+    wall_s: float
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return sum(s.pieces for s in self.samples) / self.wall_s
+
+    def first_token(self, q: float) -> float:
+        values = sorted(s.first_token_s for s in self.samples)
+        return values[min(len(values) - 1, int(q * len(values)))] if q < 0.5 or q > 0.5 else statistics.median(values)
+
+
+class Side:
+    """A server process and how to ask it."""
+
+    def __init__(self, name: str, argv: list[str], port: int, env: Optional[dict] = None,
+                 headers: Optional[dict] = None, model: Optional[str] = None) -> None:
+        self.name, self.port, self.headers, self.model = name, port, headers or {}, model
+        self.log = tempfile.NamedTemporaryFile("w+", prefix=f"bench-serve-{name}-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                     stdin=subprocess.DEVNULL)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def fail(self, why: str) -> SystemExit:
+        tail = "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-20:])
+        return SystemExit(f"{self.name}: {why}\n--- its log ---\n{tail}")
+
+    async def ready(self, client: httpx.AsyncClient, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise self.fail(f"exited with status {self.proc.returncode}")
+            try:
+                reply = await client.get(self.url + "/health")
+                if reply.status_code == 200 and reply.json().get("status") == "ok":
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            await asyncio.sleep(0.2)
+        raise self.fail("/health did not say ok")
+
+    async def chat(self, client: httpx.AsyncClient, content: str, max_tokens: int,
+                   headers: Optional[dict] = None) -> Sample:
+        body = {"messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "temperature": 0,
+                "stream": True}
+        if self.model:
+            body["model"] = self.model
+        began, first, pieces = time.perf_counter(), None, 0
+        async with client.stream("POST", self.url + "/v1/chat/completions", json=body,
+                                 headers=headers or self.headers) as reply:
+            if reply.status_code != 200:
+                raise self.fail(f"HTTP {reply.status_code}: {(await reply.aread())[:300]!r}")
+            async for line in reply.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                for choice in json.loads(line[6:]).get("choices") or ():
+                    if (choice.get("delta") or {}).get("content"):
+                        pieces += 1
+                        first = first or time.perf_counter()
+        if first is None:
+            raise self.fail("an answer with no text")
+        return Sample(first - began, pieces)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _llama_server(args: argparse.Namespace) -> Optional[Path]:
+    if args.llama_server:
+        return Path(args.llama_server)
+    if os.environ.get("LLAMA_SERVER"):
+        return Path(os.environ["LLAMA_SERVER"])
+    import importlib.metadata
+
+    version = importlib.metadata.version("llama_cpp_python")
+    root = Path(os.environ.get("LLAMALAB_DEV_CACHE") or Path.home() / ".cache" / "llamalab-dev")
+    for candidate in (root / f"llama.cpp-{version}" / "bin" / "llama-server",
+                      Path(__file__).resolve().parent.parent / ".cache/llama-server-build/bin/llama-server"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def start_llamalab(model: Path, args: argparse.Namespace, folder: Path) -> tuple[Side, dict[str, str]]:
+    """``llamalab serve`` on ``model`` registered in a store of its own, with keys for the users."""
+    from llamalab import KeyRing, ModelStore
+
+    store = ModelStore(folder / "home")
+    store.register("bench", model, source=f"file:{model}")
+    ring = KeyRing(folder / "keys.json")
+    keys = {user: ring.add(user, max_concurrent=64, max_tokens=args.max_tokens) for user in ("bench", "a", "b")}
+    port = _free_port()
+    argv = [sys.executable, "-m", "llamalab", "serve", "-m", "bench", "--port", str(port), "--keys-file",
+            str(folder / "keys.json"), "--parallel", str(args.parallel), "--n-ctx", str(args.n_ctx),
+            "--threads", str(args.threads), "--max-queued", "128", "--log-level", "WARNING"]
+    side = Side("llamalab serve", argv, port, env={**os.environ, "LLAMALAB_HOME": str(folder / "home")},
+                headers={"Authorization": f"Bearer {keys['bench']}"}, model="bench")
+    return side, keys
+
+
+def start_llama_server(binary: Path, model: Path, args: argparse.Namespace) -> Side:
+    port = _free_port()
+    argv = [str(binary), "-m", str(model), "-c", str(args.n_ctx), "-np", str(args.parallel), "--kv-unified",
+            "-t", str(args.threads), "-tb", str(args.threads), "--host", "127.0.0.1", "--port", str(port),
+            "--no-webui"]
+    return Side("llama-server", argv, port)
+
+
+async def one_round(side: Side, clients: int, args: argparse.Namespace) -> Round:
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
+        async def user(i: int) -> list[Sample]:
+            return [await side.chat(client, OPENERS[(i + r) % len(OPENERS)], args.max_tokens)
+                    for r in range(args.requests)]
+
+        began = time.perf_counter()
+        results = await asyncio.gather(*(user(i) for i in range(clients)))
+        result = Round(side.name, clients, time.perf_counter() - began)
+        result.samples = [s for samples in results for s in samples]
+        return result
+
+
+async def fairness(side: Side, keys: dict[str, str], args: argparse.Namespace) -> dict[str, float]:
+    """B's first token while A runs 6 streams, against B's first token when idle (median of 3)."""
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
+        b = {"Authorization": f"Bearer {keys['b']}"}
+        idle = statistics.median([(await side.chat(client, "Say hello.", 8, b)).first_token_s for _ in range(3)])
+        a = {"Authorization": f"Bearer {keys['a']}"}
+        streams = [asyncio.ensure_future(side.chat(client, OPENERS[i], args.max_tokens, a)) for i in range(6)]
+        await asyncio.sleep(0.5)  # a benchmark may pace itself: A's streams are under way
+        loaded = (await side.chat(client, "Say hello.", 8, b)).first_token_s
+        await asyncio.gather(*streams)
+    return {"idle_first_token_s": idle, "loaded_first_token_s": loaded, "ratio": loaded / idle}
+
+
+async def run_side(side: Side, args: argparse.Namespace, keys: Optional[dict[str, str]]) -> dict:
+    out: dict = {"rounds": []}
+    try:
+        async with httpx.AsyncClient(timeout=600) as client:
+            await side.ready(client)
+            await side.chat(client, "Hello!", 8)  # warm-up, untimed
+        for clients in args.clients:
+            out["rounds"].append(await one_round(side, clients, args))
+            r = out["rounds"][-1]
+            print(f"  {side.name:<15} {clients} clients: {r.tokens_per_s:6.1f} tok/s, first token p50 "
+                  f"{1000 * r.first_token(0.5):6.0f} ms p95 {1000 * r.first_token(0.95):6.0f} ms", flush=True)
+        if keys is not None:
+            out["fairness"] = await fairness(side, keys, args)
+    finally:
+        side.stop()
+    return out
+
+
+def report(results: dict[str, dict], args: argparse.Namespace) -> bool:
+    ours, theirs = results.get("llamalab serve"), results.get("llama-server")
+    print(f"\n| clients | side | tok/s | first token p50 ms | p95 ms |\n| ---: | --- | ---: | ---: | ---: |")
+    for i, clients in enumerate(args.clients):
+        for name, res in results.items():
+            r = res["rounds"][i]
+            print(f"| {clients} | {name} | {r.tokens_per_s:.1f} | {1000 * r.first_token(0.5):.0f} | "
+                  f"{1000 * r.first_token(0.95):.0f} |")
+    met = True
+    if ours and theirs:
+        print("\n| clients | throughput llamalab/llama-server (>= 0.9) | first token p50 llama-server/llamalab "
+              "(>= 0.9) | p95 (>= 0.9) |\n| ---: | ---: | ---: | ---: |")
+        for i, clients in enumerate(args.clients):
+            a, b = ours["rounds"][i], theirs["rounds"][i]
+            ratios = (a.tokens_per_s / b.tokens_per_s, b.first_token(0.5) / a.first_token(0.5),
+                      b.first_token(0.95) / a.first_token(0.95))
+            met &= all(x >= 0.9 for x in ratios)
+            print(f"| {clients} | " + " | ".join(f"{x:.2f} {'PASS' if x >= 0.9 else 'MISS'}" for x in ratios) + " |")
+    if ours and "fairness" in ours:
+        f = ours["fairness"]
+        ok = f["ratio"] <= 2
+        met &= ok
+        print(f"\nfairness: B's first token {1000 * f['idle_first_token_s']:.0f} ms idle, "
+              f"{1000 * f['loaded_first_token_s']:.0f} ms while A runs 6 streams: x{f['ratio']:.2f} "
+              f"(target <= 2x) {'PASS' if ok else 'MISS'}")
+    return met
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(ap)
+    ap.add_argument("--clients", default="1,4,8", help="client counts, comma-separated (default 1,4,8)")
+    ap.add_argument("--requests", type=int, default=3, help="requests per client per round (default 3)")
+    ap.add_argument("--max-tokens", type=int, default=64, help="max_tokens per answer (default 64)")
+    ap.add_argument("--parallel", type=int, default=4, help="slots of both servers (default 4)")
+    ap.add_argument("--n-ctx", type=int, default=4096, help="KV cells of both servers (default 4096)")
+    ap.add_argument("--threads", type=int, default=2, help="threads of both servers (default 2)")
+    ap.add_argument("--llama-server", help="llama-server binary (default: $LLAMA_SERVER or the build cache)")
+    ap.add_argument("--sides", default="llamalab,llama-server", help="which sides to run (default both)")
+    args = ap.parse_args(argv)
+    args.clients = [int(c) for c in args.clients.split(",")]
+    model = model_path(args)
+    print(f"model {model.name}; slots {args.parallel}, n_ctx {args.n_ctx}, threads {args.threads}; "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as folder:
+        if "llamalab" in args.sides:
+            side, keys = start_llamalab(model, args, Path(folder))
+            results[side.name] = asyncio.run(run_side(side, args, keys))
+        binary = _llama_server(args)
+        if "llama-server" in args.sides:
+            if binary is None:
+                print("llama-server not found (scripts/build-llama-server.sh builds it): its side is skipped")
+            else:
+                results["llama-server"] = asyncio.run(run_side(start_llama_server(binary, model, args), args, None))
+    met = report(results, args)
+    if args.json:
+        save_report(args.json, {name: {"rounds": [{"clients": r.clients, "wall_s": r.wall_s,
+                                                   "samples": [vars(s) for s in r.samples]} for r in res["rounds"]],
+                                       "fairness": res.get("fairness")} for name, res in results.items()})
+    return 1 if args.strict and not met else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
