@@ -263,9 +263,28 @@ class JupyterSide:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def _dev_cache_llama_server() -> Optional[Path]:
+    """Where scripts/build-llama-server.sh caches llama-server for the installed llama-cpp-python."""
+    import importlib.metadata
+
+    try:
+        version = importlib.metadata.version("llama_cpp_python")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    root = os.environ.get("LLAMALAB_DEV_CACHE") or str(Path.home() / ".cache" / "llamalab-dev")
+    return Path(root) / f"llama.cpp-{version}" / "bin" / "llama-server"
+
+
 def _llama_server_binary() -> Optional[Path]:
-    path = Path(os.environ.get("LLAMA_SERVER") or LLAMA_SERVER)
-    return path if path.is_file() and os.access(path, os.X_OK) else None
+    """$LLAMA_SERVER, else the build script's cache, else the older in-repository build."""
+    override = os.environ.get("LLAMA_SERVER")
+    candidates = [Path(override)] if override else [_dev_cache_llama_server(), Path(LLAMA_SERVER)]
+    for path in candidates:
+        if path is not None and path.is_dir():
+            path = path / "llama-server"
+        if path is not None and path.is_file() and os.access(path, os.X_OK):
+            return path
+    return None
 
 
 class LlamaServerSide:

@@ -1,11 +1,15 @@
 """The ``doctor`` report: the llama.cpp build, the GPUs, and what fits for each stored model.
 
 ``build_report`` gathers facts (no printing); ``format_report`` renders them as the text
-``llamalab doctor`` shows. The Jupyter extension serves the same report as JSON.
+``llamalab doctor`` shows. The Jupyter extension serves the same report as JSON. With a remote
+server (``remote_url``, default ``$LLAMALAB_REMOTE_URL``) the report also says what it serves and
+which of llama-server's routes it offers (token prompts, ``/infill``, tokenize) with the fallbacks,
+as notices (so the extension's JSON reply carries them without a schema change).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -14,7 +18,8 @@ from .errors import LlamalabError
 from .gguf_info import GGUFInfo, read_gguf_info
 from .store import ModelStore
 
-__all__ = ["DoctorReport", "ModelFit", "build_report", "fit_model", "format_report"]
+__all__ = ["DoctorReport", "ModelFit", "RemoteServer", "build_report", "fit_model", "format_report",
+           "probe_remote", "remote_lines"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,22 @@ class ModelFit:
     total_layers: int
     fits_fully: bool
     problem: Optional[str] = None  # the file is missing or unreadable
+
+
+@dataclass(frozen=True)
+class RemoteServer:
+    """The remote model server llamalab is pointed at, as probed by ``RemoteEngine``."""
+
+    url: str
+    server: Optional[str] = None  # "llama-server" or "openai-compatible"
+    models: list[str] = field(default_factory=list)
+    context_length: Optional[int] = None
+    slots: Optional[int] = None
+    token_prompts: bool = False
+    infill: bool = False
+    tokenize: bool = False
+    notes: list[str] = field(default_factory=list)  # missing routes and their fallbacks
+    problem: Optional[str] = None  # unreachable, refused, ...
 
 
 @dataclass(frozen=True)
@@ -77,9 +98,31 @@ def _fit_stored(name: str, path: str, n_ctx: int, gpus: Sequence[hardware.GPU], 
         return ModelFit(name, quantization, 0, 0, 0, 0, False, problem=str(exc))
 
 
+def probe_remote(url: str, api_key: Optional[str] = None) -> RemoteServer:
+    """What the server at ``url`` serves and offers; a server that cannot be asked gets its problem."""
+    from .engine.remote import RemoteEngine
+
+    try:
+        engine = RemoteEngine(url, api_key=api_key, timeout=30)
+    except LlamalabError as exc:
+        return RemoteServer(url=url, problem=str(exc))
+    try:
+        models = [str(m.get("id")) for m in engine._models()]
+        caps = engine.capabilities()
+        description = engine.describe()
+        return RemoteServer(url=engine.root_url, server=caps.server, models=models,
+                            context_length=description.context_length, slots=description.n_parallel,
+                            token_prompts=caps.token_prompts, infill=caps.infill, tokenize=caps.tokenize,
+                            notes=list(caps.missing))
+    except LlamalabError as exc:
+        return RemoteServer(url=engine.root_url, problem=str(exc))
+    finally:
+        engine.close()
+
+
 def build_report(*, n_ctx: int = 4096, kv_size: Optional[int] = None, store: Optional[ModelStore] = None,
-                 gpus: Optional[Sequence[hardware.GPU]] = None,
-                 offload_supported: Optional[bool] = None) -> DoctorReport:
+                 gpus: Optional[Sequence[hardware.GPU]] = None, offload_supported: Optional[bool] = None,
+                 remote_url: Optional[str] = None, remote_api_key: Optional[str] = None) -> DoctorReport:
     from . import __version__
 
     store = store or ModelStore()
@@ -93,6 +136,9 @@ def build_report(*, n_ctx: int = 4096, kv_size: Optional[int] = None, store: Opt
     elif not found:
         notices.append("llama.cpp can offload to a GPU but no NVIDIA GPU was found (nvidia-smi/NVML).")
     fits = [_fit_stored(m.name, m.path, n_ctx, found, supported, kv_size) for m in store.list()]
+    url = remote_url or os.environ.get("LLAMALAB_REMOTE_URL")
+    if url:
+        notices += remote_lines(probe_remote(url, remote_api_key or os.environ.get("LLAMALAB_REMOTE_API_KEY")))
     return DoctorReport(llamalab_version=__version__, llama_cpp_version=version,
                         gpu_offload_supported=supported, system_info=system_info, gpus=found,
                         n_ctx=n_ctx, store_root=str(store.root), models=fits, notices=notices, kv_size=kv_size)
@@ -133,3 +179,14 @@ def format_report(report: DoctorReport) -> str:
         lines.append("")
         lines += [f"note: {n}" for n in report.notices]
     return "\n".join(lines)
+
+
+def remote_lines(remote: RemoteServer) -> list[str]:
+    """The remote server as one line (plus one per missing route), for the report's notices."""
+    if remote.problem:
+        return [f"remote server {remote.url}: {remote.problem}"]
+    yes = {True: "yes", False: "no"}
+    line = (f"remote server {remote.url} ({remote.server}) serves {', '.join(remote.models) or 'no model'}; "
+            f"context {remote.context_length or '?'} tokens, {remote.slots or '?'} slots; token prompts "
+            f"{yes[remote.token_prompts]}, /infill {yes[remote.infill]}, tokenize {yes[remote.tokenize]}")
+    return [line] + list(remote.notes)

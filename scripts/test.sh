@@ -20,6 +20,11 @@ if ! command -v npm >/dev/null 2>&1; then
   exit 1
 fi
 bash scripts/setup-env.sh test
+# llama.cpp's own llama-server and rpc-server (tests/core/test_remote_llama_server.py), built once
+# into a cache outside the repository; a failed build stops here instead of skipping those tests.
+llama_server_bin="$(bash scripts/build-llama-server.sh | tail -n 1)"
+[ -x "$llama_server_bin/llama-server" ] || { echo "error: scripts/build-llama-server.sh built no llama-server" >&2; exit 1; }
+export LLAMA_SERVER="$llama_server_bin/llama-server"
 venv="${LLAMALAB_VENV:-$root/.venv}"
 status=0
 "$venv/bin/python" -m pytest -ra "$@" || status=$?

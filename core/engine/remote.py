@@ -1,11 +1,17 @@
 """``RemoteEngine``: the Engine interface over an OpenAI-compatible HTTP server.
 
-Works with llama.cpp's ``llama-server``, llama-cpp-python's ``python -m llama_cpp.server``,
-vLLM and llamalab's own Jupyter extension: ``/v1/completions`` and ``/v1/chat/completions``
-streamed as server-sent events, ``/v1/models`` to describe the model. Cancelling closes the
-HTTP stream, which these servers take as the signal to stop generating. Tokenizing uses
-the server's non-standard route when it has one (``/tokenize`` of llama-server,
-``/extras/tokenize`` of llama-cpp-python's server).
+Works with llama.cpp's ``llama-server`` (alone or spreading layers over ``rpc-server`` workers),
+llama-cpp-python's ``python -m llama_cpp.server``, vLLM and llamalab's own Jupyter extension:
+``/v1/completions`` and ``/v1/chat/completions`` streamed as server-sent events, ``/v1/models``
+to describe the model. Cancelling closes the HTTP stream, which these servers take as the signal
+to stop generating (llama-server then frees the request's slot).
+
+What else a server offers is probed once per engine (``capabilities()``): llama-server answers
+``/props``, and then prompts may be token ids (its ``/completion``), ``/tokenize`` and
+``/detokenize`` work, and a fill-in-the-middle prompt built by the suggestion service is sent to
+its ``/infill`` route when the model has FIM tokens. A server without a route gets one logged
+line naming what is missing and the fallback: no ``/infill`` means code completions from the
+prefix only, no tokenize route means approximate token counts (4 characters a token).
 
 httpx errors are translated here: a refused or timed-out connection becomes
 ``ServerUnreachableError``, an error status, an error event, an unreadable answer or a
@@ -13,22 +19,57 @@ stream that breaks off without finishing ``ServerResponseError``.
 
 What the server does not report stays unknown: ``prompt_tokens`` is 0 unless the server
 sends usage (``stream_options.include_usage`` is asked for; llama-cpp-python's server
-ignores it), and prompts are not trimmed to the context window (``overflow`` is the
-server's business: it answers an error for a prompt that does not fit).
+ignores it), ``reused_prompt_tokens`` (KV-cache hits: OpenAI's ``cached_tokens`` or
+llama-server's ``timings.cache_n``) is None unless the server says, and prompts are not
+trimmed to the context window (``overflow`` is the server's business: it answers an error for
+a prompt that does not fit).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any, Generator, Iterator, Optional, Sequence
 
 from ..errors import ConfigError, EngineError, ServerResponseError, ServerUnreachableError
+from ..fim import FimTokens
 from ..templates import Message, _coerce
 from .base import Engine, GenerationParams, GenerationResult, ModelDescription, TokenStream
 
-__all__ = ["RemoteEngine"]
+__all__ = ["RemoteEngine", "ServerCapabilities"]
+
+log = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN = 4  # the approximate count where a server cannot tokenize
+# Texts of the fill-in-the-middle tokens of the models llama.cpp knows (Code Llama's first);
+# llama-server does not list their ids, so they are tokenized with special parsing.
+_FIM_TEXTS = {
+    "pre": ("\u2581<PRE>", "<PRE>", "<|fim_prefix|>", "<fim_prefix>", "<fim-prefix>"),
+    "suf": ("\u2581<SUF>", "<SUF>", "<|fim_suffix|>", "<fim_suffix>", "<fim-suffix>"),
+    "mid": ("\u2581<MID>", "<MID>", "<|fim_middle|>", "<fim_middle>", "<fim-middle>"),
+    "eot": ("\u2581<EOT>", "<EOT>", "<|endoftext|>", "<|eot_id|>"),
+}
+
+
+@dataclass(frozen=True)
+class ServerCapabilities:
+    """What a server offers beyond the OpenAI routes, probed once per engine."""
+
+    server: str  # "llama-server" or "openai-compatible" (llama-cpp-python's, vLLM, llamalab's)
+    tokenize: bool  # a tokenize route (else token counts are approximate)
+    token_prompts: bool  # prompts may be token ids, and /detokenize works (llama-server)
+    infill: bool  # /infill works for the served model (llama-server, model with FIM tokens)
+    fim: FimTokens = FimTokens()  # the model's FIM ids where known
+    props: dict = field(default_factory=dict)  # llama-server's /props
+    missing: tuple[str, ...] = ()  # one line each: what is missing and the fallback
+
+    @property
+    def context_size(self) -> Optional[int]:
+        n_ctx = (self.props.get("default_generation_settings") or {}).get("n_ctx")
+        return int(n_ctx) if isinstance(n_ctx, int) else None
 
 _HINTS = {
     401: "pass the server's key as api_key",
@@ -63,6 +104,8 @@ class _Progress:
         self.finish: Optional[str] = None
         self.done = False  # saw ``data: [DONE]``
         self.usage: dict[str, Any] = {}
+        self.timings: dict[str, Any] = {}  # llama-server's: cache_n, prompt_n, predicted_n
+        self.evaluated: Optional[int] = None  # llama-server's tokens_evaluated (the prompt's length)
         self.first: Optional[float] = None
 
 
@@ -87,6 +130,8 @@ class RemoteEngine(Engine):
         self._lock = threading.Lock()
         self._tokenize_route: Optional[str] = None
         self._auto_prefix: Optional[list[int]] = None
+        self._props: Optional[dict[str, Any]] = None
+        self._caps: Optional[ServerCapabilities] = None
 
     # -- HTTP helpers -----------------------------------------------------------------
     def _unreachable(self, exc: Exception) -> ServerUnreachableError:
@@ -181,18 +226,28 @@ class RemoteEngine(Engine):
 
     def _read(self, response: Any, progress: _Progress, cancel: _Cancel,
               start: float) -> Generator[str, None, None]:
+        """Text pieces of an OpenAI stream (``choices``) or of llama-server's own routes
+        (``/completion``, ``/infill``: ``content``, and ``stop`` on the last event)."""
         for event in self._events(response, progress):
-            choice = (event.get("choices") or [{}])[0]
-            text = choice.get("text")
-            if text is None:
-                text = (choice.get("delta") or {}).get("content") or ""
+            if "choices" in event:
+                choice = (event.get("choices") or [{}])[0]
+                text = choice.get("text")
+                if text is None:
+                    text = (choice.get("delta") or {}).get("content") or ""
+                progress.finish = choice.get("finish_reason") or progress.finish
+            else:
+                text = event.get("content") or ""
+                if event.get("stop"):
+                    progress.finish = "length" if event.get("stop_type") == "limit" else "stop"
+                if isinstance(event.get("tokens_evaluated"), int):
+                    progress.evaluated = event["tokens_evaluated"]
             if text:
                 if progress.first is None:
                     progress.first = time.perf_counter() - start
                 progress.parts.append(text)
                 yield text
-            progress.finish = choice.get("finish_reason") or progress.finish
             progress.usage = event.get("usage") or progress.usage
+            progress.timings = event.get("timings") or progress.timings
             if cancel.event.is_set():
                 return
 
@@ -202,7 +257,7 @@ class RemoteEngine(Engine):
         Some servers (llama-cpp-python's) fail a streamed request after answering 200, e.g.
         for a prompt longer than the context window, and just close the stream. When nothing
         came, the same request unstreamed with one new token gets the server's own error."""
-        if progress.events == 0:
+        if progress.events == 0 and route.startswith("/v1/"):
             plain = {k: v for k, v in body.items() if k != "stream_options"}
             self._request("POST", route, json={**plain, "stream": False, "max_tokens": 1})
         return ServerResponseError(
@@ -239,14 +294,23 @@ class RemoteEngine(Engine):
             raise self._broken_off(route, body, progress)
         else:
             finish = progress.finish if progress.finish in ("stop", "length") else "stop"
-        usage = progress.usage
+        return self._result(progress, finish, time.perf_counter() - start)
+
+    @staticmethod
+    def _result(progress: _Progress, finish: str, duration: float) -> GenerationResult:
+        usage, timings = progress.usage, progress.timings
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, dict) else None  # OpenAI's KV-cache hits
+        if not isinstance(cached, int):
+            cached = timings.get("cache_n")  # llama-server's own routes
+        prompt_tokens = usage.get("prompt_tokens") or progress.evaluated
+        if not prompt_tokens and isinstance(timings.get("prompt_n"), int):
+            prompt_tokens = timings["prompt_n"] + (cached if isinstance(cached, int) else 0)
+        completion = usage.get("completion_tokens") or timings.get("predicted_n") or len(progress.parts)
         return GenerationResult(
             text="".join(progress.parts), finish_reason=finish,  # type: ignore[arg-type]
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or len(progress.parts)),
-            time_to_first_token_s=progress.first, duration_s=time.perf_counter() - start,
+            prompt_tokens=int(prompt_tokens or 0), completion_tokens=int(completion),
+            time_to_first_token_s=progress.first, duration_s=duration,
             reused_prompt_tokens=int(cached) if isinstance(cached, int) else None,
         )
 
@@ -260,6 +324,120 @@ class RemoteEngine(Engine):
         body = {"model": self.model_name(), "messages": wire, **self._body(params or GenerationParams())}
         cancel = _Cancel()
         return TokenStream(self._stream("/v1/chat/completions", body, cancel), cancel)
+
+    # -- capabilities -----------------------------------------------------------------
+    def _get_props(self) -> dict[str, Any]:
+        """llama-server's ``/props`` ({} from servers without it), fetched once."""
+        if self._props is None:
+            try:
+                data = self._request("GET", "/props")
+            except ServerResponseError as exc:
+                if exc.status_code in (401, 403):
+                    raise
+                data = {}  # no such route (404), or not JSON: not llama-server
+            ok = isinstance(data, dict) and "default_generation_settings" in data
+            self._props = data if ok else {}
+        return self._props
+
+    def _one_token(self, text: str) -> Optional[int]:
+        """The id of ``text`` when the server reads it (special tokens parsed) as one token."""
+        ids = self._tokens("/tokenize", {"content": text, "add_special": False, "parse_special": True})
+        return ids[0] if len(ids) == 1 else None
+
+    def _probe_fim(self) -> tuple[bool, FimTokens, Optional[str]]:
+        """Whether /infill works for the served model, its FIM ids, and the note when not."""
+        try:
+            self._request("POST", "/infill", json={"input_prefix": "", "input_suffix": "", "n_predict": 1,
+                                                   "temperature": 0, "cache_prompt": False})
+        except ServerResponseError as exc:
+            reason = "the model has no fill-in-the-middle tokens" if exc.status_code == 501 else \
+                f"/infill answered HTTP {exc.status_code}"
+            return False, FimTokens(), f"llama-server at {self.root_url} cannot /infill ({reason}): " \
+                                       "code completions use the prefix only"
+        ids = {kind: next((i for i in map(self._one_token, texts) if i is not None), None)
+               for kind, texts in _FIM_TEXTS.items()}
+        bos = self._tokens("/tokenize", {"content": "", "add_special": True, "parse_special": False})
+        fim = FimTokens(bos=bos[0] if len(bos) == 1 else None, **ids)
+        if not fim.supported or len({fim.pre, fim.suf, fim.mid}) != 3:
+            return False, FimTokens(), (f"llama-server at {self.root_url} has /infill but its FIM token ids "
+                                        "were not recognised: code completions use the prefix only")
+        return True, fim, None
+
+    def capabilities(self) -> ServerCapabilities:
+        """What the server offers beyond the OpenAI routes (probed once; missing ones are logged
+        once, one line each, with the fallback used)."""
+        if self._caps is not None:
+            return self._caps
+        props = self._get_props()
+        missing: list[str] = []
+        if props:
+            self._tokenize_route, self._auto_prefix = "/tokenize", []
+            infill, fim, note = self._probe_fim()
+            missing += [note] if note else []
+            caps = ServerCapabilities("llama-server", True, True, infill, fim, props, tuple(missing))
+        else:
+            if self._tokenize_route is None:
+                self._find_tokenize_route()
+            missing.append(f"the server at {self.root_url} has no /infill: code completions use the prefix only")
+            if self._tokenize_route is None:
+                missing.append(f"the server at {self.root_url} has no tokenize route: token counts are "
+                               f"approximate ({CHARS_PER_TOKEN} characters a token)")
+            caps = ServerCapabilities("openai-compatible", self._tokenize_route is not None, False, False,
+                                      missing=tuple(missing))
+        for note in caps.missing:
+            log.warning(note)
+        self._caps = caps
+        return caps
+
+    # -- token-level prompts (llama-server) ---------------------------------------------
+    @property
+    def accepts_token_prompts(self) -> bool:
+        return self.capabilities().token_prompts
+
+    def fim_tokens(self) -> FimTokens:
+        return self.capabilities().fim
+
+    @property
+    def context_size(self) -> Optional[int]:
+        return self.capabilities().context_size or self.describe().context_length
+
+    @staticmethod
+    def _native_body(params: GenerationParams) -> dict[str, Any]:
+        body = {k: v for k, v in RemoteEngine._body(params).items() if k not in ("max_tokens", "stream_options")}
+        return {**body, "n_predict": params.max_tokens, "cache_prompt": True}
+
+    def _split_fim(self, tokens: Sequence[int], fim: FimTokens) -> Optional[tuple[list[int], list[int]]]:
+        """The prefix and suffix ids of an infilling prompt ``[BOS] PRE prefix SUF suffix MID``."""
+        ids = list(tokens)
+        if fim.bos is not None and ids[:1] == [fim.bos]:
+            ids = ids[1:]
+        if len(ids) < 3 or ids[0] != fim.pre or ids[-1] != fim.mid or fim.suf not in ids:
+            return None
+        cut = ids.index(fim.suf)
+        return ids[1:cut], ids[cut + 1:-1]
+
+    def complete_tokens(self, tokens: Sequence[int], params: Optional[GenerationParams] = None) -> TokenStream:
+        """A continuation of token ids on llama-server: an infilling prompt goes to ``/infill``
+        (which lays it out again from its prefix and suffix ids), any other to ``/completion``."""
+        caps = self.capabilities()
+        if not caps.token_prompts:
+            raise NotImplementedError(f"the server at {self.root_url} takes prompts as text only")
+        body = self._native_body(params or GenerationParams())
+        parts = self._split_fim(tokens, caps.fim) if caps.infill else None
+        cancel = _Cancel()
+        if parts is not None:
+            body.update(input_prefix=parts[0], input_suffix=parts[1])
+            return TokenStream(self._stream("/infill", body, cancel), cancel)
+        return TokenStream(self._stream("/completion", {**body, "prompt": list(tokens)}, cancel), cancel)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        if not self.capabilities().token_prompts:
+            return super().detokenize(tokens)
+        data = self._request("POST", "/detokenize", json={"tokens": [int(t) for t in tokens]})
+        content = data.get("content") if isinstance(data, dict) else None
+        if not isinstance(content, str):
+            raise ServerResponseError(f"{self.root_url}/detokenize answered without text; is it llama-server?")
+        return content
 
     # -- the rest of the interface ----------------------------------------------------
     def _tokens(self, route: str, payload: dict[str, Any]) -> list[int]:
@@ -282,8 +460,6 @@ class RemoteEngine(Engine):
                 raise
             self._tokenize_route, self._auto_prefix = route, prefix
             return
-        raise EngineError(f"{self.root_url} offers no tokenize route (it is not a llama.cpp server); "
-                          "count tokens with a local engine instead.")
 
     def tokenize(self, text: str, *, add_bos: bool = False, special: bool = False) -> list[int]:
         """The server's token ids for ``text``.
@@ -294,6 +470,9 @@ class RemoteEngine(Engine):
         metadata adds none gets none, as the server never says which id BOS is)."""
         if self._tokenize_route is None:
             self._find_tokenize_route()
+        if self._tokenize_route is None:
+            raise EngineError(f"{self.root_url} offers no tokenize route (it is not a llama.cpp server); "
+                              "count tokens with a local engine instead.")
         if self._tokenize_route == "/tokenize":
             return self._tokens("/tokenize", {"content": text, "add_special": add_bos,
                                               "parse_special": special})
@@ -303,13 +482,22 @@ class RemoteEngine(Engine):
             tokens = tokens[len(prefix):]
         return tokens
 
+    def count_tokens(self, text: str) -> int:
+        """The server's count, or ``len(text) / 4`` rounded up where it cannot tokenize."""
+        if not self.capabilities().tokenize:
+            return -(-len(text) // CHARS_PER_TOKEN)
+        return len(self.tokenize(text))
+
     def describe(self) -> ModelDescription:
         entries = self._models()
         entry = next((e for e in entries if e.get("id") == self._model), entries[0])
         meta = entry.get("meta") or {}
+        props = self._get_props()
+        n_ctx = meta.get("n_ctx") or (props.get("default_generation_settings") or {}).get("n_ctx")
         return ModelDescription(
             name=str(entry.get("id", self._model or "unknown")), backend="remote", location=self.root_url,
-            context_length=meta.get("n_ctx"), train_context_length=meta.get("n_ctx_train"),
+            context_length=n_ctx, train_context_length=meta.get("n_ctx_train"),
+            n_parallel=props.get("total_slots"), notices=self._caps.missing if self._caps else (),
         )
 
     def cancel(self) -> None:

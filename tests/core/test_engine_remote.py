@@ -335,3 +335,16 @@ def test_api_key_is_required_and_accepted(keyed_server):
         assert result.completion_tokens >= 1
     finally:
         remote.close()
+
+
+def test_capabilities_name_the_missing_infill_once(remote, caplog):
+    """llama-cpp-python's server has a tokenize route but no /props, /completion or /infill."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="llamalab.engine.remote"):
+        caps = remote.capabilities()
+        assert not remote.accepts_token_prompts and not remote.fim_tokens().supported
+    assert caps.server == "openai-compatible" and caps.tokenize and not caps.infill
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 1 and "/infill" in notes[0] and "prefix only" in notes[0] and "\n" not in notes[0]
+    assert remote.count_tokens("Hello world") == 2  # the server's count, not the estimate
