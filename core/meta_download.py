@@ -7,12 +7,18 @@
 - every checklist fetched first and checked to be a checklist, not an error page, that names
   only files Meta's release has for that model (``release_names``): a checklist listing
   ``.bashrc`` stops the run before any listed file is requested;
-- a disk-space check from the servers' sizes (HEAD), else the models' known sizes;
+- a disk-space check from the server's sizes: HEAD, and where a CDN refuses HEAD (405, or 403 to
+  HEAD alone) a one-byte ranged GET (its ``Content-Range``); a 403 to both means the URL no longer
+  opens that file (expired, used up, or not granted for that model) and stops the run with
+  ``SignedUrlExpiredError`` naming it, before any file is fetched; only a server that tells no
+  size at all falls back to the models' known sizes, with a warning logged on
+  ``llamalab.meta_download`` (the CLI shows it);
 - several files at once (a thread pool, ``jobs``), each resumed with HTTP ``Range`` from its
   ``*.part``, retried when a transfer is cut, md5-verified, and renamed only once verified;
 - a file failing its md5 is fetched again once, then the run fails with ``ChecksumMismatchError``;
 - HTTP 403 and web pages where files should be raise ``SignedUrlExpiredError`` saying to
-  request a new URL; the first error stops the other transfers (their parts are kept);
+  request a new URL; the first error, or Ctrl-C, stops the other transfers (their parts
+  are kept, flushed and fsynced: the next run resumes each from its last byte received);
 - files already present and verified are skipped, so running it again resumes the job.
 
 Progress goes to a ``ProgressCallback`` (calls are serialized): one stage per file (its
@@ -21,16 +27,17 @@ path, or ``verifying PATH``) and ``TOTAL_STAGE`` for all bytes. Nothing is print
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-from .errors import (ChecksumMismatchError, ConfigError, LlamalabError, PullError, SignedUrlExpiredError,
-                     SourceUnreachableError)
+from .errors import (ChecksumMismatchError, ConfigError, LlamalabError, OperationCancelledError, PullError,
+                     SignedUrlExpiredError, SourceUnreachableError)
 from .fetch import HttpErrorHook, download_to_part, ensure_free_space, file_digest, part_path
 from .license import require_license
 from .meta_layout import (FAMILIES, LICENSE_ID, META_FORM_URL, DownloadPlan, MetaFile, MetaModel, SignedUrl,
@@ -39,7 +46,12 @@ from .meta_layout import (FAMILIES, LICENSE_ID, META_FORM_URL, DownloadPlan, Met
 from .progress import Progress, ProgressCallback, report
 from .store import ModelStore
 
+if TYPE_CHECKING:  # pragma: no cover
+    import httpx
+
 __all__ = ["download_meta", "MetaDownloadResult", "TOTAL_STAGE", "DEFAULT_JOBS"]
+
+log = logging.getLogger(__name__)
 
 TOTAL_STAGE = "total"
 DEFAULT_JOBS = 4
@@ -111,6 +123,29 @@ def _http_error(path: str, family: str) -> HttpErrorHook:
     return translate
 
 
+def _refused_before_download(path: str) -> SignedUrlExpiredError:
+    return SignedUrlExpiredError(
+        f"Meta's server refused {path} (HTTP 403 to HEAD and to GET): the signed URL has expired (it is valid "
+        "for 24 hours), was used too many times, or was not granted for this model; request a new URL from "
+        f"Meta's form at {META_FORM_URL} and pass it with --meta-url (verified files are kept)."
+    )
+
+
+def _probed_size(response: "httpx.Response") -> Optional[int]:
+    """The whole file's size from the answer to ``Range: bytes=0-0`` (the body is never read)."""
+    if response.status_code == 206:
+        total = response.headers.get("content-range", "").rpartition("/")[2].strip()
+        return int(total) if total.isdigit() else None
+    length = response.headers.get("content-length", "")
+    return int(length) if response.status_code == 200 and length.isdigit() else None
+
+
+def _unknown_size(path: str, why: str) -> None:
+    log.warning("Meta's server did not tell the size of %s (%s); the disk-space check uses the model's "
+                "approximate size instead.", path, why)
+    return None
+
+
 def _is_html(path: Path) -> bool:
     with open(path, "rb") as handle:
         return looks_like_html(handle.read(512))
@@ -145,7 +180,7 @@ class _Session:
                 future.cancel()
             wait(futures)
             errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception()]
-            raise next((e for e in errors if not isinstance(e, _Cancelled)), errors[0])
+            raise next((e for e in errors if not isinstance(e, (_Cancelled, OperationCancelledError))), errors[0])
         return [f.result() for f in futures]
 
     # -- one transfer ---------------------------------------------------------------------------
@@ -156,7 +191,8 @@ class _Session:
             try:
                 return download_to_part(self.signed.for_path(path), dest, self.tracker.for_file(path, counted),
                                         algorithm="md5", stage=path, label=path, client=self.client,
-                                        http_error=_http_error(path, family), resume_hint=_RESUME_HINT)
+                                        http_error=_http_error(path, family), resume_hint=_RESUME_HINT,
+                                        cancel=self.tracker.cancel)
             except SourceUnreachableError:
                 if attempt == self.retries or self.tracker.cancel.is_set():
                     raise
@@ -182,16 +218,33 @@ class _Session:
         return sums
 
     # -- sizes ---------------------------------------------------------------------------------
-    def size_of(self, path: str) -> Optional[int]:
-        """The server's Content-Length for ``path`` (HEAD), or None when it will not say."""
+    def size_of(self, path: str, family: str) -> Optional[int]:
+        """The server's size for ``path`` without fetching it, or None (logged) when it will not say.
+
+        HEAD first; a CDN that refuses HEAD (405, or 403 to HEAD only) is asked for one byte
+        (``Range: bytes=0-0``) and its ``Content-Range`` read. A 403 to that GET too means the
+        transfer would be refused: ``SignedUrlExpiredError`` now, before anything is downloaded."""
         import httpx
 
+        url = self.signed.for_path(path)
         try:
-            response = self.client.head(self.signed.for_path(path))
-        except httpx.HTTPError:
-            return None
-        length = response.headers.get("content-length", "")
-        return int(length) if response.status_code == 200 and length.isdigit() else None
+            head = self.client.head(url)
+        except httpx.HTTPError as exc:
+            return _unknown_size(path, f"HEAD failed: {type(exc).__name__}")
+        length = head.headers.get("content-length", "")
+        if head.status_code == 200 and length.isdigit():
+            return int(length)
+        try:
+            with self.client.stream("GET", url, headers={"Range": "bytes=0-0"}) as probe:
+                status, size = probe.status_code, _probed_size(probe)
+        except httpx.HTTPError as exc:
+            return _unknown_size(path, f"HEAD answered {head.status_code}, a ranged GET failed: {type(exc).__name__}")
+        error = _refused_before_download(path) if status == 403 else _http_error(path, family)(status)
+        if error is not None:  # 403: the transfer would be refused too; 404: no such file
+            raise error
+        if size is None:
+            return _unknown_size(path, f"HEAD answered {head.status_code}, a ranged GET {status}")
+        return size
 
     # -- one file, verified ----------------------------------------------------------------------
     def fetch_file(self, item: MetaFile, md5: Optional[str], size: Optional[int], family: str) -> str:
@@ -203,7 +256,7 @@ class _Session:
                 return "skipped"
             part = part_path(dest)
             if md5 and not part.exists() and not _is_html(dest):
-                size = size or self.size_of(item.path)
+                size = size or self.size_of(item.path, family)
                 if size and dest.stat().st_size < size:
                     os.replace(dest, part)  # a partial file (download.sh's wget --continue): resume it
         bad = ""
@@ -260,10 +313,11 @@ def _check_listed(plan: DownloadPlan, sums: dict[str, str]) -> None:
                             f"nothing was fetched: delete {checklist} and run the command again.")
 
 
-def _needed_bytes(session: _Session, out: Path, files: Sequence[MetaFile]) -> tuple[dict[str, int], int]:
-    """Expected sizes of the files still missing (HEAD, else the known approximation) and bytes to fetch."""
+def _needed_bytes(session: _Session, out: Path, files: Sequence[MetaFile],
+                  plan_models: Sequence[MetaModel]) -> tuple[dict[str, int], int]:
+    """Expected sizes of the files still missing (``size_of``, else the known approximation) and bytes to fetch."""
     missing = [f for f in files if not (out / f.path).is_file()]
-    probed = session.run_all([(session.size_of, f.path) for f in missing])
+    probed = session.run_all([(session.size_of, f.path, _family_of(f.path, plan_models)) for f in missing])
     sizes = {f.path: size if size is not None else f.approx_bytes for f, size in zip(missing, probed)}
     needed = 0
     for item in missing:
@@ -292,7 +346,7 @@ def download_meta(url: str, models: Optional[Sequence[str]] = None, *, family: s
     try:
         sums = _expected_md5s(session, plan)
         _check_listed(plan, sums)
-        sizes, needed = _needed_bytes(session, out_dir, plan.files)
+        sizes, needed = _needed_bytes(session, out_dir, plan.files, plan.models)
         ensure_free_space(out_dir, needed, hint="choose another --out folder")
         session.tracker.total = sum(sizes.get(f.path) or _present_size(out_dir / f.path) for f in plan.files)
         outcomes = session.run_all([(session.fetch_file, f, sums.get(f.path), sizes.get(f.path),

@@ -3,13 +3,16 @@
 Owns the command (its options, the licence prompt, the summary) and ``DownloadBars``, the
 tqdm view of parallel transfers: one bar for all bytes and one per file in flight. The
 work is ``meta_download.download_meta``; errors are llamalab errors, which the CLI group
-turns into one ``error:`` line.
+turns into one ``error:`` line, and the warnings it logs (a size the server would not tell)
+are shown as ``warning:`` lines while it runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import click
 
@@ -63,6 +66,34 @@ class DownloadBars:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _WarningLines(logging.Handler):
+    """Log records of ``llamalab.meta_download`` as ``warning:`` lines on stderr, above the bars."""
+
+    def __init__(self, bars: DownloadBars) -> None:
+        super().__init__(logging.WARNING)
+        self._bars = bars
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = f"warning: {record.getMessage()}"
+        if self._bars.enabled:
+            from tqdm import tqdm
+
+            tqdm.write(line, file=sys.stderr)
+        else:
+            click.echo(line, err=True)
+
+
+@contextlib.contextmanager
+def _warnings_shown(bars: DownloadBars) -> Iterator[None]:
+    logger = logging.getLogger("llamalab.meta_download")
+    handler = _WarningLines(bars)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def _stdin_is_terminal() -> bool:
@@ -129,7 +160,7 @@ def download(meta_url: Optional[str], models: Optional[str], family: str, out: s
     chosen = resolve_models(names, family)
     accept = _licence_gate(accept_license)
     click.echo(f"Downloading {', '.join(m.folder for m in chosen)} into {out}", err=True)
-    with DownloadBars() as bars:
+    with DownloadBars() as bars, _warnings_shown(bars):
         result = download_meta(meta_url, names, family=family, out=out, jobs=jobs, accept_license=accept,
                                progress=bars)
     for path in result.unverified:

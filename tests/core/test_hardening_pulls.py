@@ -121,3 +121,35 @@ def test_cancelling_a_stalled_download_ends_it_within_a_second(tmp_store, gguf_b
     assert len(outcome) == 1 and isinstance(outcome[0], OperationCancelledError), outcome
     assert tmp_store.find("m") is None
     assert not tmp_store.models_dir.exists() or not list(tmp_store.models_dir.iterdir())
+
+
+def test_an_interrupted_pull_keeps_its_part_synced_and_resumes_from_it(tmp_store, gguf_bytes, monkeypatch):
+    """Ctrl-C in the middle of a transfer (issue 15, item 4): the part is flushed and fsynced before
+    KeyboardInterrupt propagates, holds every byte received, and the next pull resumes from its size."""
+    import os
+
+    import llamalab.partfile
+
+    synced = []
+
+    def recording_fsync(fd):
+        real_fsync(fd)
+        synced.append((os.fstat(fd).st_ino, os.fstat(fd).st_size))
+
+    def interrupt(event):
+        if event.done >= 2**20 and event.stage.startswith("downloading"):
+            seen.append(event.done)
+            raise KeyboardInterrupt
+
+    real_fsync, seen = os.fsync, []
+    monkeypatch.setattr(llamalab.partfile.os, "fsync", recording_fsync)
+    with FileServer({"m.gguf": gguf_bytes}) as server:
+        url = f"{server.url}/m.gguf"
+        with pytest.raises(KeyboardInterrupt):
+            pull(url, store=tmp_store, progress=interrupt)
+        part = tmp_store.model_dir("m") / "m.gguf.part"
+        assert part.read_bytes() == gguf_bytes[:seen[0]] and (part.stat().st_ino, seen[0]) in synced
+        assert tmp_store.find("m") is None
+        model = pull(url, store=tmp_store)
+        assert server.ranges[-1] == f"bytes={seen[0]}-"
+    assert model.sha256 == hashlib.sha256(gguf_bytes).hexdigest() and model.file.read_bytes() == gguf_bytes

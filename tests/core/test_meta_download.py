@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 import llamalab.fetch
 import llamalab.meta_download
+import llamalab.partfile
 from llamalab import (ChecksumMismatchError, ConfigError, InsufficientDiskSpaceError, LicenseNotAcceptedError,
                       ModelNotFoundError, ModelStore, PullError, SignedUrlExpiredError, SourceUnreachableError)
 from llamalab.cli import download_cmd
@@ -130,13 +131,13 @@ def test_signed_url_is_checked_and_tidied():
 
 
 # -- interrupted and damaged transfers ---------------------------------------------------------
-def test_cut_transfer_resumes_with_range(out, store):
+def test_cut_transfer_resumes_with_range_from_the_last_byte_received(out, store):
     served = llama2_tree(("7B",), shard_size=BIG)
     with MetaServer(served) as server:
-        server.cut[SHARD] = (1_500_000, 1)
+        server.cut[SHARD] = (1_500_001, 1)  # not a multiple of any buffer: every byte received is kept
         fetch(server, ["7B"], out, store)
         gets = server.gets(SHARD)
-    assert [g.range for g in gets] == [None, "bytes=1048576-"]
+    assert [g.range for g in gets] == [None, "bytes=1500001-"]
     assert (out / SHARD).read_bytes() == served[SHARD]
     assert not list(out.rglob("*.part"))
 
@@ -144,16 +145,89 @@ def test_cut_transfer_resumes_with_range(out, store):
 def test_cut_job_resumes_on_the_next_run_and_parts_never_look_finished(out, store):
     served = llama2_tree(("7B",), shard_size=4_000_000)
     with MetaServer(served) as server:
-        server.cut[SHARD] = (1_500_000, 3)  # more cuts than retries: this run fails, each try adding 1 MiB
+        server.cut[SHARD] = (1_000_003, 3)  # more cuts than retries: this run fails, each try adding 1,000,003 bytes
         with pytest.raises(SourceUnreachableError, match="run the same command again to resume"):
             fetch(server, ["7B"], out, store)
         part = out / (SHARD + ".part")
-        assert not (out / SHARD).exists() and part.stat().st_size == 3 * 2**20
-        assert [g.range for g in server.gets(SHARD)] == [None, "bytes=1048576-", "bytes=2097152-"]
+        assert not (out / SHARD).exists() and part.stat().st_size == 3 * 1_000_003
+        assert [g.range for g in server.gets(SHARD)] == [None, "bytes=1000003-", "bytes=2000006-"]
+        start, sent = server.sent[SHARD]  # what the last, cut transfer put on the wire: all of it kept
+        assert start == 2_000_006 and part.read_bytes()[start:] == sent
+        assert part.read_bytes() == served[SHARD][:3 * 1_000_003]
         for path, data in tree_on_disk(out).items():  # anything under its final name is complete
             assert path.endswith(".part") or data == served[path], path
+        result = fetch(server, ["7B"], out, store)
+        assert server.gets(SHARD)[-1].range == "bytes=3000009-"
+    assert tree_on_disk(out) == served and SHARD in result.downloaded  # md5-verified against checklist.chk
+
+
+def test_interrupted_run_leaves_its_parts_synced_and_resumes_from_them(out, store, monkeypatch):
+    """Ctrl-C in the middle of a shard: the part is flushed and fsynced before the interrupt goes on."""
+    served = llama2_tree(("7B",), shard_size=BIG)
+    synced = []
+    real_fsync = llamalab.partfile.os.fsync
+
+    def recording_fsync(fd):
+        real_fsync(fd)
+        synced.append((llamalab.partfile.os.fstat(fd).st_ino, llamalab.partfile.os.fstat(fd).st_size))
+
+    def interrupt(event):
+        if event.stage == SHARD and event.done >= 2**20:
+            seen.append(event.done)
+            raise KeyboardInterrupt
+
+    seen = []
+    monkeypatch.setattr(llamalab.partfile.os, "fsync", recording_fsync)
+    with MetaServer(served) as server:
+        with pytest.raises(KeyboardInterrupt):
+            fetch(server, ["7B"], out, store, jobs=1, progress=interrupt)
+        part = out / (SHARD + ".part")
+        assert part.read_bytes() == served[SHARD][:seen[0]]
+        assert (part.stat().st_ino, seen[0]) in synced  # synced at exactly what it holds
         fetch(server, ["7B"], out, store)
-        assert server.gets(SHARD)[-1].range == "bytes=3145728-"
+        assert server.gets(SHARD)[-1].range == f"bytes={seen[0]}-"
+    assert tree_on_disk(out) == served
+
+
+def test_ctrl_c_stops_every_transfer_with_its_part_synced(out, store, monkeypatch):
+    """Ctrl-C reaches the main thread while two shards transfer in workers: each part left behind
+    holds exactly the bytes received and was fsynced at that size; the next run finishes the job."""
+    import signal
+    import threading
+
+    served = llama2_tree(("13B",), shard_size=4_000_000)
+    synced = set()
+    real_fsync = llamalab.partfile.os.fsync
+
+    def recording_fsync(fd):
+        real_fsync(fd)
+        synced.add((llamalab.partfile.os.fstat(fd).st_ino, llamalab.partfile.os.fstat(fd).st_size))
+
+    def ctrl_c_once(event):
+        if event.stage.endswith(".pth") and event.done >= 2**20 and not pressed:
+            pressed.append(event.stage)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # as the terminal sends it
+            assert sessions[-1].tracker.cancel.wait(30)  # this transfer goes on until the run stops
+
+    pressed, sessions = [], []
+    real_init = llamalab.meta_download._Session.__init__
+
+    def recording_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        sessions.append(self)
+
+    monkeypatch.setattr(llamalab.meta_download._Session, "__init__", recording_init)
+    monkeypatch.setattr(llamalab.partfile.os, "fsync", recording_fsync)
+    with MetaServer(served) as server:
+        with pytest.raises(KeyboardInterrupt):
+            fetch(server, ["13B"], out, store, jobs=2, progress=ctrl_c_once)
+        parts = list(out.rglob("*.pth.part"))
+        assert out / (pressed[0] + ".part") in parts
+        for part in parts:
+            shard = part.relative_to(out).as_posix()[:-len(".part")]
+            assert part.read_bytes() == served[shard][:part.stat().st_size]
+            assert (part.stat().st_ino, part.stat().st_size) in synced
+        fetch(server, ["13B"], out, store)
     assert tree_on_disk(out) == served
 
 
@@ -295,14 +369,51 @@ def test_disk_space_is_checked_with_the_servers_sizes(out, store, monkeypatch):
     assert not [p for p in tree_on_disk(out) if p.endswith((".pth", ".part"))]
 
 
-def test_disk_space_falls_back_to_known_model_sizes(out, store, monkeypatch):
+def test_disk_space_falls_back_to_known_model_sizes_with_a_warning(out, store, monkeypatch, caplog):
     fake_free_space(monkeypatch, 10 * 10**9)
     with MetaServer(llama2_tree(("7B",))) as server:
-        server.head_allowed = False  # no sizes from the server: 7B is about 13.5 GB
-        with pytest.raises(InsufficientDiskSpaceError, match=r"13\.5\d GB needed"):
-            fetch(server, ["7B"], out, store)
-        server.head_allowed = True  # the real sizes fit
+        server.fail_probes = True  # neither HEAD nor a one-byte GET tells a size: 7B is about 13.5 GB
+        with caplog.at_level("WARNING", logger="llamalab.meta_download"):
+            with pytest.raises(InsufficientDiskSpaceError, match=r"13\.5\d GB needed"):
+                fetch(server, ["7B"], out, store)
+        warned = [r.getMessage() for r in caplog.records if r.name == "llamalab.meta_download"]
+        assert any(SHARD in w and "approximate size" in w and "503" in w for w in warned), warned
+        server.fail_probes = False  # the real sizes fit
         fetch(server, ["7B"], out, store)
+
+
+@pytest.mark.parametrize("head_status", [405, 403])
+def test_a_cdn_refusing_head_is_asked_for_one_byte_instead(out, store, monkeypatch, caplog, head_status):
+    """HEAD refused (405, or 403 to HEAD alone) but GET served: the sizes come from a ranged GET's
+    Content-Range, so the disk check is exact (the known 13.5 GB of a 7B would not fit here)."""
+    fake_free_space(monkeypatch, 10 * 10**9)
+    served = llama2_tree(("7B",))
+    with MetaServer(served) as server:
+        server.head_status = head_status
+        with caplog.at_level("WARNING", logger="llamalab.meta_download"):
+            result = fetch(server, ["7B"], out, store)
+        probes = {r.path for r in server.gets() if r.range == "bytes=0-0"}
+        assert all(r.status == 206 for r in server.gets() if r.range == "bytes=0-0")
+    assert probes == {p for p in served if not p.endswith(".chk")}
+    assert not [r for r in caplog.records if r.name == "llamalab.meta_download"]
+    assert tree_on_disk(out) == served and SHARD in result.downloaded
+
+
+def test_url_expiring_before_the_transfers_fails_before_any_download(out, store):
+    """HEAD 403 because the URL expired: the one-byte GET is refused too, so the run stops with
+    one line naming a file and saying what to do, and no file is fetched."""
+    with MetaServer(llama2_tree(("7B",))) as server:
+        server.expire_after_gets = 2  # the two checklists, then the URL runs out
+        with pytest.raises(SignedUrlExpiredError) as caught:
+            fetch(server, ["7B"], out, store)
+        transfers = [r for r in server.gets() if not r.path.endswith(".chk") and r.range != "bytes=0-0"]
+        heads = [r for r in server.requests if r.method == "HEAD"]
+    message = str(caught.value)
+    assert transfers == [] and heads and {r.status for r in heads} == {403}
+    assert "\n" not in message and "Signature" not in message
+    assert "HTTP 403 to HEAD and to GET" in message and "24 hours" in message and "--meta-url" in message
+    assert META_FORM_URL in message and any(f"refused {path} " in message for path in llama2_tree(("7B",)))
+    assert [p for p in tree_on_disk(out) if not p.endswith(".chk")] == []
 
 
 def test_rerun_skips_verified_files_and_repairs_damaged_ones(out, store):
@@ -350,6 +461,15 @@ def test_cli_downloads_with_accept_license(out, tmp_store):
     assert accepted_at("llama2", ModelStore(tmp_store.root)) is not None
     assert "700 million monthly active users" in result.stderr
     assert "llama-2-7b-chat" in result.stdout and "llamalab convert" in result.stdout
+
+
+def test_cli_shows_the_approximate_size_warning(out, tmp_store):
+    with MetaServer(llama2_tree(("7B",))) as server:
+        server.fail_probes = True
+        result = invoke(["--meta-url", server.signed_url(), "--models", "7B", "--out", str(out),
+                         "--accept-license"])
+    assert result.exit_code == 0, result.output
+    assert f"warning: Meta's server did not tell the size of {SHARD}" in result.stderr
 
 
 def test_cli_without_acceptance_is_a_one_line_error(out, tmp_store):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -126,18 +127,82 @@ def test_url_pull_registers_an_owned_verified_file(tmp_store, gguf_bytes):
     assert not list(tmp_store.root.rglob("*.part"))
 
 
-def test_cut_transfer_resumes_with_range(tmp_store, gguf_bytes):
+def test_cut_transfer_keeps_every_byte_received_and_resumes_with_range(tmp_store, gguf_bytes):
+    cut = 2_345_679  # not a multiple of any buffer size
     with FileServer({"m.gguf": gguf_bytes}) as server:
-        server.cut_after["m.gguf"] = 2_500_000
+        server.cut_after["m.gguf"] = cut  # the server writes these bytes, then closes the connection
         with pytest.raises(SourceUnreachableError, match="pull again to resume"):
             pull(f"{server.url}/m.gguf", store=tmp_store)
         parts = list(tmp_store.root.rglob("m.gguf.part"))
-        assert len(parts) == 1 and 0 < parts[0].stat().st_size < len(gguf_bytes)
+        assert len(parts) == 1 and parts[0].read_bytes() == gguf_bytes[:cut]  # nothing received was lost
         assert not list(tmp_store.root.rglob("m.gguf")) and tmp_store.find("m") is None
-        have = parts[0].stat().st_size
         model = pull(f"{server.url}/m.gguf", store=tmp_store)
-        assert server.ranges[-1] == f"bytes={have}-"
+        assert server.ranges[-1] == f"bytes={cut}-"
     assert model.file.read_bytes() == gguf_bytes and not parts[0].exists()
+    assert model.sha256 == hashlib.sha256(gguf_bytes).hexdigest()
+
+
+class _CountingReads:
+    """Wraps ``open`` to count the bytes read (``read``, ``readinto``) from files under a folder."""
+
+    def __init__(self, folder):
+        self.folder = str(folder)
+        self.bytes_read: dict[str, int] = {}
+        self._open = open
+
+    def __call__(self, file, mode="r", *args, **kwargs):
+        handle = self._open(file, mode, *args, **kwargs)
+        name = str(file)
+        if "r" not in mode or not name.startswith(self.folder):
+            return handle
+        counts, key = self.bytes_read, Path(name).name
+
+        class Counted:
+            def __getattr__(self, attr):
+                return getattr(handle, attr)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                handle.close()
+
+            def __iter__(self):
+                return iter(handle)
+
+            def read(self, *a):
+                data = handle.read(*a)
+                counts[key] = counts.get(key, 0) + len(data)
+                return data
+
+            def readinto(self, buffer):
+                n = handle.readinto(buffer)
+                counts[key] = counts.get(key, 0) + (n or 0)
+                return n
+
+        counts.setdefault(key, 0)
+        return Counted()
+
+
+@pytest.mark.parametrize("resumed", [0, 1_234_567])
+def test_a_url_pull_hashes_while_downloading_and_never_reads_the_file_again(tmp_store, gguf_bytes, monkeypatch,
+                                                                           resumed):
+    """The recorded sha256 is right, and it came from the transfer: after the download only the
+    header is read (read_gguf_info); a resumed part is read once, to continue its hash."""
+    import builtins
+
+    with FileServer({"m.gguf": gguf_bytes}) as server:
+        if resumed:
+            server.cut_after["m.gguf"] = resumed
+            with pytest.raises(SourceUnreachableError):
+                pull(f"{server.url}/m.gguf", store=tmp_store)
+        counting = _CountingReads(tmp_store.root)
+        monkeypatch.setattr(builtins, "open", counting)
+        model = pull(f"{server.url}/m.gguf", store=tmp_store)
+        monkeypatch.undo()
+    assert model.sha256 == hashlib.sha256(gguf_bytes).hexdigest() == tmp_store.get("m").sha256
+    assert counting.bytes_read.get("m.gguf.part", 0) == resumed  # the earlier part, hashed once
+    assert 0 < counting.bytes_read["m.gguf"] <= 4096  # GGUF's magic only (the header is mapped, not hashed)
 
 
 def test_server_ignoring_range_restarts_cleanly(tmp_path, gguf_bytes):

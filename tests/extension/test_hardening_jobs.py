@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from tests.extension.test_jobs import checkpoint  # noqa: F401  (a module-scoped fixture)
 from tests.fixtures.file_server import FileServer
 from tests.fixtures.tiny_llama import write_gguf_with_architecture
 from tests.fixtures.waiting import job_ended, until
@@ -35,6 +36,39 @@ async def test_quantize_cannot_take_an_allowed_or_existing_name(fetch_json, exte
     assert final.state == "failed" and final.error.code == "model_not_allowed", final
     assert store.get("default").file == demo_model.resolve() and [m.name for m in store.list()] == ["default", "tiny"]
     assert not store.models_dir.exists() or not list(store.models_dir.iterdir())
+
+
+async def test_quantize_cannot_read_a_stored_model_that_is_not_allowed(fetch_json, extension, demo_model):
+    store = extension.jobs.store
+    store.register("private", demo_model, source="test", sha256="0" * 64)  # in the store, not on the list
+    status, error = await fetch_json("POST", "llamalab/quantize", {"model": "private", "quant": "Q8_0", "name": "m"})
+    assert (status, error["code"]) == (403, "model_not_allowed") and "'private'" in error["message"], error
+    assert not extension.jobs.list()
+
+
+async def test_convert_registers_only_allowed_names(fetch_json, extension, checkpoint):  # noqa: F811
+    """Issue 15, item 4: the allow-list covers conversions started from JupyterLab as it covers pulls
+    and quantizations: a name not on it is refused at once, a derived one (llama-2-tiny:f16) fails the
+    job before anything is written, and an allowed name converts."""
+    store = extension.jobs.store
+    body = {"source": str(checkpoint), "accept_license": True}
+    status, error = await fetch_json("POST", "llamalab/convert", {**body, "name": "other"})
+    assert (status, error["code"]) == (403, "model_not_allowed") and "'other'" in error["message"], error
+    status, error = await fetch_json("POST", "llamalab/convert", {**body, "name": "tiny"})  # allowed, but taken
+    assert (status, error["code"]) == (400, "bad_request") and "already has a model named 'tiny'" in error["message"]
+    assert not extension.jobs.list()
+    status, job = await fetch_json("POST", "llamalab/convert", body)  # the derived name is not on the list
+    assert status == 202
+    final = await job_ended(extension.jobs, job["id"])
+    assert final.state == "failed" and final.error.code == "model_not_allowed", final
+    assert "llama-2-tiny:f16" in final.error.message
+    assert [m.name for m in store.list()] == ["default", "tiny"]
+    assert not store.models_dir.exists() or not list(store.models_dir.iterdir())
+    status, job = await fetch_json("POST", "llamalab/convert", {**body, "name": "m"})
+    assert status == 202
+    final = await job_ended(extension.jobs, job["id"], timeout=120)
+    assert final.state == "done" and final.stored_name == "m", final
+    assert store.get("m").file.is_file()
 
 
 async def test_url_pulls_refuse_loopback_like_a_missing_host(fetch_json, extension, tmp_path):
