@@ -3,6 +3,7 @@
     LlamalabError (llamalab)
      ├── ModelNotAllowedError   the server's allowed_models does not list the model
      ├── BusyError              the queue is full, or a conversation is still answering
+     ├── NoInfillError          /infill for a model without fill-in-the-middle tokens (HTTP 501)
      └── PromptTooLongError     over the server's max_prompt_chars (HTTP 413, like a context overflow)
 
 llamalab's errors carry one-line messages meant for people; they are passed on as they
@@ -21,7 +22,7 @@ from llamalab import (ConfigError, ContextOverflowError, EngineBusyError, Engine
 
 from .messages import ErrorCode, ErrorMessage
 
-__all__ = ["BusyError", "ModelNotAllowedError", "PromptTooLongError", "error_message", "http_status",
+__all__ = ["BusyError", "ModelNotAllowedError", "NoInfillError", "PromptTooLongError", "error_message", "http_status",
            "validation_message"]
 
 
@@ -37,11 +38,16 @@ class PromptTooLongError(LlamalabError):
     pass
 
 
+class NoInfillError(LlamalabError):
+    pass
+
+
 _CODES: tuple[tuple[type[BaseException], ErrorCode], ...] = (
     (ModelNotAllowedError, "model_not_allowed"),
     (BusyError, "busy"),
     (EngineBusyError, "busy"),
     (PromptTooLongError, "prompt_too_long"),
+    (NoInfillError, "bad_request"),
     (ContextOverflowError, "prompt_too_long"),
     (ModelNotFoundError, "model_not_found"),
     (LicenseNotAcceptedError, "license_required"),

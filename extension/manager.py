@@ -44,7 +44,7 @@ from typing import Callable, Iterable, Optional, Sequence, TypeVar, Union
 from llamalab import (CATALOG, AsyncTokenStream, ConfigError, Engine, GenerationParams, GenerationResult, LocalOptions,
                       ModelNotFoundError, ModelStore, SchedulerStats, TokenStream, build_fim_prompt, default_model_name, open_engine, resolve)
 
-from .errors import BusyError, ModelNotAllowedError, PromptTooLongError
+from .errors import BusyError, ModelNotAllowedError, NoInfillError, PromptTooLongError
 from .messages import LoadedModel, ModelChangedMessage, SamplingParams
 
 __all__ = ["EngineManager", "Generation", "ManagerConfig"]
@@ -425,19 +425,31 @@ class EngineManager:
         """A completion of a prompt given as token ids (sent as they are)."""
         return await self.start(model, len(tokens), lambda engine: _token_prompts(engine).complete_tokens(tokens, params))
 
-    async def infill(self, prefix: str, suffix: str, params: GenerationParams,
-                     model: Optional[str] = None) -> tuple[Generation, str]:
-        """Fill in the middle between ``prefix`` and ``suffix`` (the model's FIM tokens; the prefix
-        alone for a model without them). Returns the generation and the text it begins with that
-        is the prefix's own (token healing: leave it out of the answer)."""
+    async def infill(self, prefix: Union[str, Sequence[int]], suffix: Union[str, Sequence[int]],
+                     params: GenerationParams, model: Optional[str] = None) -> tuple[Generation, str]:
+        """Fill in the middle between ``prefix`` and ``suffix`` (text, or token ids as llama-server
+        takes them) with the model's FIM tokens (``NoInfillError`` for a model without them).
+        Returns the generation and the text it begins with that is the prefix's own (token
+        healing, text prefixes only: leave it out of the answer)."""
         healed: list[str] = []
 
         def begin(engine: Engine) -> TokenStream:
-            window = engine.context_size or 4096  # half for the prefix, a quarter for the suffix
-            fim = build_fim_prompt(_token_prompts(engine), prefix, suffix, engine.fim_tokens(),
-                                   max_prefix_tokens=window // 2, max_suffix_tokens=window // 4)
-            healed.append(fim.healed)
-            return engine.complete_tokens(fim.tokens, dataclasses.replace(params, heal=fim.healed))
+            fim = _token_prompts(engine).fim_tokens()
+            if not fim.supported:
+                raise NoInfillError(f"{self.served_name(self.canonical(model))} has no fill-in-the-middle tokens; "
+                                    "/infill needs a code model such as Code Llama (or send the prefix to "
+                                    "/v1/completions).")
+            if isinstance(prefix, str) and isinstance(suffix, str):
+                window = engine.context_size or 4096  # half for the prefix, a quarter for the suffix
+                built = build_fim_prompt(engine, prefix, suffix, fim, max_prefix_tokens=window // 2,
+                                         max_suffix_tokens=window // 4)
+                tokens, heal = built.tokens, built.healed
+            else:
+                ids = [(engine.tokenize(part) if isinstance(part, str) else list(part)) for part in (prefix, suffix)]
+                head = [fim.bos] if fim.bos is not None else []
+                tokens, heal = head + [fim.pre, *ids[0], fim.suf, *ids[1], fim.mid], ""  # type: ignore[list-item]
+            healed.append(heal)
+            return engine.complete_tokens(tokens, dataclasses.replace(params, heal=heal))
 
         generation = await self.start(model, len(prefix) + len(suffix), begin)
         return generation, healed[0]

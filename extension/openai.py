@@ -8,6 +8,11 @@ client reuse the server's one model:
     POST /llamalab/tokenize              llama-server's tokenize route ({"content"} -> {"tokens"})
     POST /llamalab/detokenize            and its detokenize route ({"tokens"} -> {"content"})
     POST /llamalab/infill                and its fill-in-the-middle route ({"input_prefix", "input_suffix"})
+    POST /llamalab/completion            and its completion route (a prompt as text or token ids)
+    GET  /llamalab/props                 and its properties (context per request, slots)
+
+With these, ``RemoteEngine`` treats this server as it treats llama-server (token-id prompts,
+fill-in-the-middle, cache hits), so a suggestion through it is planned as on a local model.
 
 The routes' work is ``OpenAIRoutes``, a mixin that ``llamalab serve`` puts on its own handlers
 (API keys instead of Jupyter's login), so both servers answer the same way.
@@ -35,7 +40,7 @@ from tornado.iostream import StreamClosedError
 
 from llamalab import GenerationParams, GenerationResult, LlamalabError
 
-from .errors import error_message, http_status
+from .errors import NoInfillError, error_message, http_status
 from .handlers import BadRequest, JsonRoutes, LlamalabHandler
 from .kernel_access import KernelKeyIdentity
 from .manager import Generation
@@ -127,10 +132,17 @@ class DetokenizeRequest(BaseModel):
 
 
 class InfillRequest(_Request):
-    """llama-server's ``/infill`` body (the fields llamalab uses)."""
+    """llama-server's ``/infill`` body (the fields llamalab uses): text or token ids."""
 
-    input_prefix: str = ""
-    input_suffix: str = ""
+    input_prefix: Union[str, list[TokenId]] = Field("", max_length=_MAX_TOKEN_IDS)
+    input_suffix: Union[str, list[TokenId]] = Field("", max_length=_MAX_TOKEN_IDS)
+    n_predict: Optional[int] = Field(None, ge=1)
+
+
+class NativeCompletionRequest(_Request):
+    """llama-server's ``/completion`` body (the fields llamalab uses): text or token ids."""
+
+    prompt: Union[str, list[TokenId]] = Field(max_length=_MAX_TOKEN_IDS)
     n_predict: Optional[int] = Field(None, ge=1)
 
 
@@ -215,29 +227,53 @@ class OpenAIRoutes(JsonRoutes):
 
     async def infill(self) -> None:
         """llama-server's ``/infill``: the text between ``input_prefix`` and ``input_suffix``;
-        ``stream`` sends ``{"content", "stop"}`` events as its ``/completion`` does."""
+        ``stream`` sends ``{"content", "stop"}`` events as its ``/completion`` does. A model
+        without fill-in-the-middle tokens gets 501, as from llama-server."""
         request = self.body_as(InfillRequest)
-        if not request.input_prefix and not request.input_suffix:
-            raise BadRequest(ErrorMessage(code="bad_request", message="send the text around the cursor as "
-                                          "input_prefix and input_suffix (either may be empty, not both)."))
         params = self.params_of(request, request.n_predict)
-        generation, healed = await self.manager.infill(request.input_prefix, request.input_suffix, params,
-                                                       request.model)
+        try:
+            generation, healed = await self.manager.infill(request.input_prefix, request.input_suffix, params,
+                                                           request.model)
+        except NoInfillError as exc:
+            self.fail(ErrorMessage(code="bad_request", message=str(exc)), status=501)
+            return
         unhealed = _Unheal(len(healed))
         await self.run(
-            generation, request, "infill",
+            generation, request, "native",
             chunk=lambda piece: {"content": unhealed(piece), "stop": False},
-            last=lambda r: {"content": "", "stop": True, **_infill_usage(r)},
-            whole=lambda r: {"content": r.text[len(healed):], "stop": True, **_infill_usage(r)})
+            last=lambda r: {"content": "", "stop": True, **_native_usage(r)},
+            whole=lambda r: {"content": r.text[len(healed):], "stop": True, **_native_usage(r)})
+
+    async def native_completion(self) -> None:
+        """llama-server's ``/completion``: a prompt as text or token ids, answered in its shape."""
+        request = self.body_as(NativeCompletionRequest)
+        params = self.params_of(request, request.n_predict)
+        if isinstance(request.prompt, str):
+            generation = await self.manager.complete(request.prompt, params, request.model)
+        else:
+            generation = await self.manager.complete_tokens(request.prompt, params, request.model)
+        await self.run(
+            generation, request, "native",
+            chunk=lambda piece: {"content": piece, "stop": False},
+            last=lambda r: {"content": "", "stop": True, **_native_usage(r)},
+            whole=lambda r: {"content": r.text, "stop": True, **_native_usage(r)})
+
+    async def props(self) -> None:
+        """llama-server's ``/props``, the part a client sizes its prompts by: the context per
+        request and the slots (loads the model if it is not yet)."""
+        loaded = await self.manager.load(None)
+        self.finish(json.dumps({"default_generation_settings": {"n_ctx": loaded.context_length},
+                                "total_slots": self.manager.config.n_parallel, "model_alias": loaded.name,
+                                "build_info": "llamalab"}))
 
     # -- answering --------------------------------------------------------------------
     async def run(self, generation: Generation, request: _Request, kind: str,
                   chunk: Callable[[str], dict[str, Any]], last: Callable[[GenerationResult], dict[str, Any]],
                   whole: Callable[[GenerationResult], dict[str, Any]]) -> None:
         """Stream ``generation`` as SSE, or answer it whole, in OpenAI's shapes (llama-server's
-        for ``infill``, which has no envelope)."""
+        for its native routes, ``kind == "native"``)."""
         self._generation = generation
-        envelope = kind != "infill"
+        envelope = kind != "native"  # llama-server's own routes have no OpenAI envelope
         began = time.perf_counter()
         try:
             if not request.stream:
@@ -318,10 +354,14 @@ class _Unheal:
         return piece[cut:]
 
 
-def _infill_usage(result: GenerationResult) -> dict[str, Any]:
+def _native_usage(result: GenerationResult) -> dict[str, Any]:
+    """The last event of llama-server's ``/completion`` and ``/infill``: counts, the cache's share."""
     stop_type = {"length": "limit", "stop": "eos"}.get(result.finish_reason, result.finish_reason)
+    cached = result.reused_prompt_tokens or 0
     return {"tokens_predicted": result.completion_tokens, "tokens_evaluated": result.prompt_tokens,
-            "tokens_cached": result.reused_prompt_tokens or 0, "stop_type": stop_type}
+            "tokens_cached": cached, "stop_type": stop_type,
+            "timings": {"cache_n": cached, "prompt_n": result.prompt_tokens - cached,
+                        "predicted_n": result.completion_tokens}}
 
 
 class OpenAIHandler(OpenAIRoutes, LlamalabHandler):
@@ -400,6 +440,20 @@ class InfillHandler(OpenAIHandler):
         await self.infill()
 
 
+class NativeCompletionHandler(OpenAIHandler):
+    @web.authenticated
+    @authorized("execute")
+    async def post(self) -> None:
+        await self.native_completion()
+
+
+class PropsHandler(OpenAIHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        await self.props()
+
+
 def handlers() -> list[tuple[str, type]]:
     return [
         (r"/llamalab/v1/models", ModelsV1Handler),
@@ -408,4 +462,6 @@ def handlers() -> list[tuple[str, type]]:
         (r"/llamalab/tokenize", TokenizeHandler),
         (r"/llamalab/detokenize", DetokenizeHandler),
         (r"/llamalab/infill", InfillHandler),
+        (r"/llamalab/completion", NativeCompletionHandler),
+        (r"/llamalab/props", PropsHandler),
     ]

@@ -9,6 +9,8 @@
     POST /v1/chat/completions    chat completion; likewise
     POST /tokenize, /detokenize  llama-server's routes
     POST /infill                 llama-server's fill-in-the-middle route
+    POST /completion             llama-server's completion route (text or token ids)
+    GET  /props                  llama-server's properties (context per request, slots)
 
 Every route but ``/health`` needs ``Authorization: Bearer <key>`` (``llamalab serve keys add``);
 a key in the URL is refused (URLs end up in logs). Each key has its own limits on requests
@@ -176,6 +178,20 @@ class InfillHandler(ServeHandler):
         await self.infill()
 
 
+class NativeCompletionHandler(ServeHandler):
+    route = "completion"
+
+    async def post(self) -> None:
+        await self.native_completion()
+
+
+class PropsHandler(ServeHandler):
+    route = "props"
+
+    async def get(self) -> None:
+        await self.props()
+
+
 class NotFoundHandler(ServeHandler):
     needs_key = False
 
@@ -194,5 +210,7 @@ def routes() -> list[tuple[str, type]]:
         (r"/tokenize", TokenizeHandler),
         (r"/detokenize", DetokenizeHandler),
         (r"/infill", InfillHandler),
+        (r"/completion", NativeCompletionHandler),
+        (r"/props", PropsHandler),
     ]
 

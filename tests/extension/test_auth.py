@@ -35,7 +35,7 @@ def test_every_route_is_listed():
     paths = {path for _, path in ROUTES}
     assert {"llamalab/models", "llamalab/pulls", "llamalab/hardware", "llamalab/settings", "llamalab/v1/models",
             "llamalab/v1/completions", "llamalab/v1/chat/completions", "llamalab/tokenize",
-            "llamalab/detokenize", "llamalab/infill",
+            "llamalab/detokenize", "llamalab/infill", "llamalab/completion", "llamalab/props",
             "llamalab/complete", "llamalab/jobs", "llamalab/convert", "llamalab/quantize",
             "llamalab/jobs/abc123", "llamalab/jobs/abc123/events"} <= paths
     assert ("DELETE", "llamalab/jobs/abc123") in ROUTES
@@ -68,7 +68,7 @@ async def test_kernel_key_opens_the_inference_routes_only(jp_fetch, jp_ws_fetch,
     assert await _status(jp_fetch, "GET", "llamalab/v1/models", key) == 200
     assert await _status(jp_fetch, "POST", "llamalab/tokenize", key) == 200
     for method, path in ROUTES:
-        if "/v1/" not in path and not path.endswith(("tokenize", "infill")):  # detokenize too
+        if "/v1/" not in path and not path.endswith(("tokenize", "infill", "completion", "props")):
             assert await _status(jp_fetch, method, path, key) == 403, (method, path)
     with pytest.raises(HTTPClientError) as refused:
         await jp_ws_fetch("llamalab", "chat", headers=key)

@@ -244,8 +244,55 @@ def test_token_prompts_tokenize_detokenize_and_infill(served):
     assert by_ids and by_ids == by_text
     bad = httpx.post(server.url + "/detokenize", json={"tokens": [10 ** 9]}, headers=auth)
     assert bad.status_code == 400 and "vocabulary" in bad.json()["error"]["message"]
-    filled = httpx.post(server.url + "/infill", headers=auth, timeout=120, json={
-        "input_prefix": text + " ", "input_suffix": "\n", "n_predict": 8, "temperature": 0}).json()
-    assert filled["stop"] is True and filled["content"].strip() and not filled["content"].startswith(" ")
-    empty = httpx.post(server.url + "/infill", json={"n_predict": 4}, headers=auth)
-    assert empty.status_code == 400 and "input_prefix" in empty.json()["error"]["message"]
+    native = httpx.post(server.url + "/completion", headers=auth, timeout=120, json={
+        "prompt": tokens, "n_predict": 8, "temperature": 0}).json()
+    assert native["content"] == by_text and native["stop"] is True and native["tokens_predicted"] >= 1
+    props = httpx.get(server.url + "/props", headers=auth).json()
+    assert props["default_generation_settings"]["n_ctx"] == 1024 and props["total_slots"] == 2
+    no_fim = httpx.post(server.url + "/infill", headers=auth, json={"input_prefix": text, "input_suffix": "\n"})
+    assert no_fim.status_code == 501 and "fill-in-the-middle" in no_fim.json()["error"]["message"]
+
+
+def test_remote_engine_plans_suggestions_through_serve_as_on_the_local_model(tmp_path, tmp_path_factory):
+    """The tiny Code Llama served by `llamalab serve`: RemoteEngine sees token prompts and FIM,
+    the suggestion service plans the same tokens as on the local model, and the answer goes
+    through /infill with the local model's text."""
+    pytest.importorskip("sentencepiece")
+    from llamalab import ModelStore, RemoteEngine, SuggestionService, SuggestOptions, SuggestRequest
+    from tests.core.test_fim import code_llama as make
+    from tests.fixtures.greedy import first_divergence_margin
+
+    maker = make.__wrapped__(tmp_path_factory)
+    local, _sp = next(maker)
+    gguf = Path(getattr(local.info.path, "path", local.info.path))
+    home = tmp_path / "home"
+    ModelStore(home).register("tiny-codellama", gguf, source=f"file:{gguf}")
+    keys = tmp_path / "keys.json"
+    key = add_key(keys, "frank")
+    server = ServeProcess(home, keys, free_port(), ("-m", "tiny-codellama", "--n-ctx", "256", "--parallel", "1")).start()
+    remote = RemoteEngine(server.url, api_key=key, timeout=60)
+    routes: list[str] = []
+    remote._client.event_hooks["request"].append(lambda request: routes.append(request.url.path))
+    try:
+        caps = remote.capabilities()
+        assert caps.token_prompts and caps.infill and remote.context_size == 256
+        assert remote.fim_tokens() == local.fim_tokens()
+        service = SuggestionService(SuggestOptions(prefix_tokens=120, suffix_tokens=40, context_tokens=0))
+        request = SuggestRequest(document="", prefix="def hello(name):\n    ", suffix="\n    return name\n",
+                                 language="python", max_tokens=8)
+        plan = service.plan(remote, request, remember=False)
+        assert plan.infill and plan.tokens == service.plan(local, request, remember=False).tokens
+        routes.clear()
+        stream, _ = service.start(remote, request)
+        result = stream.collect()
+        assert routes[-1] == "/infill"
+        expected = local.complete_tokens(plan.tokens, service.params(request)).collect().text
+        if result.text != expected:  # two processes may part at a near-tie, nowhere else
+            margin = first_divergence_margin(local, gguf, plan.tokens, expected, result.text, 1.0)
+            assert margin is not None and margin < 0.5, (expected, result.text)
+        again = remote.complete_tokens(plan.tokens, service.params(request)).collect()
+        assert again.reused_prompt_tokens and again.reused_prompt_tokens >= len(plan.tokens) - 1  # the slot's cache
+    finally:
+        remote.close()
+        assert server.stop() == 0, server.output()
+        maker.close()
