@@ -178,7 +178,8 @@ class HardwareHandler(LlamalabHandler):
     @authorized
     async def get(self) -> None:
         c = self.manager.config
-        report = await asyncio.to_thread(build_report, n_ctx=c.n_ctx, kv_size=c.kv_size, store=self.manager.store)
+        report = await asyncio.to_thread(build_report, n_ctx=c.n_ctx, kv_size=c.kv_size, store=self.manager.store,
+                                         remote_url=c.remote_url, remote_api_key=c.remote_api_key)
         data = dataclasses.asdict(report)
         self.reply(HardwareReply(**data, text=format_report(report)))
 

@@ -279,15 +279,20 @@ def chat(system: Optional[str], model: Optional[str], n_ctx: int, gpu_layers: st
               help="Context window to size the KV cache for.")
 @click.option("--kv-size", type=click.IntRange(1), default=None,
               help="KV cache cells shared by all slots (the Jupyter extension's kv_size); default: --ctx.")
+@click.option("--remote", default=None, metavar="URL", envvar="LLAMALAB_REMOTE_URL",
+              help="Also check an OpenAI-compatible server (llamalab serve, llama-server, vLLM): its models and "
+                   "what it offers [env LLAMALAB_REMOTE_URL].")
+@click.option("--api-key", envvar="LLAMALAB_REMOTE_API_KEY", default=None,
+              help="Bearer token for --remote [env LLAMALAB_REMOTE_API_KEY].")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def doctor(n_ctx: int, kv_size: Optional[int], as_json: bool) -> None:
+def doctor(n_ctx: int, kv_size: Optional[int], remote: Optional[str], api_key: Optional[str], as_json: bool) -> None:
     """The llama.cpp build, the GPUs and their free memory, and what fits for each model.
 
     A loaded model serves several requests at once (slots); they share one KV cache of
     --kv-size tokens, which is what the memory figures include."""
     from ..doctor import build_report, format_report
 
-    report = build_report(n_ctx=n_ctx, kv_size=kv_size)
+    report = build_report(n_ctx=n_ctx, kv_size=kv_size, remote_url=remote, remote_api_key=api_key)
     click.echo(json.dumps(asdict(report), indent=2, default=str) if as_json else format_report(report))
 
 

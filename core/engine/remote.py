@@ -58,7 +58,7 @@ _FIM_TEXTS = {
 class ServerCapabilities:
     """What a server offers beyond the OpenAI routes, probed once per engine."""
 
-    server: str  # "llama-server" or "openai-compatible" (llama-cpp-python's, vLLM, llamalab's)
+    server: str  # "llama-server", "llamalab serve" (the same routes) or "openai-compatible" (llama-cpp-python's, vLLM)
     tokenize: bool  # a tokenize route (else token counts are approximate)
     token_prompts: bool  # prompts may be token ids, and /detokenize works (llama-server)
     infill: bool  # /infill works for the served model (llama-server, model with FIM tokens)
@@ -339,6 +339,10 @@ class RemoteEngine(Engine):
             self._props = data if ok else {}
         return self._props
 
+    def _kind(self) -> str:
+        """llama-server, or llamalab's servers, which answer its routes too (``build_info``)."""
+        return "llamalab serve" if self._get_props().get("build_info") == "llamalab" else "llama-server"
+
     def _one_token(self, text: str) -> Optional[int]:
         """The id of ``text`` when the server reads it (special tokens parsed) as one token."""
         ids = self._tokens("/tokenize", {"content": text, "add_special": False, "parse_special": True})
@@ -352,14 +356,14 @@ class RemoteEngine(Engine):
         except ServerResponseError as exc:
             reason = "the model has no fill-in-the-middle tokens" if exc.status_code == 501 else \
                 f"/infill answered HTTP {exc.status_code}"
-            return False, FimTokens(), f"llama-server at {self.root_url} cannot /infill ({reason}): " \
+            return False, FimTokens(), f"{self._kind()} at {self.root_url} cannot /infill ({reason}): " \
                                        "code completions use the prefix only"
         ids = {kind: next((i for i in map(self._one_token, texts) if i is not None), None)
                for kind, texts in _FIM_TEXTS.items()}
         bos = self._tokens("/tokenize", {"content": "", "add_special": True, "parse_special": False})
         fim = FimTokens(bos=bos[0] if len(bos) == 1 else None, **ids)
         if not fim.supported or len({fim.pre, fim.suf, fim.mid}) != 3:
-            return False, FimTokens(), (f"llama-server at {self.root_url} has /infill but its FIM token ids "
+            return False, FimTokens(), (f"{self._kind()} at {self.root_url} has /infill but its FIM token ids "
                                         "were not recognised: code completions use the prefix only")
         return True, fim, None
 
@@ -374,7 +378,7 @@ class RemoteEngine(Engine):
             self._tokenize_route, self._auto_prefix = "/tokenize", []
             infill, fim, note = self._probe_fim()
             missing += [note] if note else []
-            caps = ServerCapabilities("llama-server", True, True, infill, fim, props, tuple(missing))
+            caps = ServerCapabilities(self._kind(), True, True, infill, fim, props, tuple(missing))
         else:
             if self._tokenize_route is None:
                 self._find_tokenize_route()

@@ -275,7 +275,7 @@ def test_remote_engine_plans_suggestions_through_serve_as_on_the_local_model(tmp
     remote._client.event_hooks["request"].append(lambda request: routes.append(request.url.path))
     try:
         caps = remote.capabilities()
-        assert caps.token_prompts and caps.infill and remote.context_size == 256
+        assert caps.server == "llamalab serve" and caps.token_prompts and caps.infill and remote.context_size == 256
         assert remote.fim_tokens() == local.fim_tokens()
         service = SuggestionService(SuggestOptions(prefix_tokens=120, suffix_tokens=40, context_tokens=0))
         request = SuggestRequest(document="", prefix="def hello(name):\n    ", suffix="\n    return name\n",
@@ -296,3 +296,17 @@ def test_remote_engine_plans_suggestions_through_serve_as_on_the_local_model(tmp
         remote.close()
         assert server.stop() == 0, server.output()
         maker.close()
+
+
+def test_doctor_describes_the_team_server(served):
+    import subprocess
+    import sys
+
+    server, keys = served
+    done = subprocess.run([sys.executable, "-m", "llamalab", "doctor", "--remote", server.url],
+                          env={**server.env(), "LLAMALAB_REMOTE_API_KEY": keys["bob"]}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if "remote server" in x)
+    assert "(llamalab serve) serves smollm2-135m-instruct:q4_1" in line and "2 slots" in line, line
+    assert "token prompts yes" in line and "tokenize yes" in line
