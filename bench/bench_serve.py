@@ -264,7 +264,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="threads of both servers (default 2)")
     ap.add_argument("--llama-server", help="llama-server binary (default: $LLAMA_SERVER or the build cache)")
     ap.add_argument("--sides", default="llamalab,llama-server", help="which sides to run (default both)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 1 and 2 clients, 1 request, 8 tokens")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.clients, args.requests, args.max_tokens, args.n_ctx = "1,2", 1, 8, 1024
     args.clients = [int(c) for c in args.clients.split(",")]
     model = model_path(args)
     print(f"model {model.name}; slots {args.parallel}, n_ctx {args.n_ctx}, threads {args.threads}; "
