@@ -65,6 +65,19 @@ if [ "$cuda" = 1 ] && ! llama_cpp_has_gpu_offload "$venv/bin/python"; then
          "Fix the CUDA toolkit and run this again, or $cpu_instead" >&2
   fi
 fi
+# The JupyterHub test (tests/extension/test_jupyterhub.py) needs the Hub's proxy, an npm package:
+# install it into a project-local prefix once (the test finds it in .cache/node-tools).
+if [[ ",$extras," == *,test,* ]]; then
+  chp="$root/.cache/node-tools/node_modules/.bin/configurable-http-proxy"
+  if [ ! -x "$chp" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+      echo "error: the JupyterHub test needs configurable-http-proxy from npm: install Node.js 18+ and npm" >&2
+      exit 1
+    fi
+    echo "==> installing configurable-http-proxy (npm) into $root/.cache/node-tools"
+    npm install --silent --no-audit --no-fund --prefix "$root/.cache/node-tools" configurable-http-proxy@4 >/dev/null
+  fi
+fi
 # An editable install cannot place etc/jupyter/jupyter_server_config.d/llamalab.json as a wheel
 # does, so copy it into the environment: that file is what enables the server extension.
 if [ -x "$venv/bin/jupyter" ]; then

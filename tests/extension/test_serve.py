@@ -310,3 +310,42 @@ def test_doctor_describes_the_team_server(served):
     line = next(x for x in done.stdout.splitlines() if "remote server" in x)
     assert "(llamalab serve) serves smollm2-135m-instruct:q4_1" in line and "2 slots" in line, line
     assert "token prompts yes" in line and "tokenize yes" in line
+
+
+def test_tls_with_a_certificate(tmp_path, demo_model):
+    """--certfile/--keyfile: HTTPS only, verified against the certificate; plain HTTP gets nothing."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    keys = tmp_path / "keys.json"
+    api_key = add_key(keys, "hana")
+    server = ServeProcess(TEST_HOME, keys, free_port(), ("--certfile", str(tmp_path / "cert.pem"),
+                                                         "--keyfile", str(tmp_path / "key.pem")))
+    server.health_url = f"https://127.0.0.1:{server.port}/health"
+    server.verify = str(tmp_path / "cert.pem")
+    try:
+        server.start()
+        https = f"https://127.0.0.1:{server.port}"
+        reply = httpx.get(https + "/v1/models", headers=_auth(api_key), verify=str(tmp_path / "cert.pem"))
+        assert reply.status_code == 200 and reply.json()["data"]
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{server.port}/health", timeout=10)
+    finally:
+        assert server.stop() == 0, server.output()
