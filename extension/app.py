@@ -27,6 +27,8 @@ from llamalab import SuggestionService, SuggestOptions
 
 from .chat_socket import ChatSocket
 from .completions import handlers as completion_handlers
+from .conversation_routes import handlers as conversation_handlers
+from .conversations import ConversationStore, default_folder
 from .handlers import handlers as rest_handlers
 from .job_routes import handlers as job_handlers
 from .jobs import Jobs
@@ -143,6 +145,11 @@ class LlamalabExtension(ExtensionApp):
         LLAMALAB_SERVER_KEY) so `%llama` and llamalab.chat() use this server's model instead of loading
         their own copy. The key opens only the inference routes (/llamalab/v1/*).""")
 
+    conversations_dir = Unicode(
+        None, allow_none=True, config=True,
+        help="""Folder where each chat conversation is kept as a JSON file; unset: llamalab/conversations in
+        the user's Jupyter data folder (`jupyter --data-dir`).""")
+
     @validate("n_gpu_layers")
     def _valid_layers(self, proposal: Any) -> Union[int, str]:
         try:
@@ -200,8 +207,11 @@ class LlamalabExtension(ExtensionApp):
             prefix_tokens=self.completion_prefix_tokens, suffix_tokens=self.completion_suffix_tokens,
             context_tokens=self.completion_context_tokens,
             time_budget_s=self.completion_time_budget_ms / 1000 if self.completion_time_budget_ms else None))
+        self.conversations = ConversationStore(
+            self.conversations_dir or default_folder(getattr(self.serverapp, "data_dir", None)), log=self.log)
         self.settings.update(llamalab_manager=self.manager, llamalab_jobs=self.jobs,
-                             llamalab_kernel_key=self.kernel_key, llamalab_suggestions=self.suggestions)
+                             llamalab_kernel_key=self.kernel_key, llamalab_suggestions=self.suggestions,
+                             llamalab_conversations=self.conversations)
         self._export_env()
         self.log.info("llamalab: serving %s (%s)", self.manager.default_model() or "the remote server's model",
                       f"remote {self.remote_url}" if self.remote_url else "loaded on first use"
@@ -212,6 +222,7 @@ class LlamalabExtension(ExtensionApp):
         self.handlers.extend(openai_handlers())
         self.handlers.extend(completion_handlers())
         self.handlers.extend(job_handlers())
+        self.handlers.extend(conversation_handlers())
         self.handlers.append((r"/llamalab/chat", ChatSocket))
 
     def _root_dir(self) -> Optional[str]:

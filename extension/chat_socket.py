@@ -5,9 +5,16 @@ request streams ``token`` messages and ends with ``done`` (or ``error``), all ca
 request's ``id``; conversations are independent, so several can stream at once (they queue
 FIFO on the one model), while a conversation answers one request at a time. ``cancel``
 and ``reset`` are acknowledged at once and the cancelled generation still ends with its
-``done`` (``finish_reason == "cancelled"``). A conversation the connection does not know
-yet may bring its earlier turns (``history``, after a reconnect): they become its history
-once the first answer is done, and are ignored when it already has turns. A request naming the
+``done`` (``finish_reason == "cancelled"``).
+
+A ``conversation_id`` names one of the user's stored conversations (``conversations``; made when
+new): the earlier turns come from its file, and when a turn ends its question and answer (or the
+error) are appended there, so the connection keeps no history of its own and another tab or a
+reload sees the same conversation; every connection hears ``conversation_changed`` after each
+write. One request answers in a conversation at a time, over all connections. ``reset`` empties
+the conversation's messages (an answer still running is then not kept); ``history`` reads its turns.
+A conversation with no messages yet may be seeded by the request's ``history`` (a client that kept
+turns of its own); the stored turns win when there are any. A request naming the
 notebook's ``kernel`` gets the names that kernel defines (``llamalab.kernel_names.format_names``,
 the ones its message mentions first) in that turn's system prompt; a kernel that is busy, gone or
 slow to answer adds nothing (or what it defined when last read). Anything malformed gets an ``error`` reply and
@@ -26,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from typing import Any, Optional, Sequence, Union
 
 from jupyter_core.utils import ensure_async
@@ -37,48 +45,34 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from tornado import web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
+from .conversations import ConversationError, ConversationStore, check_id, turns_of
 from .errors import BusyError, PromptTooLongError, error_message, validation_message
 from .handlers import AUTH_RESOURCE
 from .kernel_context import reader_for
 from .manager import EngineManager, Generation
-from .messages import (CLIENT_TYPES, AckMessage, CancelRequest, ChatRequest, ChatTurn, ClientMessage, DoneMessage,
-                       ErrorMessage, HelloMessage, HistoryMessage, HistoryRequest, ResetRequest, TokenMessage, Usage)
+from .messages import (CLIENT_TYPES, AckMessage, CancelRequest, ChatRequest, ChatTurn, ClientMessage,
+                       ConversationEntry, DoneMessage, ErrorMessage, HelloMessage, HistoryMessage, HistoryRequest,
+                       ResetRequest, TokenMessage, TurnUsage, Usage)
 
 __all__ = ["ChatSocket"]
 
 _CLIENT = TypeAdapter(ClientMessage)
-MAX_CONVERSATIONS = 32
 MAX_TURNS = 200  # history kept per conversation; the engine trims what does not fit the context
 KERNEL_WAIT_S = 2.0  # the longest a chat waits for its kernel's names (a slower read adds them next time)
 
 
-@dataclasses.dataclass
-class Conversation:
-    system: Optional[str] = None
-    turns: list[ChatTurn] = dataclasses.field(default_factory=list)
-    running: Optional[str] = None  # the id of the request answering now
-
-    def seed(self, history: Optional[list[ChatTurn]]) -> list[ChatTurn]:
-        """The earlier turns a request brings: used while this conversation has none of its own."""
-        return list(history or ()) if not self.turns else []
-
-    def messages(self, content: str, default_system: str, seed: Sequence[ChatTurn] = (),
-                 max_chars: Optional[int] = None) -> list[dict[str, str]]:
-        """The prompt's messages; the conversation's own oldest turns are left out (a question and its
-        answer at a time) while all together would be over ``max_chars``."""
-        system = self.system if self.system is not None else default_system
-        head = [{"role": "system", "content": system}] if system else []
-        earlier = [*seed, *self.turns][-MAX_TURNS:]
-        if max_chars is not None:
-            chars = len(system or "") + len(content) + sum(len(t.content) for t in earlier)
-            while chars > max_chars and len(earlier) > len(seed):  # the seed was checked whole
-                dropped, earlier = earlier[:2], earlier[2:]
-                chars -= sum(len(t.content) for t in dropped)
-        return head + [t.model_dump() for t in earlier] + [{"role": "user", "content": content}]
-
-    def record(self, question: str, answer: str, seed: Sequence[ChatTurn] = ()) -> None:
-        self.turns = [*seed, *self.turns, ChatTurn(role="user", content=question),
-                      ChatTurn(role="assistant", content=answer)][-MAX_TURNS:]
+def prompt_messages(system: Optional[str], earlier: Sequence[ChatTurn], content: str, seed: Sequence[ChatTurn] = (),
+                    max_chars: Optional[int] = None) -> list[dict[str, str]]:
+    """The prompt's messages; the conversation's own oldest turns are left out (a question and its
+    answer at a time) while all together would be over ``max_chars`` (the seed was checked whole)."""
+    head = [{"role": "system", "content": system}] if system else []
+    turns = [*seed, *earlier][-MAX_TURNS:]
+    if max_chars is not None:
+        chars = len(system or "") + len(content) + sum(len(t.content) for t in turns)
+        while chars > max_chars and len(turns) > len(seed):
+            dropped, turns = turns[:2], turns[2:]
+            chars -= sum(len(t.content) for t in dropped)
+    return head + [t.model_dump() for t in turns] + [{"role": "user", "content": content}]
 
 
 def with_system_block(messages: list[dict[str, str]], block: str) -> list[dict[str, str]]:
@@ -112,6 +106,10 @@ class ChatSocket(WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, Jupyte
     def manager(self) -> EngineManager:
         return self.settings["llamalab_manager"]
 
+    @property
+    def conversations(self) -> ConversationStore:
+        return self.settings["llamalab_conversations"]
+
     @ws_authenticated
     async def get(self, *args: Any, **kwargs: Any) -> None:
         allowed = await ensure_async(self.authorizer.is_authorized(self, self.current_user, "execute",
@@ -123,11 +121,11 @@ class ChatSocket(WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, Jupyte
     # -- connection -------------------------------------------------------------------
     def open(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         super().open(*args, **kwargs)  # starts Jupyter's keep-alive pings
-        self._conversations: dict[str, Conversation] = {}
         self._running: dict[str, Running] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._unsubscribe = [self.manager.add_listener(self.send),
-                             self.settings["llamalab_jobs"].add_listener(self.send)]
+                             self.settings["llamalab_jobs"].add_listener(self.send),
+                             self.conversations.add_listener(self.send)]
         config = self.manager.config
         self.send(HelloMessage(model=self.manager.loaded, default_model=self.manager.default_model(),
                                max_prompt_chars=config.max_prompt_chars, max_tokens_limit=config.max_tokens_limit))
@@ -145,6 +143,11 @@ class ChatSocket(WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, Jupyte
             self.write_message(message.model_dump_json())
         except WebSocketClosedError:
             pass
+
+    def _error(self, exc: BaseException, request_id: Optional[str]) -> ErrorMessage:
+        if isinstance(exc, ConversationError):
+            return ErrorMessage(id=request_id, code=exc.code, message=" ".join(str(exc).split()))  # type: ignore[arg-type]
+        return error_message(exc, request_id, log=self.log)
 
     # -- dispatch -----------------------------------------------------------------------
     def on_message(self, raw: Union[str, bytes]) -> None:
@@ -171,51 +174,64 @@ class ChatSocket(WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, Jupyte
                 self._chat(message)
             elif isinstance(message, CancelRequest):
                 self._cancel(message)
-            elif isinstance(message, ResetRequest):
-                self._reset(message)
-            elif isinstance(message, HistoryRequest):
-                turns = self._conversations.get(message.conversation_id, Conversation()).turns
-                self.send(HistoryMessage(id=message.id, conversation_id=message.conversation_id, messages=turns))
+            else:
+                check_id(message.conversation_id)
+                self._spawn(self._reset(message) if isinstance(message, ResetRequest) else self._history(message),
+                            message.id)
         except Exception as exc:  # every request gets a reply
-            self.send(error_message(exc, message.id, log=self.log))
+            self.send(self._error(exc, message.id))
+
+    def _spawn(self, work: Any, request_id: str) -> None:
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception as exc:  # every request gets a reply
+                self.send(self._error(exc, request_id))
+
+        task = asyncio.ensure_future(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _history(self, request: HistoryRequest) -> None:
+        stored = await asyncio.to_thread(self.conversations.read_if_exists, request.conversation_id)
+        turns = turns_of(stored.entries) if stored is not None else []
+        self.send(HistoryMessage(id=request.id, conversation_id=request.conversation_id, messages=turns))
 
     def _chat(self, request: ChatRequest) -> None:
         if request.id in self._running:
             raise BusyError(f"a request with id '{request.id}' is still running; use a new id.")
-        conversation = self._conversations.get(request.conversation_id)
-        if conversation is None:
-            if len(self._conversations) >= MAX_CONVERSATIONS:
-                raise BusyError(f"this connection already has {MAX_CONVERSATIONS} conversations; "
-                                "reset some or open another connection.")
-            conversation = self._conversations[request.conversation_id] = Conversation()
-        if conversation.running is not None:
-            raise BusyError(f"conversation '{request.conversation_id}' is still answering request "
-                            f"'{conversation.running}'; wait for it or cancel it.")
+        check_id(request.conversation_id)
         self.manager.canonical(request.model)  # a store name or catalog reference, never a path
         params = self.manager.params(request.params)  # ConfigError for impossible values
-        seed = conversation.seed(request.history)
         config = self.manager.config
-        system = request.system if request.system is not None else \
-            (conversation.system if conversation.system is not None else config.system_prompt)
+        seed = list(request.history or ())
         if (chars := sum(len(t.content) for t in seed)) > config.max_prompt_chars:
             raise PromptTooLongError(f"the history has {chars} characters, over this server's limit of "
                                      f"{config.max_prompt_chars}; send fewer earlier turns.")
-        self.manager.check_prompt([("the system prompt", len(system)), ("the history", chars),
-                                   ("the message", len(request.content))])  # before anything is stored
-        if request.system is not None:
-            conversation.system = request.system
-        messages = conversation.messages(request.content, config.system_prompt, seed, config.max_prompt_chars)
-        conversation.running = request.id
+        self.manager.check_prompt([("the system prompt", len(request.system or config.system_prompt)),
+                                   ("the history", chars), ("the message", len(request.content))])
+        holder = self.conversations.claim(request.conversation_id, request.id)
+        if holder is not None:
+            raise BusyError(f"conversation '{request.conversation_id}' is still answering request "
+                            f"'{holder}'; wait for it or cancel it.")
         self._running[request.id] = Running(request.conversation_id)
-        task = asyncio.ensure_future(self._stream(request, conversation, messages, params, seed))
+        task = asyncio.ensure_future(self._stream(request, params, seed))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _stream(self, request: ChatRequest, conversation: Conversation, messages: list[dict[str, str]],
-                      params: Any, seed: Sequence[ChatTurn]) -> None:
+    async def _stream(self, request: ChatRequest, params: Any, seed: list[ChatTurn]) -> None:
         running = self._running[request.id]
         generation: Optional[Generation] = None
+        store, config = self.conversations, self.manager.config
+        epoch = store.epoch(request.conversation_id)
+        accepted = False
         try:
+            stored = await asyncio.to_thread(store.open_for_chat, request.conversation_id, request.system)
+            earlier = turns_of(stored.entries)
+            seed = [] if earlier else seed  # the server's own turns win
+            system = stored.system if stored.system is not None else config.system_prompt
+            messages = prompt_messages(system, earlier, request.content, seed, config.max_prompt_chars)
+            accepted = True
             if request.kernel is not None:
                 reader = reader_for(self.settings, self.kernel_manager, self.log)
                 block = await reader.block(request.kernel.id, request.kernel.execution_count, near=request.content,
@@ -229,23 +245,39 @@ class ChatSocket(WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, Jupyte
                 self.send(TokenMessage(id=request.id, conversation_id=request.conversation_id, text=piece))
             result = generation.result
             assert result is not None
-            conversation.record(request.content, result.text, seed)  # seeded once it answered
             notice = (f"{result.dropped_messages} earlier messages were left out to fit the context window."
                       if result.dropped_messages else None)
+            usage = Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                          dropped_messages=result.dropped_messages,
+                          time_to_first_token_s=result.time_to_first_token_s, duration_s=result.duration_s)
+            answer = ConversationEntry(id=request.id, role="assistant", content=result.text,
+                                       finish_reason=result.finish_reason, notice=notice, model=generation.model,
+                                       usage=TurnUsage(**usage.model_dump()), time=time.time() * 1000)
+            await self._record(request, [_question(request), answer], epoch, seed)
             self.send(DoneMessage(
                 id=request.id, conversation_id=request.conversation_id, model=generation.model, text=result.text,
-                finish_reason=result.finish_reason, notice=notice,
-                usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                            dropped_messages=result.dropped_messages,
-                            time_to_first_token_s=result.time_to_first_token_s, duration_s=result.duration_s)))
+                finish_reason=result.finish_reason, notice=notice, usage=usage))
         except Exception as exc:
-            self.send(error_message(exc, request.id, log=self.log))
+            error = self._error(exc, request.id)
+            if accepted:  # the question and what went wrong stay in the conversation
+                line = ConversationEntry(id=f"e-{request.id}", role="error", content=error.message, code=error.code,
+                                         time=time.time() * 1000)
+                await self._record(request, [_question(request), line], epoch, seed)
+            self.send(error)
         finally:
             if generation is not None:
                 await generation.aclose()
-            if conversation.running == request.id:
-                conversation.running = None
+            store.release(request.conversation_id, request.id)
             self._running.pop(request.id, None)
+
+    async def _record(self, request: ChatRequest, entries: list[ConversationEntry], epoch: int,
+                      seed: Sequence[ChatTurn]) -> None:
+        seeded = [ConversationEntry(id=f"h-{request.id}-{i // 2}", role=t.role, content=t.content)  # type: ignore[arg-type]
+                  for i, t in enumerate(seed)]
+        try:
+            await asyncio.to_thread(self.conversations.append, request.conversation_id, entries, epoch, seeded)
+        except Exception as exc:  # the answer is still shown; the log says why it was not kept
+            self.log.warning("llamalab: could not save the turn of conversation %s: %s", request.conversation_id, exc)
 
     def _cancel(self, request: CancelRequest) -> None:
         cancelled = []
@@ -258,11 +290,18 @@ class ChatSocket(WebSocketMixin, WebSocketHandler, ExtensionHandlerMixin, Jupyte
             cancelled.append(request_id)
         self.send(AckMessage(id=request.id, of="cancel", cancelled=cancelled))
 
-    def _reset(self, request: ResetRequest) -> None:
+    async def _reset(self, request: ResetRequest) -> None:
         cancelled = []
         for request_id, running in list(self._running.items()):
             if running.conversation_id == request.conversation_id:
                 running.cancel()
                 cancelled.append(request_id)
-        self._conversations.pop(request.conversation_id, None)  # a running answer records into the old one
+        await asyncio.to_thread(self.conversations.clear, request.conversation_id)  # a running answer is not kept
         self.send(AckMessage(id=request.id, of="reset", cancelled=cancelled))
+
+
+def _question(request: ChatRequest) -> ConversationEntry:
+    shown = request.display if request.display is not None else request.content
+    return ConversationEntry(id=request.id, role="user", content=shown,
+                             sent=request.content if shown != request.content else None,
+                             context=request.context or None, time=time.time() * 1000)

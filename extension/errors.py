@@ -61,6 +61,7 @@ _CODES: tuple[tuple[type[BaseException], ErrorCode], ...] = (
 _STATUS: dict[str, int] = {
     "bad_request": 400, "forbidden": 403, "unknown_type": 400, "not_found": 404, "model_not_found": 404,
     "model_not_allowed": 403, "prompt_too_long": 413, "busy": 429, "license_required": 403,
+    "conflict": 409, "too_large": 413,
     "engine_error": 500, "internal": 500,
 }
 

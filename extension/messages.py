@@ -20,6 +20,10 @@ generates its types from that file instead of copying them by hand.
                                                     error          {id?, code, message, detail?}
                                                     model_changed  {model?}
                                                     job_progress   {job}  (pull, convert, quantize)
+                                                    conversation_changed {conversation_id, revision?}
+
+A chat's ``conversation_id`` names a conversation the server keeps as a file (``conversations``):
+the server reads its history from there and appends each finished turn to it.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ ErrorCode = Literal[
     "license_required",   # the model's licence must be accepted first
     "engine_error",       # the model failed to load or to generate
     "internal",           # a bug: the server log has the traceback
+    "conflict",           # a stale write (another tab changed the conversation first), an id already taken
+    "too_large",          # a body, conversation or number of conversations over the server's caps
 ]
 
 
@@ -128,6 +134,18 @@ class ChatRequest(_Wire):
     kernel: Optional[KernelRef] = Field(
         None, description="the notebook's kernel: the names it defines (variables, functions, DataFrame "
                           "columns) go into this turn's system prompt")
+    display: Optional[str] = Field(
+        None, max_length=200_000, description="what the conversation shows for the message when it differs from "
+                                              "content (context blocks prepended); stored with the turn")
+    context: Optional[list[Annotated[str, Field(max_length=500)]]] = Field(
+        None, description="labels (at most 16) of the context blocks sent with the message; stored with the turn")
+
+    @field_validator("context")
+    @classmethod
+    def _few_labels(cls, labels: Optional[list[str]]) -> Optional[list[str]]:
+        if labels is not None and len(labels) > 16:
+            raise ValueError(f"at most 16 context labels, got {len(labels)}")
+        return labels
 
     @field_validator("history")
     @classmethod
@@ -477,15 +495,149 @@ class SettingsUpdate(_Wire):
     system_prompt: Optional[str] = Field(None, max_length=100_000)
 
 
+# -- conversations (REST /llamalab/conversations, kept as files by ``conversations``) ------------
+CONVERSATION_VERSION = 1  # the version of a conversation file's format
+
+
+class TurnUsage(_Wire):
+    """``Usage`` of a stored answer (every field required, so that it reads and writes alike)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    dropped_messages: int
+    time_to_first_token_s: Optional[float]
+    duration_s: float
+    reused_prompt_tokens: Optional[int]
+
+
+class ConversationEntry(_Wire):
+    """One message of a stored conversation as the chat panel shows it: a user message (``sent``:
+    what went to the model when it differs), an answer, or an error line."""
+
+    id: str = Field(min_length=1, max_length=128, description="the chat request's id (a message and its answer share it)")
+    role: Literal["user", "assistant", "error"]
+    content: str
+    sent: Optional[str] = None
+    context: Optional[list[str]] = None
+    finish_reason: Optional[Literal["stop", "length", "cancelled"]] = None
+    notice: Optional[str] = None
+    model: Optional[str] = Field(None, max_length=1000)
+    usage: Optional[TurnUsage] = None
+    code: Optional[str] = Field(None, max_length=64)
+    detail: Optional[Any] = None
+    time: float = Field(0, description="ms since the epoch, as the browser counts")
+
+
+class StoredConversation(_Wire):
+    """A stored conversation, as its file holds it and GET /llamalab/conversations/{id} answers.
+    ``revision`` grows at every write: a PUT or PATCH naming an older one gets 409 ``conflict``."""
+
+    type: Literal["conversation"] = "conversation"
+    version: int = CONVERSATION_VERSION
+    id: str
+    name: str = Field(description="the title shown in the conversation picker")
+    system: Optional[str] = None
+    created: float
+    updated: float
+    revision: int
+    entries: list[ConversationEntry]
+
+
+class ConversationSummary(_Wire):
+    id: str
+    name: str = Field(description="the title shown in the conversation picker")
+    created: float
+    updated: float
+    revision: int
+    messages: int = Field(description="entries in the conversation")
+
+
+class ConversationProblem(_Wire):
+    """A conversation file that could not be read: set aside (renamed), never deleted."""
+
+    file: str = Field(description="the file's name as found")
+    set_aside_as: Optional[str] = Field(None, description="the name it was renamed to, in the same folder")
+    message: str
+
+
+class ConversationList(_Wire):
+    type: Literal["conversations"] = "conversations"
+    conversations: list[ConversationSummary] = Field(description="newest first")
+    problems: list[ConversationProblem]
+    folder: str
+    max_conversations: int
+    max_conversation_bytes: int
+
+
+class ConversationCreate(_Wire):
+    """POST /llamalab/conversations (and each item of an import): a new conversation; ``id`` chosen by
+    the client (letters, digits, ``_`` and ``-``) or, omitted, by the server."""
+
+    id: Optional[str] = Field(None, min_length=1, max_length=128)
+    name: str = Field("New conversation", max_length=500, description="the title shown in the picker")
+    system: Optional[str] = None
+    entries: list[ConversationEntry] = Field(default_factory=list)
+    created: Optional[float] = None
+    updated: Optional[float] = None
+
+
+class ConversationUpdate(_Wire):
+    """PUT /llamalab/conversations/{id}: replace a conversation, from the ``revision`` last read."""
+
+    revision: int = Field(ge=0)
+    name: str = Field(max_length=500)
+    system: Optional[str] = None
+    entries: list[ConversationEntry]
+
+
+class ConversationPatch(_Wire):
+    """PATCH /llamalab/conversations/{id}: rename it or change its system prompt; with ``revision``,
+    only if nothing changed since."""
+
+    revision: Optional[int] = Field(None, ge=0)
+    name: Optional[str] = Field(None, min_length=1, max_length=500, description="the new title")
+    system: Optional[str] = None
+    clear_system: bool = Field(False, description="set the system prompt back to the server's default")
+
+
+class ConversationImport(_Wire):
+    """POST /llamalab/conversations/import: the browser's earlier conversations; ids the server
+    already has are skipped (an import sent twice changes nothing)."""
+
+    conversations: list[ConversationCreate] = Field(max_length=200)
+
+
+class ImportSkip(_Wire):
+    id: Optional[str] = None
+    reason: str
+
+
+class ImportReply(_Wire):
+    type: Literal["imported"] = "imported"
+    imported: list[str]
+    skipped: list[ImportSkip]
+
+
+class ConversationChangedMessage(_Wire):
+    """Pushed to every chat WebSocket when a conversation was written or deleted (by a turn that ended,
+    or through REST, from any tab): clients GET it again when ``revision`` is newer than theirs."""
+
+    type: Literal["conversation_changed"] = "conversation_changed"
+    conversation_id: str
+    revision: Optional[int] = Field(None, description="None: deleted")
+    deleted: bool = False
+
+
 ServerMessage = Annotated[
     Union[HelloMessage, TokenMessage, DoneMessage, AckMessage, HistoryMessage, ErrorMessage,
-          ModelChangedMessage, JobProgressMessage],
+          ModelChangedMessage, JobProgressMessage, ConversationChangedMessage],
     Field(discriminator="type"),
 ]
 
 REST_REQUESTS: tuple[type[BaseModel], ...] = (LoadRequest, PullRequest, ConvertRequest, QuantizeRequest,
-                                               CompletionRequest, SettingsUpdate)
+                                               CompletionRequest, SettingsUpdate, ConversationCreate,
+                                               ConversationUpdate, ConversationPatch, ConversationImport)
 REST_REPLIES: tuple[type[BaseModel], ...] = (
     ModelsReply, LoadedModel, UnloadReply, Job, JobList, JobProgressMessage, CompletionChunk, CompletionReply,
-    HardwareReply, SettingsReply, ErrorMessage,
+    HardwareReply, SettingsReply, ErrorMessage, StoredConversation, ConversationList, ImportReply,
 )

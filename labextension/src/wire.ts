@@ -20,7 +20,8 @@ export type ServerMessage =
   | HistoryMessage
   | ErrorMessage
   | ModelChangedMessage
-  | JobProgressMessage;
+  | JobProgressMessage
+  | ConversationChangedMessage;
 
 export interface LlamalabWire {
   AckMessage?: AckMessage;
@@ -32,6 +33,16 @@ export interface LlamalabWire {
   CompletionChunk?: CompletionChunk;
   CompletionReply?: CompletionReply;
   CompletionRequest?: CompletionRequest;
+  ConversationChangedMessage?: ConversationChangedMessage;
+  ConversationCreate?: ConversationCreate;
+  'ConversationEntry-Input'?: ConversationEntryInput;
+  'ConversationEntry-Output'?: ConversationEntryOutput;
+  ConversationImport?: ConversationImport;
+  ConversationList?: ConversationList;
+  ConversationPatch?: ConversationPatch;
+  ConversationProblem?: ConversationProblem;
+  ConversationSummary?: ConversationSummary;
+  ConversationUpdate?: ConversationUpdate;
   ConvertRequest?: ConvertRequest;
   DoneMessage?: DoneMessage;
   ErrorMessage?: ErrorMessage;
@@ -40,6 +51,8 @@ export interface LlamalabWire {
   HelloMessage?: HelloMessage;
   HistoryMessage?: HistoryMessage;
   HistoryRequest?: HistoryRequest;
+  ImportReply?: ImportReply;
+  ImportSkip?: ImportSkip;
   Job?: Job;
   JobList?: JobList;
   JobProgressMessage?: JobProgressMessage;
@@ -57,8 +70,10 @@ export interface LlamalabWire {
   ServerMessage?: ServerMessage;
   SettingsReply?: SettingsReply;
   SettingsUpdate?: SettingsUpdate;
+  StoredConversation?: StoredConversation;
   StoredModelInfo?: StoredModelInfo;
   TokenMessage?: TokenMessage;
+  TurnUsage?: TurnUsage;
   UnloadReply?: UnloadReply;
   Usage?: Usage;
 }
@@ -149,6 +164,14 @@ export interface ChatRequest {
    * the notebook's kernel: the names it defines (variables, functions, DataFrame columns) go into this turn's system prompt
    */
   kernel?: KernelRef | null;
+  /**
+   * what the conversation shows for the message when it differs from content (context blocks prepended); stored with the turn
+   */
+  display?: string | null;
+  /**
+   * labels (at most 16) of the context blocks sent with the message; stored with the turn
+   */
+  context?: string[] | null;
 }
 /**
  * Sampling settings; a field left out takes the server's default.
@@ -348,6 +371,202 @@ export interface NotebookCell {
   kind?: 'code' | 'markdown' | 'raw';
 }
 /**
+ * Pushed to every chat WebSocket when a conversation was written or deleted (by a turn that ended,
+ * or through REST, from any tab): clients GET it again when ``revision`` is newer than theirs.
+ *
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "ConversationChangedMessage".
+ */
+export interface ConversationChangedMessage {
+  type: 'conversation_changed';
+  conversation_id: string;
+  /**
+   * None: deleted
+   */
+  revision: number | null;
+  deleted: boolean;
+}
+/**
+ * POST /llamalab/conversations (and each item of an import): a new conversation; ``id`` chosen by
+ * the client (letters, digits, ``_`` and ``-``) or, omitted, by the server.
+ *
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "ConversationCreate".
+ */
+export interface ConversationCreate {
+  id?: string | null;
+  /**
+   * the title shown in the picker
+   */
+  name?: string;
+  system?: string | null;
+  entries?: ConversationEntryInput[];
+  created?: number | null;
+  updated?: number | null;
+}
+/**
+ * One message of a stored conversation as the chat panel shows it: a user message (``sent``:
+ * what went to the model when it differs), an answer, or an error line.
+ *
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "ConversationEntry-Input".
+ */
+export interface ConversationEntryInput {
+  /**
+   * the chat request's id (a message and its answer share it)
+   */
+  id: string;
+  role: 'user' | 'assistant' | 'error';
+  content: string;
+  sent?: string | null;
+  context?: string[] | null;
+  finish_reason?: ('stop' | 'length' | 'cancelled') | null;
+  notice?: string | null;
+  model?: string | null;
+  usage?: TurnUsage | null;
+  code?: string | null;
+  detail?: unknown;
+  /**
+   * ms since the epoch, as the browser counts
+   */
+  time?: number;
+}
+/**
+ * ``Usage`` of a stored answer (every field required, so that it reads and writes alike).
+ *
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "TurnUsage".
+ */
+export interface TurnUsage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  dropped_messages: number;
+  time_to_first_token_s: number | null;
+  duration_s: number;
+  reused_prompt_tokens: number | null;
+}
+/**
+ * One message of a stored conversation as the chat panel shows it: a user message (``sent``:
+ * what went to the model when it differs), an answer, or an error line.
+ *
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "ConversationEntry-Output".
+ */
+export interface ConversationEntryOutput {
+  /**
+   * the chat request's id (a message and its answer share it)
+   */
+  id: string;
+  role: 'user' | 'assistant' | 'error';
+  content: string;
+  sent: string | null;
+  context: string[] | null;
+  finish_reason: ('stop' | 'length' | 'cancelled') | null;
+  notice: string | null;
+  model: string | null;
+  usage: TurnUsage | null;
+  code: string | null;
+  detail: unknown;
+  /**
+   * ms since the epoch, as the browser counts
+   */
+  time: number;
+}
+/**
+ * POST /llamalab/conversations/import: the browser's earlier conversations; ids the server
+ * already has are skipped (an import sent twice changes nothing).
+ *
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "ConversationImport".
+ */
+export interface ConversationImport {
+  /**
+   * @maxItems 200
+   */
+  conversations: ConversationCreate[];
+}
+/**
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "ConversationList".
+ */
+export interface ConversationList {
+  type: 'conversations';
+  /**
+   * newest first
+   */
+  conversations: ConversationSummary[];
+  problems: ConversationProblem[];
+  folder: string;
+  max_conversations: number;
+  max_conversation_bytes: number;
+}
+/**
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "ConversationSummary".
+ */
+export interface ConversationSummary {
+  id: string;
+  /**
+   * the title shown in the conversation picker
+   */
+  name: string;
+  created: number;
+  updated: number;
+  revision: number;
+  /**
+   * entries in the conversation
+   */
+  messages: number;
+}
+/**
+ * A conversation file that could not be read: set aside (renamed), never deleted.
+ *
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "ConversationProblem".
+ */
+export interface ConversationProblem {
+  /**
+   * the file's name as found
+   */
+  file: string;
+  /**
+   * the name it was renamed to, in the same folder
+   */
+  set_aside_as: string | null;
+  message: string;
+}
+/**
+ * PATCH /llamalab/conversations/{id}: rename it or change its system prompt; with ``revision``,
+ * only if nothing changed since.
+ *
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "ConversationPatch".
+ */
+export interface ConversationPatch {
+  revision?: number | null;
+  /**
+   * the new title
+   */
+  name?: string | null;
+  system?: string | null;
+  /**
+   * set the system prompt back to the server's default
+   */
+  clear_system?: boolean;
+}
+/**
+ * PUT /llamalab/conversations/{id}: replace a conversation, from the ``revision`` last read.
+ *
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "ConversationUpdate".
+ */
+export interface ConversationUpdate {
+  revision: number;
+  name: string;
+  system?: string | null;
+  entries: ConversationEntryInput[];
+}
+/**
  * POST /llamalab/convert: convert a checkpoint folder on the server to GGUF (and quantize it)
  * into the store, in the background.
  *
@@ -409,7 +628,9 @@ export interface ErrorMessage {
     | 'busy'
     | 'license_required'
     | 'engine_error'
-    | 'internal';
+    | 'internal'
+    | 'conflict'
+    | 'too_large';
   /**
    * one line for a person
    */
@@ -511,6 +732,23 @@ export interface HistoryMessage {
   id: string;
   conversation_id: string;
   messages: ChatTurn[];
+}
+/**
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "ImportReply".
+ */
+export interface ImportReply {
+  type: 'imported';
+  imported: string[];
+  skipped: ImportSkip[];
+}
+/**
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "ImportSkip".
+ */
+export interface ImportSkip {
+  id: string | null;
+  reason: string;
 }
 /**
  * A background job of the model manager: a pull, a conversion or a quantization.
@@ -686,6 +924,27 @@ export interface SettingsUpdate {
   n_ctx?: number | null;
   n_gpu_layers?: number | 'auto' | null;
   system_prompt?: string | null;
+}
+/**
+ * A stored conversation, as its file holds it and GET /llamalab/conversations/{id} answers.
+ * ``revision`` grows at every write: a PUT or PATCH naming an older one gets 409 ``conflict``.
+ *
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "StoredConversation".
+ */
+export interface StoredConversation {
+  type: 'conversation';
+  version: number;
+  id: string;
+  /**
+   * the title shown in the conversation picker
+   */
+  name: string;
+  system: string | null;
+  created: number;
+  updated: number;
+  revision: number;
+  entries: ConversationEntryOutput[];
 }
 /**
  * This interface was referenced by `LlamalabWire`'s JSON-Schema

@@ -8,6 +8,8 @@ import time
 
 from tests.extension.conftest import tokens_of
 
+BROADCASTS = ("model_changed", "conversation_changed", "job_progress")
+
 
 def chat(request_id: str, content: str, conversation: str = "default", **params) -> dict:
     params.setdefault("temperature", 0)
@@ -108,7 +110,7 @@ async def test_malformed_messages_get_error_replies_and_the_socket_stays_open(op
     ]
     for raw, request_id, code in cases:
         await socket.send(raw)
-        reply = (await socket.until(lambda m: m["type"] != "model_changed"))[-1]  # loading is announced
+        reply = (await socket.until(lambda m: m["type"] not in BROADCASTS))[-1]  # loading and writes are announced
         assert reply["type"] == "error", (raw[:40], reply)
         assert (reply["id"], reply["code"]) == (request_id, code), (raw[:40], reply)
         assert reply["message"] and "\n" not in reply["message"]
@@ -186,3 +188,73 @@ async def test_a_bad_history_gets_an_error_naming_it(open_chat, extension):
         assert "history" in reply["message"] and word in reply["message"] and "\n" not in reply["message"], (i, reply)
     await socket.send({"type": "history", "id": "h", "conversation_id": "bad0"})
     assert (await socket.reply_to("h"))["messages"] == []
+
+
+# -- conversations kept by the server (extension/conversations.py) ------------------------------
+async def test_two_connections_share_a_stored_conversation(open_chat, extension):
+    tab1, tab2 = await open_chat(), await open_chat()
+    await tab1.send({**chat("t1", "ctx block\n\nMy name is Ada.", "shared"), "display": "My name is Ada.",
+                     "context": ["The active cell"]})
+    first = await tab1.reply_to("t1")
+    assert first["type"] == "done", first
+    changed = await tab2.until(lambda m: m["type"] == "conversation_changed" and m["conversation_id"] == "shared"
+                               and m["revision"] >= 2)
+    assert changed[-1]["deleted"] is False
+    stored = extension.conversations.get("shared")
+    assert [(e.role, e.content) for e in stored.entries] == [("user", "My name is Ada."), ("assistant", first["text"])]
+    assert stored.entries[0].sent == "ctx block\n\nMy name is Ada." and stored.entries[0].context == ["The active cell"]
+    assert stored.name == "My name is Ada." and stored.entries[1].usage.completion_tokens > 0
+
+    await tab2.send(chat("fresh", "What is my name?", "other"))
+    fresh = await tab2.reply_to("fresh")
+    await tab2.send(chat("t2", "What is my name?", "shared"))  # the other tab goes on with the same history
+    second = await tab2.reply_to("t2")
+    assert second["usage"]["prompt_tokens"] > fresh["usage"]["prompt_tokens"] + 10
+    await tab1.send({"type": "history", "id": "h", "conversation_id": "shared"})
+    history = (await tab1.reply_to("h"))["messages"]
+    assert [t["content"] for t in history] == ["ctx block\n\nMy name is Ada.", first["text"], "What is my name?",
+                                               second["text"]]
+
+
+async def test_a_new_connection_finds_the_history_and_the_connection_keeps_none(open_chat, extension):
+    socket = await open_chat()
+    await socket.send(chat("a", "Remember the word llama.", "kept"))
+    assert (await socket.reply_to("a"))["type"] == "done"
+    socket.close()
+    reloaded = await open_chat()
+    await reloaded.send({"type": "history", "id": "h", "conversation_id": "kept"})
+    assert [t["content"] for t in (await reloaded.reply_to("h"))["messages"]][0] == "Remember the word llama."
+    extension.conversations.clear("kept")  # e.g. another tab cleared it: the next turn starts afresh
+    await reloaded.send({"type": "history", "id": "h2", "conversation_id": "kept"})
+    assert (await reloaded.reply_to("h2"))["messages"] == []
+
+
+async def test_one_answer_at_a_time_per_conversation_over_all_connections(open_chat):
+    tab1, tab2 = await open_chat(), await open_chat()
+    await tab1.send(chat("long", "Tell me about llamas.", "one", max_tokens=48))
+    await tab1.until(lambda m: m["type"] == "token" and m["id"] == "long")
+    await tab2.send(chat("other", "And alpacas?", "one"))
+    error = await tab2.reply_to("other")
+    assert error["code"] == "busy" and "long" in error["message"]
+    assert (await tab1.reply_to("long"))["type"] == "done"
+
+
+async def test_reset_while_answering_keeps_nothing_of_that_answer(open_chat, extension):
+    socket = await open_chat()
+    await socket.send(chat("long", "Write a long story about llamas.", "gone", max_tokens=400))
+    await socket.until(lambda m: m["type"] == "token" and m["id"] == "long")
+    await socket.send({"type": "reset", "id": "r", "conversation_id": "gone"})
+    assert (await socket.reply_to("r"))["cancelled"] == ["long"]
+    assert (await socket.reply_to("long"))["finish_reason"] == "cancelled"
+    assert extension.conversations.get("gone").entries == []
+
+
+async def test_a_failed_turn_keeps_the_question_and_the_error(open_chat, extension):
+    socket = await open_chat()
+    await socket.send(chat("over", "llama " * 3_000, "failing"))  # over the context window
+    error = await socket.reply_to("over")
+    assert error["code"] == "prompt_too_long"
+    entries = extension.conversations.get("failing").entries
+    assert [(e.role, e.code) for e in entries] == [("user", None), ("error", "prompt_too_long")]
+    await socket.send(chat("next", "Say hi.", "failing", max_tokens=4))  # an unanswered question is not history
+    assert (await socket.reply_to("next"))["type"] == "done"

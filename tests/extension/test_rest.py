@@ -83,5 +83,6 @@ async def test_schema_route_serves_the_wire_schema(fetch_json):
     mapping = schema["$defs"]["ClientMessage"]["discriminator"]["mapping"]
     assert sorted(mapping) == sorted(CLIENT_TYPES)
     server_types = set(schema["$defs"]["ServerMessage"]["discriminator"]["mapping"])
-    assert {"hello", "token", "done", "ack", "error", "history", "model_changed", "job_progress"} == server_types
+    assert {"hello", "token", "done", "ack", "error", "history", "model_changed", "job_progress",
+            "conversation_changed"} == server_types
     assert set(schema["$defs"]["TokenMessage"]["required"]) == {"type", "id", "conversation_id", "text"}

@@ -8,12 +8,14 @@
  * exponential backoff (and jitter), reporting its state; chats that were answering get a
  * `disconnected` error (the server stops them when the socket closes), frames sent while
  * disconnected wait in an outbox until the next connection opens. Each connection is an
- * `epoch`: the server's conversation history lives only as long as one. The `hello` that opens
+ * `epoch`. `conversation_changed` events (a stored conversation was written, from any tab) are
+ * passed on to the listeners. The `hello` that opens
  * a connection also tells the server's limits (`limits`), so that callers can trim what they send.
  */
 import type {
   AckMessage,
   ChatRequest,
+  ConversationChangedMessage,
   DoneMessage,
   ErrorMessage,
   HelloMessage,
@@ -92,6 +94,7 @@ export type ClientEvent =
   | { kind: 'hello'; message: HelloMessage }
   | { kind: 'model'; model: LoadedModel | null }
   | { kind: 'job'; message: JobProgressMessage }
+  | { kind: 'conversation'; message: ConversationChangedMessage }
   | { kind: 'error'; error: ChatError };
 
 /** The delay before retry number `attempt` (0-based). */
@@ -435,6 +438,9 @@ export class ChatClient {
         break;
       case 'job_progress':
         this._emit({ kind: 'job', message });
+        break;
+      case 'conversation_changed':
+        this._emit({ kind: 'conversation', message });
         break;
       case 'token': {
         const pending = this._pending.get(message.id);

@@ -1,8 +1,11 @@
 /**
  * The chat's conversations: a pure module (no JupyterLab at run time), unit-tested in Node.
- * `ConversationStore` holds several conversations and the active one, kept in a
- * `KeyValueStorage` (the browser's localStorage) as versioned JSON that is validated when
- * read back. The text sent to the model is built in prompts.ts.
+ * `ConversationStore` holds several conversations and the active one. With `{ server: true }`
+ * (the chat panel) the conversations are the Jupyter server's (sync.ts keeps this copy in step
+ * with /llamalab/conversations) and the `KeyValueStorage` (localStorage) keeps only which one is
+ * shown and the picked model; without it, everything is kept in the storage as versioned JSON
+ * that is validated when read back (what earlier versions did: sync.ts moves such conversations
+ * to the server once). The text sent to the model is built in prompts.ts.
  */
 import type { DoneMessage, Usage } from '../wire';
 
@@ -40,6 +43,15 @@ export interface Conversation {
   entries: ChatEntry[];
   created: number;
   updated: number;
+  /** The server's revision of it; undefined: not on the server yet (server mode). */
+  revision?: number;
+  /** false: only its summary is here yet (server mode); its entries come with a GET. */
+  loaded?: boolean;
+}
+
+export interface StoreOptions {
+  /** The conversations live on the server; the storage keeps only the active one and the model. */
+  server?: boolean;
 }
 
 /** The part of `Storage` the store needs (localStorage in the browser, a Map in tests). */
@@ -49,10 +61,12 @@ export interface KeyValueStorage {
 }
 
 export const STORAGE_KEY = 'llamalab-chat:conversations';
+/** Server mode: which conversation is shown and the picked model. */
+export const PREFS_KEY = 'llamalab-chat:prefs';
 export const STORAGE_VERSION = 1;
 export const MAX_CONVERSATIONS = 30;
 export const MAX_ENTRIES = 400;
-const UNTITLED = 'New conversation';
+export const UNTITLED = 'New conversation';
 
 interface Stored {
   version: number;
@@ -75,6 +89,10 @@ export function titleFrom(text: string, max = 48): string {
     return UNTITLED;
   }
   return line.length > max ? `${line.slice(0, max - 1).trimEnd()}…` : line;
+}
+
+function sortByUpdated(conversations: Conversation[]): Conversation[] {
+  return [...conversations].sort((a, b) => b.updated - a.updated);
 }
 
 export function isObject(value: unknown): value is Record<string, unknown> {
@@ -179,18 +197,23 @@ export class ConversationStore {
   private _active = '';
   private _model = '';
   private _listeners = new Set<() => void>();
+  private _wanted: string | null = null;
+  readonly server: boolean;
 
   constructor(
     private readonly _storage: KeyValueStorage | null = null,
-    private readonly _key = STORAGE_KEY
+    private readonly _key = STORAGE_KEY,
+    options: StoreOptions = {}
   ) {
+    this.server = !!options.server;
     let stored: Stored | null = null;
     try {
-      stored = deserialize(_storage?.getItem(_key) ?? null);
+      stored = deserialize(_storage?.getItem(this.server ? PREFS_KEY : _key) ?? null);
     } catch {
       stored = null; // storage forbidden (private mode): start empty
     }
     this._conversations = stored?.conversations ?? [];
+    this._wanted = this.server ? stored?.active ?? null : null;
     this._model = stored?.model ?? '';
     const active = stored?.active;
     if (active && this._conversations.some(c => c.id === active)) {
@@ -306,7 +329,7 @@ export class ConversationStore {
       return;
     }
     try {
-      this._storage.setItem(this._key, this.serialize());
+      this._storage.setItem(this.server ? PREFS_KEY : this._key, this.serialize());
     } catch {
       // full or forbidden storage: the conversations live on for this page
     }
@@ -317,15 +340,73 @@ export class ConversationStore {
       version: STORAGE_VERSION,
       active: this._active,
       model: this._model,
-      conversations: this._conversations.slice(0, MAX_CONVERSATIONS)
+      conversations: this.server ? [] : this._conversations.slice(0, MAX_CONVERSATIONS)
     };
     return JSON.stringify(data);
+  }
+
+  /** Server mode: sets a conversation as the server has it (added when new here), keeping it in place. */
+  upsert(conversation: Conversation): void {
+    const index = this._conversations.findIndex(c => c.id === conversation.id);
+    if (index >= 0) {
+      this._conversations = this._conversations.map(c => (c.id === conversation.id ? conversation : c));
+    } else {
+      this._conversations = sortByUpdated([...this._conversations, conversation]);
+    }
+    this._pickWanted();
+    this._changed();
+  }
+
+  /** Records the server's revision of a conversation (after a write of this page's own). */
+  setRevision(id: string, revision: number): void {
+    this._conversations = this._conversations.map(c => (c.id === id ? { ...c, revision } : c));
+  }
+
+  /**
+   * Server mode: takes the server's list. Conversations it does not list go, except those never
+   * sent to it that have something in them (an empty new one gives way when the server has any);
+   * listed ones whose revision moved on lose their entries until read again.
+   */
+  merge(listed: readonly Conversation[]): void {
+    const here = new Map(this._conversations.map(c => [c.id, c]));
+    const ids = new Set(listed.map(c => c.id));
+    const kept = listed.map(c => {
+      const mine = here.get(c.id);
+      return mine && mine.loaded !== false && mine.revision === c.revision ? mine : c;
+    });
+    const blank = (c: Conversation) => c.entries.length === 0 && c.system === null && c.title === UNTITLED;
+    // An empty conversation made here (the one a page starts with) gives way to the server's.
+    const local = this._conversations.filter(c => c.revision === undefined && !ids.has(c.id) && !(listed.length && blank(c)));
+    this._conversations = [...local, ...sortByUpdated(kept)];
+    if (!this.get(this._active)) {
+      this._active = this._conversations.length ? this._conversations[0].id : this._make().id;
+    }
+    this._pickWanted();
+    this._changed();
+  }
+
+  /** Server mode: a conversation deleted elsewhere goes without a trace here. */
+  forget(id: string): void {
+    if (this.get(id)) {
+      this.remove(id);
+    }
+  }
+
+  private _pickWanted(): void {
+    if (this._wanted && this.get(this._wanted)) {
+      const current = this.get(this._active);
+      if (!current || (current.entries.length === 0 && current.revision === undefined)) {
+        this._active = this._wanted;
+      }
+      this._wanted = null;
+    }
   }
 
   private _make(): Conversation {
     const now = Date.now();
     const conversation: Conversation = { id: newId('c-'), title: UNTITLED, system: null, entries: [], created: now, updated: now };
-    this._conversations = [conversation, ...this._conversations].slice(0, MAX_CONVERSATIONS);
+    const all = [conversation, ...this._conversations];
+    this._conversations = this.server ? all : all.slice(0, MAX_CONVERSATIONS);
     this._active = conversation.id;
     return conversation;
   }

@@ -1,12 +1,19 @@
 /**
  * The chat panel's state and actions, without any UI: a pure module joining the
- * conversation store, the WebSocket client and the REST calls for models (injected, so
- * that the tests can fake them). The React view renders from it and calls its methods.
+ * conversation store, the WebSocket client, the REST calls for models and, in the panel, the
+ * server's stored conversations (`ConversationSync`; all injected, so that the tests can fake
+ * them). The React view renders from it and calls its methods.
+ *
+ * With a sync, the server keeps each conversation's history (it appends every finished turn) and
+ * reads it from there; the first message of a conversation on each connection still carries the
+ * turns shown here as `history`, which the server uses only when its copy has none (a file set
+ * aside as unreadable, a server that lost its data folder).
  */
 import type { KernelRef, LoadedModel, ModelsReply, SamplingParams, StoredModelInfo } from '../wire';
 import { ChatClient, ChatError, ConnectionState } from './client';
 import { ChatEntry, ConversationStore, newId } from './conversations';
 import { ContextBlock, fitContext, historyOf, turnsOf } from './prompts';
+import type { ConversationSync } from './sync';
 
 /** The REST calls the chat needs (GET /llamalab/models, POST /llamalab/models/load). */
 export interface ModelsApi {
@@ -72,8 +79,10 @@ export class ChatModel {
   constructor(
     readonly store: ConversationStore,
     readonly client: ChatClient,
-    private readonly _api: ModelsApi
+    private readonly _api: ModelsApi,
+    readonly sync: ConversationSync | null = null
   ) {
+    sync?.setBusy(id => this._running.has(id));
     this._unsubscribe.push(
       store.subscribe(() => this._changed()),
       client.subscribe(event => {
@@ -81,6 +90,11 @@ export class ChatModel {
           this.reportError(event.error);
         } else if (event.kind === 'hello') {
           this.defaultModel = event.message.default_model;
+          if (this.client.epoch > 1) {
+            void sync?.refresh(); // events may have been missed while disconnected
+          }
+        } else if (event.kind === 'conversation') {
+          sync?.onChanged(event.message);
         }
         // A finished pull, conversion or quantization (in the model manager, or anywhere
         // else on this server) may have added a model: list the store again.
@@ -114,6 +128,11 @@ export class ChatModel {
     this._unsubscribe.forEach(u => u());
     this._listeners.clear();
     this.client.dispose();
+  }
+
+  /** Moves the browser's earlier conversations to the server (once) and reads the server's. */
+  async start(): Promise<void> {
+    await this.sync?.start();
   }
 
   /** The request answering in a conversation (the active one by default), if any. */
@@ -169,7 +188,9 @@ export class ChatModel {
         model: this.store.model || null,
         params,
         ...(history.length ? { history } : {}),
-        ...(options.kernel ? { kernel: options.kernel } : {})
+        ...(options.kernel ? { kernel: options.kernel } : {}),
+        ...(this.sync && user.sent !== undefined ? { display: user.content } : {}),
+        ...(this.sync && context.length ? { context } : {})
       },
       {
         onToken: piece => {
@@ -237,22 +258,50 @@ export class ChatModel {
 
   select(conversationId: string): void {
     this.store.select(conversationId);
+    void this.sync?.ensureLoaded(conversationId);
   }
 
-  /** Empties a conversation here and on the server. */
+  /** Empties a conversation here and on the server (a `reset` when connected: it also stops its answer). */
   clear(conversationId = this.store.active.id): void {
+    const open = this.client.state === 'open';
     this._forget(conversationId);
-    this.store.clear(conversationId);
+    if (this.sync && !open) {
+      void this.sync.clear(conversationId);
+    } else {
+      this.store.clear(conversationId);
+    }
   }
 
   /** Deletes a conversation here and on the server. */
   remove(conversationId = this.store.active.id): void {
-    this._forget(conversationId);
-    this.store.remove(conversationId);
+    if (!this.sync) {
+      this._forget(conversationId);
+      this.store.remove(conversationId);
+      return;
+    }
+    const running = this._running.get(conversationId);
+    this._running.delete(conversationId);
+    if (running) {
+      this.client.cancel(running).catch(() => undefined);
+    }
+    void this.sync.remove(conversationId);
+  }
+
+  /** Renames a conversation (the active one by default), here and on the server. */
+  rename(title: string, conversationId = this.store.active.id): void {
+    if (this.sync) {
+      void this.sync.rename(conversationId, title);
+    } else {
+      this.store.rename(conversationId, title);
+    }
   }
 
   setSystem(system: string | null, conversationId = this.store.active.id): void {
-    this.store.setSystem(conversationId, system);
+    if (this.sync) {
+      void this.sync.setSystem(conversationId, system);
+    } else {
+      this.store.setSystem(conversationId, system);
+    }
   }
 
   /** Shows an error as one line (details on demand) in a conversation. */
@@ -314,6 +363,7 @@ export class ChatModel {
   private _finished(conversationId: string, requestId: string): void {
     if (this._running.get(conversationId) === requestId) {
       this._running.delete(conversationId);
+      this.sync?.settled(conversationId);
     }
   }
 

@@ -13,13 +13,14 @@ import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { chatSocketUrl, requestAPI, sendJSON } from '../api';
 import { llamaIcon } from '../icons';
 import { COMMANDS, PLUGIN_IDS } from '../tokens';
-import type { LoadedModel, ModelsReply } from '../wire';
+import type { ConversationList, ImportReply, LoadedModel, ModelsReply, StoredConversation } from '../wire';
 import { ChatClient, SocketLike } from './client';
 import { ConversationStore, KeyValueStorage } from './conversations';
 import { explainErrorRequest } from './prompts';
-import { ChatModel, DEFAULT_SETTINGS, ModelsApi } from './model';
+import { ChatModel, DEFAULT_SETTINGS, ModelsApi, toChatError } from './model';
 import { ErrorButtons, Workspace } from './notebook';
 import { ChatPanel } from './panel';
+import { ConversationSync, ConversationsApi } from './sync';
 
 const CATEGORY = 'llamalab';
 
@@ -29,6 +30,27 @@ function browserStorage(): KeyValueStorage | null {
   } catch {
     return null;
   }
+}
+
+/** /llamalab/conversations over JupyterLab's ServerConnection (token, XSRF, base URL). */
+function conversationsApi(): ConversationsApi {
+  const one = (id: string) => `conversations/${encodeURIComponent(id)}`;
+  const json = (method: string, body: unknown): RequestInit => ({
+    method,
+    body: JSON.stringify(body),
+    headers: { 'Content-Type': 'application/json' }
+  });
+  return {
+    list: () => requestAPI<ConversationList>('conversations'),
+    get: id => requestAPI<StoredConversation>(one(id)),
+    create: body => sendJSON<StoredConversation>('conversations', body),
+    update: (id, body) => requestAPI<StoredConversation>(one(id), json('PUT', body)),
+    patch: (id, body) => sendJSON<StoredConversation>(one(id), body, 'PATCH'),
+    remove: async id => {
+      await requestAPI<null>(one(id), { method: 'DELETE' });
+    },
+    importMany: body => sendJSON<ImportReply>('conversations/import', body)
+  };
 }
 
 function readSettings(model: ChatModel, settings: ISettingRegistry.ISettings): void {
@@ -63,13 +85,21 @@ export const chatPlugin: JupyterFrontEndPlugin<void> = {
       load: model => sendJSON<LoadedModel>('models/load', { model })
     };
     const client = new ChatClient({ url: () => chatSocketUrl(), createSocket: url => new WebSocket(url) as unknown as SocketLike });
-    const model = new ChatModel(new ConversationStore(browserStorage()), client, api);
+    const storage = browserStorage();
+    const store = new ConversationStore(storage, undefined, { server: true });
+    const reporter: { model?: ChatModel } = {};
+    const sync = new ConversationSync(store, conversationsApi(), storage, (err, what) =>
+      reporter.model?.reportError(toChatError(err, what))
+    );
+    const model = new ChatModel(store, client, api, sync);
+    reporter.model = model;
     const workspace = new Workspace(shell, notebooks, editors, text => Clipboard.copyToSystem(text));
     const panel = new ChatPanel(model, workspace, rendermime);
     panel.title.icon = llamaIcon;
     panel.title.caption = 'llamalab chat (Ctrl/Cmd+Shift+Y)';
     shell.add(panel, 'right', { rank: 1000 });
     client.connect();
+    void model.start();
 
     // The context toggles follow the document and cell in use (and whether its kernel runs).
     const refresh = () => panel.update();

@@ -1,6 +1,6 @@
 /** The chat side panel's React view: header, settings, messages and the message box. */
 import type { IRenderMimeRegistry } from '@jupyterlab/rendermime';
-import { addIcon, deleteIcon, LabIcon, refreshIcon, stopIcon } from '@jupyterlab/ui-components';
+import { addIcon, deleteIcon, editIcon, LabIcon, refreshIcon, stopIcon } from '@jupyterlab/ui-components';
 import React, { useEffect, useState } from 'react';
 
 import type { KernelRef } from '../wire';
@@ -199,9 +199,49 @@ function Toggle(props: { id: keyof ContextChoice; label: string; title: string; 
   );
 }
 
+/** The conversation's title as an input, while renaming: Enter keeps it, Escape or leaving drops it. */
+function RenameField({ title, done }: { title: string; done: (title: string | null) => void }) {
+  const [value, setValue] = useState(title);
+  return (
+    <input
+      className="jp-mod-styled llamalab-conversation-picker"
+      data-testid="llamalab-chat-rename-input"
+      aria-label="Conversation title"
+      autoFocus
+      value={value}
+      onChange={e => setValue(e.currentTarget.value)}
+      onBlur={() => done(null)}
+      onKeyDown={e => {
+        if (e.key === 'Enter') {
+          e.preventDefault();
+          done(value.trim() ? value : null);
+        } else if (e.key === 'Escape') {
+          e.preventDefault();
+          e.stopPropagation();
+          done(null);
+        }
+      }}
+    />
+  );
+}
+
+/** Conversation files the server could not read: they were set aside, not lost. */
+function Problems({ model }: { model: ChatModel }) {
+  const problems = model.sync?.problems ?? [];
+  if (!problems.length) {
+    return null;
+  }
+  return (
+    <div className="llamalab-help llamalab-chat-problems" data-testid="llamalab-chat-problems" title={problems.map(p => p.message).join('\n')}>
+      {problems.length === 1 ? problems[0].message : `${problems.length} conversation files could not be read; they were set aside.`}
+    </div>
+  );
+}
+
 export function ChatView({ model, workspace, rendermime }: ChatViewProps) {
   useModel(model);
   const [draft, setDraft] = useState('');
+  const [renaming, setRenaming] = useState(false);
   const [choice, setChoice] = useState<ContextChoice>({ cell: false, selection: false, notebook: false, kernel: false });
   const conversation = model.store.active;
   const generating = model.isGenerating();
@@ -233,20 +273,33 @@ export function ChatView({ model, workspace, rendermime }: ChatViewProps) {
       }}
     >
       <div className="llamalab-chat-header">
-        <select
-          className="jp-mod-styled llamalab-conversation-picker"
-          data-testid="llamalab-conversation-picker"
-          aria-label="Conversation"
-          value={conversation.id}
-          onChange={e => model.select(e.currentTarget.value)}
-        >
-          {model.store.conversations.map(c => (
-            <option key={c.id} value={c.id}>
-              {c.title}
-              {model.isGenerating(c.id) ? ' (answering)' : ''}
-            </option>
-          ))}
-        </select>
+        {renaming ? (
+          <RenameField
+            title={conversation.title}
+            done={title => {
+              setRenaming(false);
+              if (title !== null) {
+                model.rename(title, conversation.id);
+              }
+            }}
+          />
+        ) : (
+          <select
+            className="jp-mod-styled llamalab-conversation-picker"
+            data-testid="llamalab-conversation-picker"
+            aria-label="Conversation"
+            value={conversation.id}
+            onChange={e => model.select(e.currentTarget.value)}
+          >
+            {model.store.conversations.map(c => (
+              <option key={c.id} value={c.id}>
+                {c.title}
+                {model.isGenerating(c.id) ? ' (answering)' : ''}
+              </option>
+            ))}
+          </select>
+        )}
+        <IconButton icon={editIcon} label="Rename this conversation" testId="llamalab-chat-rename" onClick={() => setRenaming(true)} />
         <IconButton icon={addIcon} label="New conversation" testId="llamalab-chat-new" onClick={() => model.newConversation()} />
         <IconButton icon={deleteIcon} label="Delete this conversation" testId="llamalab-chat-delete" onClick={() => model.remove()} />
       </div>
@@ -255,6 +308,7 @@ export function ChatView({ model, workspace, rendermime }: ChatViewProps) {
         <IconButton icon={refreshIcon} label="Refresh the model list" onClick={() => void model.refreshModels()} />
       </div>
       <Status model={model} />
+      <Problems model={model} />
       <Settings model={model} />
       <MessageList
         entries={conversation.entries}
