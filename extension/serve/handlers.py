@@ -46,6 +46,7 @@ class ServeHandler(OpenAIRoutes, web.RequestHandler):
     route = ""
     key: Optional[ApiKey] = None
     _counted = False
+    _recorded = False
     forbidden_hint = ("send an API key as 'Authorization: Bearer llk-...'; the server's administrator makes "
                       "one with `llamalab serve keys add NAME`")
 
@@ -104,11 +105,16 @@ class ServeHandler(OpenAIRoutes, web.RequestHandler):
     def on_connection_close(self) -> None:
         super().on_connection_close()
         self._uncount()
+        self._count_request("closed")  # the client left before the answer ended
 
     def on_finish(self) -> None:
         self._uncount()
-        if self.route:
-            self.metrics.requests.labels(self.user or "-", self.route, str(self.get_status())).inc()
+        self._count_request(str(self.get_status()))
+
+    def _count_request(self, status: str) -> None:
+        if self.route and not self._recorded:
+            self._recorded = True
+            self.metrics.requests.labels(self.user or "-", self.route, status).inc()
 
     @property
     def metrics(self) -> ServeMetrics:
