@@ -1,19 +1,30 @@
-"""Conversion benchmark: llamalab's Meta .pth -> GGUF converter against llama.cpp's legacy one.
+"""Conversion benchmark: llamalab's Meta .pth -> GGUF converter against llama.cpp's legacy one,
+as a conversion stage and as the whole ``llamalab convert`` command.
 
-Builds Meta-format checkpoints (bf16 ``consolidated.00.pth``, ``params.json``, a SentencePiece
-``tokenizer.model``) of several sizes, converts each to f16 GGUF with
-``llamalab.convert.convert_checkpoint`` and with ``examples/convert_legacy_llama.py`` from the
-llama.cpp sources vendored in llama-cpp-python's sdist (the same version as installed; fetched
-with ``pip download --no-binary``, never committed), each in a fresh subprocess, and prints
-throughput (input GB/s) and peak RSS side by side, with the ratio and the memory bound the
-issue sets (512 MB plus twice the largest merged tensor).
+Builds Meta-format checkpoints (bf16 ``consolidated.NN.pth``, ``params.json``, a SentencePiece
+``tokenizer.model``) of three sizes with Llama 2 70B's structure scaled down (``--layout 70b``,
+the default: eight shards split as Meta's model-parallel layers split them, GQA 64/8 heads,
+``ffn_dim_multiplier`` 1.3, ``multiple_of`` 4096; ``--layout 13b``: two shards, MHA), and
+converts each to f16 GGUF three ways, each in a fresh process:
 
-    python bench/bench_convert.py                 # three sizes, the largest above 1 GB
+    legacy  ``examples/convert_legacy_llama.py`` from the llama.cpp sources vendored in
+            llama-cpp-python's sdist (the same version as installed; fetched with
+            ``pip download --no-binary``, never committed)
+    stage   ``llamalab.convert.convert_checkpoint`` alone
+    cli     ``python -m llamalab convert DIR --outtype f16 --out FILE``: conversion, the check that
+            llama.cpp accepts the file, sha256 and registration in a fresh store
+
+and prints throughput (input GB/s), peak RSS, the ratios to the legacy converter and the memory
+bound the issue sets (512 MB plus twice the largest merged tensor), with the check line the
+command printed.
+
+    python bench/bench_convert.py                 # 0.5, 1 and 2 GB of bf16
     python bench/bench_convert.py --quick         # tiny shapes: a dry run that CI runs
 
-Both converters run on the same input in the same run, alternately, so the ratio is what to
+All sides run on the same input in the same run, in rotating order, so the ratios are what to
 read on a shared, noisy machine. Timing is wall clock around the child process; peak RSS is the
-child's ``ru_maxrss`` from ``os.wait4``.
+child's ``ru_maxrss`` (it includes any process the child waited for), measured by a small launcher
+process (see ``_LAUNCHER``).
 """
 
 from __future__ import annotations
@@ -26,12 +37,12 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
+SIDES = ("legacy", "stage", "cli")
 
 
 @dataclass
@@ -68,81 +79,134 @@ def legacy_converter(cache: Path) -> Path:
     return script
 
 
-def build_checkpoint(folder: Path, dim: int, n_layers: int, n_heads: int) -> tuple[int, int]:
-    """A Meta-format checkpoint, built in a child process so this one stays small; returns
-    (input bytes, bytes of the largest tensor as f16)."""
+LAYOUTS = {"70b": dict(shards=8, heads=64, kv_heads=8, multiple_of=4096, ffn_dim_multiplier=1.3),
+           "13b": dict(shards=2, heads=0, kv_heads=None, multiple_of=256, ffn_dim_multiplier=None)}
+
+
+def spec_fields(layout: str, dim: int, n_layers: int) -> dict:
+    """The fixture's ``Spec`` arguments for a checkpoint of this layout (13b: heads of width 128)."""
+    shape = LAYOUTS[layout]
+    return dict(dim=dim, n_layers=n_layers, n_heads=shape["heads"] or dim // 128, n_kv_heads=shape["kv_heads"],
+                multiple_of=shape["multiple_of"], ffn_dim_multiplier=shape["ffn_dim_multiplier"])
+
+
+def tensor_bytes(layout: str, dim: int, n_layers: int) -> list[int]:
+    """bf16 bytes of every merged tensor of such a checkpoint (512-piece vocabulary)."""
+    sys.path.insert(0, str(REPO))
+    from tests.fixtures.meta_checkpoint import Spec, meta_shapes
+
+    sizes = []
+    for shape in meta_shapes(Spec(**spec_fields(layout, dim, n_layers)), 512).values():
+        n = 2
+        for d in shape:
+            n *= d
+        sizes.append(n)
+    return sizes
+
+
+def build_checkpoint(folder: Path, layout: str, dim: int, n_layers: int) -> tuple[int, int]:
+    """A Meta-format checkpoint of random bf16 weights, built shard by shard in a child process (torch
+    stays out of this one); returns (input bytes, bytes of the largest merged tensor as f16)."""
     code = ("import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]);"
-            "from tests.fixtures.meta_checkpoint import Spec, make_weights, train_tokenizer, write_meta_checkpoint;"
-            "folder = Path(sys.argv[2]); dim, layers, heads = map(int, sys.argv[3:6]);"
+            "from tests.fixtures.meta_checkpoint import Spec, train_tokenizer, write_random_checkpoint;"
+            "folder = Path(sys.argv[2]); spec = Spec(**json.loads(sys.argv[3]));"
             "tok = train_tokenizer(folder.parent / 'tokenizer', vocab_size=512);"
-            "spec = Spec(dim=dim, n_layers=layers, n_heads=heads, multiple_of=256);"
-            "w = make_weights(spec, n_vocab=512);"
-            "print(json.dumps(max(v.size for v in w.values()) * 2));"
-            "write_meta_checkpoint(folder, w, spec, n_shards=1, tokenizer=tok)")
-    result = subprocess.run([sys.executable, "-c", code, str(REPO), str(folder), str(dim), str(n_layers),
-                             str(n_heads)], capture_output=True, text=True, check=True)
-    largest = int(result.stdout.strip().splitlines()[-1])
+            "write_random_checkpoint(folder, spec, int(sys.argv[4]), tok, 512)")
+    fields = json.dumps(spec_fields(layout, dim, n_layers))
+    subprocess.run([sys.executable, "-c", code, str(REPO), str(folder), fields, str(LAYOUTS[layout]["shards"])],
+                   check=True)
+    largest = max(tensor_bytes(layout, dim, n_layers))
     return sum(p.stat().st_size for p in folder.glob("consolidated.*.pth")), largest
 
 
-def run_child(command: list[str], env: dict[str, str], log: Path) -> tuple[float, int, int]:
-    """Wall seconds, peak RSS bytes and exit code of one child process.
+# Runs the command as its child and reports its wall time, peak RSS and exit code. A child's
+# ru_maxrss starts at the high-water mark of the memory image it was exec'ed from (the kernel keeps
+# the old image's peak across exec, and posix_spawn/vfork children exec from their parent's image),
+# so the measured command is started from this small launcher, not from the benchmark itself.
+_LAUNCHER = ("import json, resource, subprocess, sys, time; log = open(sys.argv[1], 'wb'); t = time.perf_counter();"
+             "code = subprocess.run(sys.argv[2:], stdout=log, stderr=log, stdin=subprocess.DEVNULL).returncode;"
+             "print(json.dumps([time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,"
+             " code]))")
 
-    The child is started with posix_spawn (vfork semantics), not fork: a forked child's
-    ``ru_maxrss`` would start at the parent's resident size and hide the converter's own peak.
-    """
-    started = time.perf_counter()
-    with open(log, "wb") as out:
-        actions = [(os.POSIX_SPAWN_DUP2, out.fileno(), 1), (os.POSIX_SPAWN_DUP2, out.fileno(), 2)]
-        pid = os.posix_spawn(command[0], command, env, file_actions=actions)
-        _, status, usage = os.wait4(pid, 0)
-    seconds = time.perf_counter() - started
-    code = os.waitstatus_to_exitcode(status)
+
+def run_child(command: list[str], env: dict[str, str], log: Path) -> tuple[float, int, int]:
+    """Wall seconds, peak RSS bytes and exit code of one child process (through ``_LAUNCHER``)."""
+    result = subprocess.run([sys.executable, "-c", _LAUNCHER, str(log), *command], env=env, capture_output=True,
+                            text=True, check=True)
+    seconds, maxrss_kb, code = json.loads(result.stdout.strip().splitlines()[-1])
     if code != 0:
         sys.stderr.write(log.read_text(errors="replace")[-2000:])
-    return seconds, usage.ru_maxrss * 1024, code
+    return seconds, maxrss_kb * 1024, code
 
 
-def convert_with(side: str, folder: Path, out: Path, legacy: Path, home: Path) -> tuple[float, int, int]:
+def convert_with(side: str, folder: Path, out: Path, legacy: Path, work: Path) -> tuple[float, int, int]:
+    home = work / f"home-{side}"
+    shutil.rmtree(home, ignore_errors=True)
     env = dict(os.environ, LLAMALAB_HOME=str(home), PYTHONPATH=str(REPO))
-    if side == "llamalab":
+    if side == "stage":
         code = ("import sys; from llamalab.convert import convert_checkpoint; "
                 "convert_checkpoint(sys.argv[1], sys.argv[2], outtype='f16', accept_license=True)")
         command = [sys.executable, "-c", code, str(folder), str(out)]
+    elif side == "cli":
+        command = [sys.executable, "-m", "llamalab", "convert", str(folder), "--outtype", "f16", "--out", str(out),
+                   "--accept-license"]
     else:
         command = [sys.executable, str(legacy), str(folder), "--outtype", "f16", "--outfile", str(out)]
     out.unlink(missing_ok=True)
-    return run_child(command, env, out.with_suffix(".log"))
+    try:
+        return run_child(command, env, out.with_suffix(".log"))
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _gb(n: float) -> str:
     return f"{n / 1e9:.2f}"
 
 
+def _best(runs: list[Run], label: str, side: str) -> tuple[float, int]:
+    """(best input GB/s, highest peak RSS) of one side at one size."""
+    mine = [r for r in runs if r.size_label == label and r.side == side]
+    ok = [r for r in mine if r.returncode == 0]
+    rate = max(r.input_bytes / r.seconds for r in ok) if ok else float("nan")
+    return rate, max(r.peak_rss_bytes for r in mine)
+
+
 def print_table(runs: list[Run], bounds: dict[str, int]) -> None:
-    print(f"{'size':>6} {'input GB':>8} | {'llamalab GB/s':>13} {'peak RSS MB':>11} | "
-          f"{'legacy GB/s':>11} {'peak RSS MB':>11} | {'speed x':>7} {'RSS bound MB':>12} {'within':>6}")
+    print(f"{'size':>5} {'input GB':>8} | {'legacy GB/s':>11} {'RSS MB':>6} | {'stage GB/s':>10} {'RSS MB':>6} | "
+          f"{'cli GB/s':>8} {'RSS MB':>6} | {'stage x':>7} {'cli x':>6} | {'RSS bound MB':>12} {'within':>6}")
     for label in dict.fromkeys(r.size_label for r in runs):
-        ours = [r for r in runs if r.size_label == label and r.side == "llamalab"]
-        theirs = [r for r in runs if r.size_label == label and r.side == "legacy"]
-        best_ours = min(ours, key=lambda r: r.seconds)
-        best_theirs = min(theirs, key=lambda r: r.seconds)
-        ours_rate = best_ours.input_bytes / best_ours.seconds
-        theirs_rate = best_theirs.input_bytes / best_theirs.seconds if best_theirs.returncode == 0 else float("nan")
-        peak = max(r.peak_rss_bytes for r in ours)
-        print(f"{label:>6} {_gb(best_ours.input_bytes):>8} | {ours_rate / 1e9:>13.3f} {peak / 2**20:>11.0f} | "
-              f"{theirs_rate / 1e9:>11.3f} {max(r.peak_rss_bytes for r in theirs) / 2**20:>11.0f} | "
-              f"{ours_rate / theirs_rate:>7.2f} {bounds[label] / 2**20:>12.0f} "
-              f"{'yes' if peak <= bounds[label] else 'NO':>6}")
-    print("speed x = llamalab throughput / legacy throughput (best of the runs); target >= 2; "
-          "RSS bound = 512 MB + 2 x largest merged tensor (f16)")
+        size = next(r.input_bytes for r in runs if r.size_label == label)
+        (legacy, legacy_rss), (stage, stage_rss), (cli, cli_rss) = (_best(runs, label, s) for s in SIDES)
+        within = max(stage_rss, cli_rss) <= bounds[label]
+        print(f"{label:>5} {_gb(size):>8} | {legacy / 1e9:>11.3f} {legacy_rss / 2**20:>6.0f} | "
+              f"{stage / 1e9:>10.3f} {stage_rss / 2**20:>6.0f} | {cli / 1e9:>8.3f} {cli_rss / 2**20:>6.0f} | "
+              f"{stage / legacy:>7.2f} {cli / legacy:>6.2f} | {bounds[label] / 2**20:>12.0f} "
+              f"{'yes' if within else 'NO':>6}")
+    print("x = throughput / the legacy converter's (best of the runs); cli = the whole `llamalab convert` "
+          "command (convert, check, sha256, registration); targets: cli x >= 1.5 from 0.5 GB up; "
+          "RSS bound = 512 MB + 2 x largest merged tensor (f16), for stage and cli")
+
+
+def _sizes(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """(label, layer count) for each checkpoint to build."""
+    if args.layers:
+        return [(f"{n}L", int(n)) for n in args.layers.split(",")]
+    per_layer = sum(tensor_bytes(args.layout, args.dim, 2)) - sum(tensor_bytes(args.layout, args.dim, 1))
+    return [(f"{gb}G", max(1, round(float(gb) * 1e9 / per_layer))) for gb in args.sizes.split(",")]
+
+
+def _check_line(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("checked")]
+    return lines[-1] if lines else ""
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--layers", default="2,5,11", help="layer counts, one checkpoint each (default %(default)s)")
-    ap.add_argument("--dim", type=int, default=2048)
-    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--layout", choices=sorted(LAYOUTS), default="70b",
+                    help="checkpoint structure (default %(default)s)")
+    ap.add_argument("--sizes", default="0.5,1,2", help="checkpoint sizes in GB of bf16 (default %(default)s)")
+    ap.add_argument("--layers", default="", help="layer counts instead of --sizes, one checkpoint each")
+    ap.add_argument("--dim", type=int, default=1024, help="model width (default %(default)s)")
     ap.add_argument("--runs", type=int, default=2, help="conversions per side and size (default %(default)s)")
     ap.add_argument("--work", type=Path, default=REPO / "bench" / "results" / "convert-work",
                     help="where checkpoints and outputs go (default %(default)s)")
@@ -150,30 +214,34 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--json", type=Path, help="write every run as JSON here")
     args = ap.parse_args(argv)
     if args.quick:
-        args.layers, args.dim, args.heads, args.runs = "1,2", 256, 4, 1
+        args.layers, args.dim, args.runs = "1,2", 256, 1
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     legacy = legacy_converter(work / "legacy")
     runs: list[Run] = []
     bounds: dict[str, int] = {}
-    for layers in (int(x) for x in args.layers.split(",")):
-        label = f"{layers}L"
-        folder = work / f"llama-bench-{args.dim}d-{layers}l"
+    checks: dict[str, str] = {}
+    for label, layers in _sizes(args):
+        folder = work / f"llama-bench-{args.layout}-{args.dim}d-{layers}l"
         shutil.rmtree(folder, ignore_errors=True)
-        input_bytes, largest = build_checkpoint(folder, args.dim, layers, args.heads)
+        input_bytes, largest = build_checkpoint(folder, args.layout, args.dim, layers)
         bounds[label] = 512 * 2**20 + 2 * largest
         for attempt in range(args.runs):
-            for side in (("llamalab", "legacy") if attempt % 2 == 0 else ("legacy", "llamalab")):
+            for side in SIDES[attempt % 3:] + SIDES[:attempt % 3]:
                 out = work / f"{label}.{side}.gguf"
-                seconds, rss, code = convert_with(side, folder, out, legacy, work / "home")
+                seconds, rss, code = convert_with(side, folder, out, legacy, work)
                 runs.append(Run(side, label, input_bytes, seconds, rss, out.stat().st_size if out.exists() else 0,
                                 code))
-                if side == "llamalab" and code != 0:
-                    print(f"llamalab's converter failed on {label}", file=sys.stderr)
+                if side != "legacy" and code != 0:
+                    print(f"llamalab ({side}) failed on {label}", file=sys.stderr)
                     return 1
+                if side == "cli":
+                    checks[label] = _check_line(out.with_suffix(".log"))
                 out.unlink(missing_ok=True)
         shutil.rmtree(folder, ignore_errors=True)
     print_table(runs, bounds)
+    for label, line in checks.items():
+        print(f"{label}: {line}")
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in runs], indent=2))
     return 0

@@ -3,7 +3,8 @@
 ``quantize_gguf(src, dst, "Q4_K_M")`` calls ``llama_cpp.llama_model_quantize`` (the code
 behind llama.cpp's ``llama-quantize``) into ``dst.part``, checks its return code and the
 output's header, and renames it only then. ``QUANT_TYPES`` lists every type llama.cpp
-offers for a full model. ``smoke_test(path)`` loads a model and generates a few tokens.
+offers for a full model. Whether the result runs is checked by ``llamalab.convert.runcheck``
+(``quantize_and_register`` does it), at a cost bounded by the memory the command may use.
 
 The quantizer is one blocking C call that cannot be interrupted; given a ``cancel`` event,
 ``quantize_gguf`` runs it in a child Python process instead and terminates that process
@@ -21,12 +22,12 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import LlamalabError, QuantizeError
+from .errors import QuantizeError
 from .fetch import ensure_free_space, part_path
 from .gguf_info import read_gguf_info
 from .progress import ProgressCallback, cancellable, raise_if_cancelled, report
 
-__all__ = ["QUANT_TYPES", "quantize_gguf", "normalize_quant_type", "smoke_test"]
+__all__ = ["QUANT_TYPES", "quantize_gguf", "normalize_quant_type"]
 
 # llama.cpp's llama_ftype values (include/llama.h); the ones llama-quantize offers for whole models.
 QUANT_TYPES: dict[str, int] = {
@@ -133,22 +134,3 @@ def quantize_gguf(src: os.PathLike[str] | str, dst: os.PathLike[str] | str, qtyp
     report(progress, f"quantizing to {key}", 1, 1, unit="it",
            message=f"{time.perf_counter() - started:.1f} s")
     return dst
-
-
-def smoke_test(path: os.PathLike[str] | str, prompt: str = "Hello", n_tokens: int = 4) -> str:
-    """Load ``path`` with llama.cpp and generate ``n_tokens``; raise a clear error if it cannot."""
-    from .engine.base import GenerationParams
-    from .engine.local import LocalEngine
-
-    try:
-        with LocalEngine(path, n_ctx=256, n_gpu_layers=0, chat_format="auto", n_parallel=1,
-                         prompt_cache_mb=0) as engine:
-            result = engine.complete(prompt, GenerationParams(max_tokens=n_tokens, temperature=0,
-                                                              priority="background")).collect()
-    except LlamalabError:
-        raise
-    except Exception as exc:  # llama.cpp failing on a file it wrote is a conversion bug, say so
-        raise QuantizeError(f"{Path(path).name} does not run ({exc}); the conversion is faulty.") from None
-    if result.completion_tokens < 1:
-        raise QuantizeError(f"{Path(path).name} loaded but generated nothing; the conversion is faulty.")
-    return result.text

@@ -6,8 +6,9 @@
 ``convert_checkpoint`` reads Meta's folders (``consolidated.NN.pth`` + ``params.json`` +
 ``tokenizer.model``) and Hugging Face Llama folders (``config.json`` + safetensors) and
 writes one GGUF, streaming tensor by tensor. ``convert_and_register`` and
-``quantize_and_register`` add llama.cpp's quantizer, a short test run and registration
-in the model store, which is what ``llamalab convert`` and ``llamalab quantize`` do.
+``quantize_and_register`` add llama.cpp's quantizer, a bounded check that llama.cpp accepts
+(and, where it fits in memory, runs) the result, and registration in the model store, which is
+what ``llamalab convert`` and ``llamalab quantize`` do.
 
 The modules, each owning one concept:
 
@@ -18,8 +19,9 @@ The modules, each owning one concept:
     metadata   the GGUF key-values (gguf.Keys) and Meta's chat template
     meta       Meta's shards merged along each tensor's split axis
     hf         Hugging Face safetensors with the Q/K permutation undone
-    writer     streaming GGUF writing into NAME.part, read back, checked, renamed
-    pipeline   convert [+ quantize] + smoke test + register
+    writer     streaming GGUF writing into NAME.part, hashed as written, checked, renamed
+    runcheck   llama.cpp loads the result and runs one prompt, or loads it structurally
+    pipeline   convert [+ quantize] + check + register
 
 Importing this package is light: numpy, gguf and llama_cpp load when a conversion starts.
 """
@@ -29,12 +31,15 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..errors import CheckpointError, ConfigError
 from ..progress import ProgressCallback, cancellable
 from .params import LlamaParams, meta_hidden_dim
 from .pipeline import convert_and_register, quantize_and_register
+
+if TYPE_CHECKING:
+    from .writer import WrittenGGUF
 
 __all__ = ["convert_checkpoint", "detect_layout", "checkpoint_license", "OUTTYPES", "LlamaParams",
            "meta_hidden_dim", "convert_and_register", "quantize_and_register"]
@@ -95,6 +100,16 @@ def convert_checkpoint(src_dir: os.PathLike[str] | str, out_path: Optional[os.Pa
     ``cancel`` stops the conversion between two tensors with ``OperationCancelledError`` (the
     ``.part`` file is deleted).
     """
+    return write_checkpoint(src_dir, out_path, outtype, progress, accept_license, name=name, chat=chat,
+                            store=store, cancel=cancel).path
+
+
+def write_checkpoint(src_dir: os.PathLike[str] | str, out_path: Optional[os.PathLike[str] | str] = None,
+                     outtype: str = "f16", progress: Optional[ProgressCallback] = None,
+                     accept_license: bool = False, *, name: Optional[str] = None,
+                     chat: Optional[bool] = None, store: Optional[object] = None,
+                     cancel: Optional[threading.Event] = None) -> "WrittenGGUF":
+    """``convert_checkpoint``, returning the ``WrittenGGUF`` (path, size, sha256 of the bytes written)."""
     from ..license import require_license
     from .hf import plan_hf
     from .meta import plan_meta

@@ -1,11 +1,18 @@
 """From a checkpoint folder (or an F16 GGUF) to a model in the store that ``llamalab chat`` can use.
 
 ``convert_and_register`` converts, optionally quantizes with llama.cpp's quantizer
-(through a hidden temporary GGUF that is always deleted), runs ``smoke_test`` on the
-result and registers it. ``quantize_and_register`` does the same from a GGUF. If any step
-fails, the output file is removed and nothing is registered: a model is in the store
-only once it has loaded and generated tokens. Both take ``cancel`` (a ``threading.Event``):
-once set, the running step stops with ``OperationCancelledError`` and leaves no file behind.
+(through a hidden temporary GGUF that is always deleted), checks the result with
+``runcheck.check_model`` and registers it. ``quantize_and_register`` does the same from a GGUF.
+If any step fails, the output file is removed and nothing is registered: a model is in the
+store only once llama.cpp has accepted it. Both take ``cancel`` (a ``threading.Event``): once
+set, the running step stops with ``OperationCancelledError`` and leaves no file behind.
+
+Each weight is read as few times as the step allows: a conversion to f16/bf16/f32 writes the
+file once, with its sha256 computed from the bytes as they are written; the check reads no
+weight unless the model fits in memory (then once, to run one prompt). A quantized file,
+written by llama.cpp, is read once more for its sha256. ``check`` ("auto", "run", "structure")
+chooses the check's depth; the line saying which one was done is the last progress event of
+the ``checking NAME`` stage.
 """
 
 from __future__ import annotations
@@ -44,14 +51,19 @@ def _owned(store: Any, path: Path) -> bool:
         return False
 
 
-def _finish(store: Any, name: str, out: Path, source: str, created_dir: Optional[Path]) -> Any:
-    """Smoke-test ``out`` and register it; on failure delete it (and a folder made for it)."""
-    from ..quantize import smoke_test
+def _finish(store: Any, name: str, out: Path, source: str, created_dir: Optional[Path], *,
+            sha256: Optional[str], check: str, progress: Optional[ProgressCallback]) -> Any:
+    """Check ``out`` runs and register it; on failure delete it (and a folder made for it)."""
+    from ..gguf_info import read_gguf_info
+    from ..store import sha256_file
+    from .runcheck import check_model
 
     with _removed_on_failure(created_dir):
         try:
-            smoke_test(out)
-            return store.register(name, out, source=source, owned=_owned(store, out))
+            info = read_gguf_info(out)
+            digest = sha256 or sha256_file(out, progress, stage=f"hashing {out.name}")
+            check_model(out, mode=check, progress=progress)  # its one-line result is the last event
+            return store.register(name, out, source=source, sha256=digest, info=info, owned=_owned(store, out))
         except BaseException:
             with contextlib.suppress(OSError):
                 out.unlink()  # first the file, then (on the way out) the folder made for it
@@ -79,26 +91,29 @@ def convert_and_register(src_dir: os.PathLike[str] | str, *, outtype: str = "f16
                          out: Optional[os.PathLike[str] | str] = None, name: Optional[str] = None,
                          accept_license: bool = False, store: Any = None,
                          progress: Optional[ProgressCallback] = None,
-                         cancel: Optional[threading.Event] = None) -> Any:
-    """Convert ``src_dir`` (and quantize to ``quant``), test the result, register it as ``name``.
+                         cancel: Optional[threading.Event] = None, check: str = "auto") -> Any:
+    """Convert ``src_dir`` (and quantize to ``quant``), check the result, register it as ``name``.
 
     Returns the ``StoredModel``. The file goes to ``out`` or into the store's models folder.
     """
-    from . import convert_checkpoint, normalize_outtype
+    from . import convert_checkpoint, normalize_outtype, write_checkpoint
     from ..fetch import part_path
     from ..quantize import normalize_quant_type, quantize_gguf
 
     src = Path(src_dir).expanduser()
     out_type = normalize_outtype(outtype)
     qtype = normalize_quant_type(quant) if quant else None  # an unknown type fails before any work
+    _check_mode(check)
     store = _store(store)
     label = qtype or out_type
     name = store.validate_name(name or default_name(src.name, label))
     target = Path(out).expanduser().absolute() if out else store.model_dir(name) / f"{src.name}.{label}.gguf"
     created = _new_dir(target.parent)
+    sha256 = None
     with _removed_on_failure(created):
         if qtype is None:
-            convert_checkpoint(src, target, out_type, progress, accept_license, store=store, cancel=cancel)
+            sha256 = write_checkpoint(src, target, out_type, progress, accept_license, store=store,
+                                      cancel=cancel).sha256
         else:
             temporary = target.with_name(f".{target.stem}.{out_type.lower()}.tmp.gguf")
             try:
@@ -108,18 +123,20 @@ def convert_and_register(src_dir: os.PathLike[str] | str, *, outtype: str = "f16
                 for leftover in (temporary, part_path(temporary)):
                     with contextlib.suppress(OSError):
                         leftover.unlink()
-    return _finish(store, name, target, f"convert:{src.resolve()}", created)
+    return _finish(store, name, target, f"convert:{src.resolve()}", created, sha256=sha256, check=check,
+                   progress=progress)
 
 
 def quantize_and_register(src: os.PathLike[str] | str, qtype: str, *, out: Optional[os.PathLike[str] | str] = None,
                           name: Optional[str] = None, store: Any = None,
                           progress: Optional[ProgressCallback] = None,
-                          cancel: Optional[threading.Event] = None) -> Any:
-    """Quantize the GGUF ``src`` to ``qtype`` with llama.cpp, test it, register it as ``name``."""
+                          cancel: Optional[threading.Event] = None, check: str = "auto") -> Any:
+    """Quantize the GGUF ``src`` to ``qtype`` with llama.cpp, check it, register it as ``name``."""
     from ..gguf_info import read_gguf_info
     from ..quantize import normalize_quant_type, quantize_gguf
 
     key = normalize_quant_type(qtype)
+    _check_mode(check)
     path = Path(src).expanduser()
     read_gguf_info(path)  # a clear error for a missing or non-GGUF input before anything else
     store = _store(store)
@@ -129,4 +146,12 @@ def quantize_and_register(src: os.PathLike[str] | str, qtype: str, *, out: Optio
     created = _new_dir(target.parent)
     with _removed_on_failure(created):
         quantize_gguf(path, target, key, progress=progress, cancel=cancel)
-    return _finish(store, name, target, f"quantize:{path.resolve()}", created)
+    return _finish(store, name, target, f"quantize:{path.resolve()}", created, sha256=None, check=check,
+                   progress=progress)
+
+
+def _check_mode(check: str) -> None:
+    """An unknown ``check`` fails before any work."""
+    from .runcheck import check_mode
+
+    check_mode(check)

@@ -8,6 +8,13 @@ array a conversion holds is the merged output tensor itself. After a tensor has 
 written, ``SourceTensor.release`` tells the kernel its pages are no longer needed, so
 resident memory does not grow with the model either.
 
+f16 holds magnitudes up to 65504; bf16 and f32 go far beyond. A value that would become inf
+in an f16 output makes ``fill`` raise ``ConversionError`` naming the tensor and suggesting
+``--outtype bf16``: llama.cpp's own converter (gguf-py's ``astype(np.float16)``) neither clamps
+nor stops there, and an inf weight turns every logit into NaN. The check runs on each converted
+block while it is in cache (one masked max over its 16-bit output, about 0.1 ms per million
+values), so it costs no extra pass over the model.
+
 bf16 is kept as its raw 16 bits (``uint16``) because numpy has no bf16 type.
 """
 
@@ -23,7 +30,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConversionError
 
 __all__ = ["MappedFile", "SourceTensor", "SOURCE_DTYPES", "OUT_TYPES", "fill", "convert_block",
            "conversion_threads"]
@@ -38,6 +45,7 @@ SOURCE_DTYPES: dict[str, np.dtype] = {
 OUT_TYPES: dict[str, np.dtype] = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
 
 _BLOCK_ELEMENTS = 1 << 20  # 1M elements (4 MB as f32) converted at a time
+_FAULT_AROUND = 64 * 1024  # Linux's default fault_around_bytes
 
 
 class MappedFile:
@@ -69,8 +77,11 @@ class MappedFile:
         if self._map is None or not hasattr(self._map, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
             return
         page = mmap.PAGESIZE
-        start = offset // page * page
-        end = min(self.size, -(-(offset + nbytes) // page) * page)
+        # The kernel maps up to 64 KB of cached pages around each page fault ("fault-around"), so
+        # reading a tensor maps back the tail of the one before it: drop that margin too, or
+        # resident memory creeps up by a few pages per tensor (tens of MB for an 8-shard model).
+        start = max(0, offset - _FAULT_AROUND) // page * page
+        end = min(self.size, -(-(offset + nbytes + _FAULT_AROUND) // page) * page)
         if end > start:
             try:
                 self._map.madvise(mmap.MADV_DONTNEED, start, end - start)
@@ -217,21 +228,40 @@ def _convert_with_ggml(dest: np.ndarray, raw: np.ndarray, src: str, out: str) ->
 _GGML_PAIRS = {("BF16", "F32"), ("BF16", "F16"), ("F32", "F16")}
 
 
-def _convert_into(dest: np.ndarray, raw: np.ndarray, src: str, out: str) -> None:
-    """``dest[...] = raw`` converted from ``src`` to ``out``, with at most one scratch buffer."""
-    if src != out and _convert_with_ggml(dest, raw, src, out):
-        return
+def _convert_into(dest: np.ndarray, raw: np.ndarray, src: str, out: str) -> bool:
+    """``dest[...] = raw`` converted from ``src`` to ``out``, with at most one scratch buffer;
+    True when a finite value became inf (f16's range exceeded)."""
     if src == out:
         np.copyto(dest, raw)
-    elif src == "BF16":
-        wide = _scratch(raw.size).reshape(raw.shape)
-        np.copyto(wide, raw, casting="unsafe")
-        wide <<= 16
-        np.copyto(dest, wide.view(np.float32), casting="same_kind")  # the cast writes straight into dest
-    elif out == "BF16":
-        np.copyto(dest, _f32_to_bf16_bits(raw.astype(np.float32)))
-    else:
-        np.copyto(dest, raw, casting="same_kind")
+        return False
+    if not _convert_with_ggml(dest, raw, src, out):
+        if src == "BF16":
+            wide = _scratch(raw.size).reshape(raw.shape)
+            np.copyto(wide, raw, casting="unsafe")
+            wide <<= 16
+            with np.errstate(over="ignore"):  # an overflow is reported below, as one clear error
+                np.copyto(dest, wide.view(np.float32), casting="same_kind")  # the cast writes into dest
+        elif out == "BF16":
+            np.copyto(dest, _f32_to_bf16_bits(raw.astype(np.float32)))
+        else:
+            with np.errstate(over="ignore"):
+                np.copyto(dest, raw, casting="same_kind")
+    return out == "F16" and _f16_overflowed(dest, raw, src)
+
+
+_F16_EXPONENT = 0x7C00  # f16 bits of inf; NaNs are above it
+
+
+def _f16_overflowed(dest: np.ndarray, raw: np.ndarray, src: str) -> bool:
+    """Whether the f16 block ``dest`` holds an inf that was finite in ``raw`` (one masked max;
+    the exact comparison runs only in the rare case the block holds an inf or NaN at all)."""
+    bits = dest.view(np.uint16)
+    magnitude = _scratch(bits.size).view(np.uint16)[: bits.size].reshape(bits.shape)
+    np.bitwise_and(bits, 0x7FFF, out=magnitude)
+    if magnitude.max(initial=0) < _F16_EXPONENT:
+        return False
+    source = _bf16_bits_to_f32(raw) if src == "BF16" else raw.astype(np.float32)
+    return bool(np.any(np.isinf(dest) & np.isfinite(source)))
 
 
 def fill(dest: np.ndarray, tensor: SourceTensor, out_type: str) -> None:
@@ -241,10 +271,13 @@ def fill(dest: np.ndarray, tensor: SourceTensor, out_type: str) -> None:
     if raw.shape != dest.shape:
         raise CheckpointError(f"{tensor.origin} has shape {raw.shape}, expected {dest.shape}.")
     if raw.ndim < 2 or raw.size <= _BLOCK_ELEMENTS:
-        _convert_into(dest, raw, tensor.dtype, out_type)
-        return
-    step = max(1, _BLOCK_ELEMENTS // max(1, raw[0].size))
-    jobs = [_executor().submit(_convert_into, dest[i:i + step], raw[i:i + step], tensor.dtype, out_type)
-            for i in range(0, raw.shape[0], step)]
-    for job in jobs:
-        job.result()
+        overflowed = _convert_into(dest, raw, tensor.dtype, out_type)
+    else:
+        step = max(1, _BLOCK_ELEMENTS // max(1, raw[0].size))
+        jobs = [_executor().submit(_convert_into, dest[i:i + step], raw[i:i + step], tensor.dtype, out_type)
+                for i in range(0, raw.shape[0], step)]
+        overflowed = any([job.result() for job in jobs])
+    if overflowed:
+        file, _, name = tensor.origin.partition(": ")
+        raise ConversionError(f"{name or file} ({file}) has values beyond f16's range (+-65504) that would become "
+                              "inf in an f16 GGUF; convert with --outtype bf16 (or f32) instead.")

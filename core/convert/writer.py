@@ -5,13 +5,19 @@ and a ``fill`` function that writes the tensor's values into an array it is hand
 ``write_gguf`` then
 
 1. checks the output folder is writable and has room (``fetch.ensure_free_space``);
-2. declares every tensor to ``gguf.GGUFWriter`` (``add_tensor_info``) and writes the
+2. declares every tensor to ``gguf.GGUFWriter`` (``add_tensor_info``), which writes the
    header, key-values and tensor infos into ``NAME.part``;
-3. builds one tensor at a time while a second thread writes the previous one
-   (``write_tensor_data``), releasing source pages as it goes, so peak memory is two
-   merged tensors plus small conversion blocks, whatever the size of the model;
-4. reads the file back with ``read_gguf_info`` and compares tensor count, names, shapes
-   and types with the plan; only then renames it to ``NAME``.
+3. builds one tensor at a time while a second thread writes the previous one and feeds the
+   same bytes to sha256, releasing source pages as it goes, so peak memory is two merged
+   tensors plus small conversion blocks whatever the size of the model, and the file's sha256
+   (for the model store) costs no second read;
+4. checks the file without reading it again in full (``_verify``): the header and tensor table
+   parse and match the plan (names, shapes, types, order); the file is exactly as long as the
+   table says; and for every tensor the first and last ``_SAMPLE`` bytes read back equal the
+   bytes written there. That proves each tensor's data sits at the offset llama.cpp will read
+   it from and nothing was lost at either end; a corrupted byte in the middle of a tensor would
+   not be seen (the sha256 covers what was handed to the OS, not what the disk returns);
+5. renames it to ``NAME`` and returns a ``WrittenGGUF`` (path, size, sha256).
 
 Any failure deletes the ``.part`` file; disk-full and permission errors become
 ``InsufficientDiskSpaceError`` and ``ConversionError`` with one line saying what to do.
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,13 +39,14 @@ import numpy as np
 
 from ..errors import ConversionError, InsufficientDiskSpaceError
 from ..fetch import ensure_free_space, part_path
-from ..gguf_info import read_gguf_info
+from ..gguf_info import _read_header, read_gguf_info
 from ..progress import ProgressCallback, report
 from .source import OUT_TYPES, SourceTensor
 
-__all__ = ["PlannedTensor", "ConversionPlan", "write_gguf", "ggml_type"]
+__all__ = ["PlannedTensor", "ConversionPlan", "WrittenGGUF", "write_gguf", "ggml_type"]
 
 _HEADER_ALLOWANCE = 16 * 1024 * 1024  # key-values and tensor infos, generously
+_SAMPLE = 64  # bytes read back at each end of every tensor
 
 
 @dataclass(frozen=True)
@@ -89,7 +97,56 @@ def _check_output(out: Path, needed: int) -> None:
             raise PermissionError(errno.EACCES, "permission denied", str(out.parent))
 
 
-def _verify(part: Path, out: Path, plan: Sequence[PlannedTensor]) -> None:
+@dataclass(frozen=True)
+class WrittenGGUF:
+    """A GGUF ``write_gguf`` wrote and checked: where, how big, and the sha256 of its bytes."""
+
+    path: Path
+    size_bytes: int
+    sha256: str
+
+
+class _DataSink:
+    """Appends tensor data (aligned as GGUF wants) to the file and to a sha256, and keeps the
+    first and last bytes of every tensor for ``_verify``."""
+
+    def __init__(self, part: Path, alignment: int) -> None:
+        self.alignment = alignment
+        with open(part, "rb") as handle:  # the header GGUFWriter wrote (KBs to a few MB): hash it
+            header = handle.read()
+        self.digest = hashlib.sha256(header)
+        self.handle = open(part, "ab", buffering=0)
+        self.offset = len(header)
+        self.samples: list[tuple[int, bytes, int, bytes]] = []  # (start, head, end, tail) of each tensor
+        self._pad()
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            written = self.handle.write(view)
+            view = view[written:]
+        self.digest.update(data)
+
+    def _pad(self) -> None:
+        pad = -self.offset % self.alignment
+        if pad:
+            self.write(bytes(pad))
+            self.offset += pad
+
+    def tensor(self, data: np.ndarray) -> None:
+        view = memoryview(data).cast("B")
+        start = self.offset
+        self.write(view)
+        self.offset += len(view)
+        self.samples.append((start, bytes(view[:_SAMPLE]), self.offset, bytes(view[-_SAMPLE:])))
+        self._pad()
+
+    def finish(self) -> None:
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+
+
+def _verify(part: Path, out: Path, plan: Sequence[PlannedTensor], sink: _DataSink) -> None:
     info = read_gguf_info(part)
     expected = [(t.name, tuple(reversed(t.shape)), t.out_type) for t in plan]
     found = [(t.name, tuple(t.shape), t.ggml_type) for t in info.tensors]
@@ -100,10 +157,21 @@ def _verify(part: Path, out: Path, plan: Sequence[PlannedTensor]) -> None:
         if want != got:
             raise ConversionError(f"{out.name} holds {got} where {want} was written; it was deleted. "
                                   "This is a llamalab bug; please report it.")
+    if info.size_bytes != sink.offset:
+        raise ConversionError(f"{out.name} has {info.size_bytes:,} bytes where {sink.offset:,} were written; "
+                              "it was deleted. Check the disk, then convert again.")
+    header, data_start = _read_header(part)  # the tensor table's own offsets: where llama.cpp will read
+    with open(part, "rb") as handle:
+        for t, (_, _, _, offset), (_, head, _, tail) in zip(plan, header.tensors, sink.samples):
+            start = data_start + offset
+            if os.pread(handle.fileno(), len(head), start) != head or \
+                    os.pread(handle.fileno(), len(tail), start + t.nbytes - len(tail)) != tail:
+                raise ConversionError(f"{out.name} reads back different data for {t.name} than was written; it "
+                                      "was deleted. Check the disk, then convert again.")
 
 
 def write_gguf(out: Path, plan: Sequence[PlannedTensor], header: Callable[[Any], None], *,
-               progress: Optional[ProgressCallback] = None, stage: str = "converting") -> Path:
+               progress: Optional[ProgressCallback] = None, stage: str = "converting") -> WrittenGGUF:
     """Write ``plan`` as a ``llama`` GGUF at ``out``; ``header(writer)`` adds the key-values."""
     import gguf
 
@@ -112,6 +180,7 @@ def write_gguf(out: Path, plan: Sequence[PlannedTensor], header: Callable[[Any],
     _check_output(out, total + _HEADER_ALLOWANCE)
     part = part_path(out)
     writer = gguf.GGUFWriter(part, "llama")
+    sink: Optional[_DataSink] = None
     started = time.perf_counter()
     try:
         header(writer)
@@ -121,25 +190,27 @@ def write_gguf(out: Path, plan: Sequence[PlannedTensor], header: Callable[[Any],
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
-            _stream_tensors(writer, plan, progress, stage, total)
-            writer.flush()
-            for handle in writer.fout or ():
-                os.fsync(handle.fileno())
-            writer.close()
-        _verify(part, out, plan)
+            writer.close()  # GGUFWriter wrote the header; the data goes through the sink
+            sink = _DataSink(part, writer.data_alignment)
+            _stream_tensors(sink, plan, progress, stage, total)
+            sink.finish()
+        _verify(part, out, plan, sink)
         with _translated_os_errors(out):
             os.replace(part, out)
     except BaseException:
+        if sink is not None:
+            with contextlib.suppress(OSError):
+                sink.handle.close()
         _discard(writer, part)
         raise
     report(progress, stage, total, total, message=f"{time.perf_counter() - started:.1f} s")
-    return out
+    return WrittenGGUF(out, sink.offset, sink.digest.hexdigest())
 
 
-def _stream_tensors(writer: Any, plan: Sequence[PlannedTensor], progress: Optional[ProgressCallback],
+def _stream_tensors(sink: _DataSink, plan: Sequence[PlannedTensor], progress: Optional[ProgressCallback],
                     stage: str, total: int) -> None:
-    """Build each tensor while the previous one is being written by a second thread: at most
-    two output tensors exist at a time, and reading/converting overlaps with writing."""
+    """Build each tensor while the previous one is being written (and hashed) by a second thread:
+    at most two output tensors exist at a time, and reading/converting overlaps with writing."""
     done = 0
     report(progress, stage, 0, total)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamalab-gguf-write") as io_thread:
@@ -151,10 +222,10 @@ def _stream_tensors(writer: Any, plan: Sequence[PlannedTensor], progress: Option
             for source in t.sources:
                 source.release()
             if pending is not None:
-                pending.result()  # the writer takes tensors in order, one at a time
+                pending.result()  # the sink takes tensors in order, one at a time
                 done += previous
                 report(progress, stage, done, total)
-            pending, previous = io_thread.submit(writer.write_tensor_data, data), t.nbytes
+            pending, previous = io_thread.submit(sink.tensor, data), t.nbytes
             del data
         if pending is not None:
             pending.result()

@@ -22,13 +22,15 @@ def test_engine_benchmark_quick_run_prints_its_table(demo_model, tmp_path):
 
 
 def test_conversion_benchmark_dry_run(tmp_path):
-    """bench_convert.py --quick: tiny checkpoints through both converters, table printed."""
+    """bench_convert.py --quick: tiny 8-shard checkpoints through the legacy converter, llamalab's
+    conversion stage and the whole `llamalab convert` command; table and check lines printed."""
     out = tmp_path / "runs.json"
     result = subprocess.run([sys.executable, str(REPO / "bench" / "bench_convert.py"), "--quick",
                              "--work", str(tmp_path / "work"), "--json", str(out)],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "speed x" in result.stdout and "legacy GB/s" in result.stdout
+    assert "cli x" in result.stdout and "legacy GB/s" in result.stdout and "stage GB/s" in result.stdout
+    assert "1L: checked" in result.stdout, result.stdout
     runs = json.loads(out.read_text())
-    assert {r["side"] for r in runs} == {"llamalab", "legacy"}
+    assert {r["side"] for r in runs} == {"legacy", "stage", "cli"}
     assert all(r["returncode"] == 0 and r["output_bytes"] > 0 for r in runs)

@@ -109,10 +109,13 @@ def test_extra_shard_without_a_checklist(ckpt, out_dir, tmp_store):
     ({"n_layers": 3}, "params.json says 3 layers but the weights have 2"),
     ({"n_kv_heads": 4}, "params.json does not match the weights: layers.0.attention.wk.weight is (32, 64)"),
     ({"multiple_of": 256}, "layers.0.feed_forward.w1.weight is (192, 64)"),
+    ({"dim": None}, "params.json has no 'dim'"),
+    ({"n_layers": None}, "params.json has no 'n_layers'"),
+    ({"n_heads": 5}, "dim 64 is not a multiple of n_heads 5"),
 ])
 def test_params_contradicting_the_tensor_shapes(ckpt, out_dir, tmp_store, change, fragment):
-    params = json.loads((ckpt / "params.json").read_text())
-    (ckpt / "params.json").write_text(json.dumps({**params, **change}))
+    params = {**json.loads((ckpt / "params.json").read_text()), **change}
+    (ckpt / "params.json").write_text(json.dumps({k: v for k, v in params.items() if v is not None}))
     with pytest.raises(CheckpointError) as info:
         run_convert(ckpt, out_dir)
     assert_clean(info, fragment, out_dir, tmp_store)
@@ -123,6 +126,24 @@ def test_truncated_pth(ckpt, out_dir, tmp_store, keep):
     shard = ckpt / "consolidated.01.pth"
     data = shard.read_bytes()
     shard.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(CheckpointError) as info:
+        run_convert(ckpt, out_dir)
+    assert_clean(info, "consolidated.01.pth is truncated", out_dir, tmp_store)
+
+
+def test_shard_cut_inside_its_last_tensor(ckpt, out_dir, tmp_store):
+    """The file ends in the middle of the data of the last tensor it stores (a download cut there)."""
+    import struct
+    import zipfile
+
+    shard = ckpt / "consolidated.01.pth"
+    with zipfile.ZipFile(shard) as archive:
+        last = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.header_offset)
+    raw = shard.read_bytes()
+    name_len, extra_len = struct.unpack_from("<HH", raw, last.header_offset + 26)  # the local file header
+    data_start = last.header_offset + 30 + name_len + extra_len
+    assert last.file_size > 2
+    shard.write_bytes(raw[: data_start + last.file_size // 2])
     with pytest.raises(CheckpointError) as info:
         run_convert(ckpt, out_dir)
     assert_clean(info, "consolidated.01.pth is truncated", out_dir, tmp_store)
@@ -204,21 +225,40 @@ def test_full_disk_is_found_before_writing(ckpt, out_dir, tmp_store, monkeypatch
 
 
 def test_disk_filling_up_midway_leaves_nothing(ckpt, out_dir, tmp_store, monkeypatch):
-    import gguf
+    """The disk fills while tensor data is being written: part of a write lands, then ENOSPC."""
+    from llamalab.convert import writer
 
-    original = gguf.GGUFWriter.write_tensor_data
-    calls = []
+    original = writer._DataSink.write
+    written = []
 
-    def failing(self, tensor, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:
+    def filling(self, data):
+        view = memoryview(data).cast("B")
+        if sum(written) + len(view) > 100_000:
+            original(self, view[: len(view) // 2])
             raise OSError(errno.ENOSPC, "No space left on device")
-        return original(self, tensor, *args, **kwargs)
+        written.append(len(view))
+        return original(self, data)
 
-    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", failing)
+    monkeypatch.setattr(writer._DataSink, "write", filling)
     with pytest.raises(InsufficientDiskSpaceError) as info:
         run_convert(ckpt, out_dir)
     assert_clean(info, "the disk filled up while writing model.gguf", out_dir, tmp_store)
+    assert written, "the disk filled before any tensor data was written: the test lost its point"
+
+
+def test_disk_filling_up_in_a_quantization_leaves_nothing(ckpt, out_dir, tmp_store, monkeypatch):
+    """llama.cpp's quantizer failing (as on a full disk): one line, nothing left, nothing registered."""
+    import llamalab.quantize
+
+    f16 = out_dir.parent / "f16.gguf"
+    run_convert(ckpt, out_dir)  # a real F16 GGUF to quantize, registered as llama-2-13b:f16
+    (out_dir / "model.gguf").rename(f16)
+    for model in tmp_store.list():
+        tmp_store.remove(model.name, delete_file=False)
+    monkeypatch.setattr(llamalab.quantize, "_quantize_here", lambda src, part, *a: part.write_bytes(b"GGUF") and 1)
+    with pytest.raises(QuantizeError) as info:
+        quantize.main([str(f16), "--type", "Q8_0", "--out", str(out_dir / "model.q8_0.gguf")], standalone_mode=False)
+    assert_clean(info, "check that the input is an F32/F16/BF16 GGUF and the disk has room", out_dir, tmp_store)
 
 
 def test_licence_not_accepted(ckpt, out_dir, tmp_store):
@@ -228,13 +268,13 @@ def test_licence_not_accepted(ckpt, out_dir, tmp_store):
 
 
 def test_a_model_that_fails_its_test_run_is_deleted_not_registered(ckpt, out_dir, tmp_store, monkeypatch):
-    import llamalab.quantize
+    import llamalab.convert.runcheck
 
     def broken(path, *a, **k):
-        raise QuantizeError(f"{Path(path).name} does not run (simulated); the conversion is faulty.")
+        raise ConversionError(f"{Path(path).name} does not run (simulated); the conversion is faulty.")
 
-    monkeypatch.setattr(llamalab.quantize, "smoke_test", broken)
-    with pytest.raises(QuantizeError) as info:
+    monkeypatch.setattr(llamalab.convert.runcheck, "check_model", broken)
+    with pytest.raises(ConversionError) as info:
         run_convert(ckpt, out_dir)
     assert_clean(info, "does not run", out_dir, tmp_store)
 
