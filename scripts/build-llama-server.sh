@@ -51,16 +51,19 @@ for tool in cmake c++ tar; do
   command -v "$tool" >/dev/null 2>&1 || die "building llama-server needs '$tool': install it (e.g. apt-get install cmake g++)"
 done
 
-work="$(mktemp -d "$cache_root/.build-llama.cpp-$version.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
-
+# The work folder outlives a failed or interrupted build, so the next call goes on from there
+# (the lock above keeps two builds out of it); it is removed once the binaries are in place.
+work="$cache_root/.build-llama.cpp-$version"
+mkdir -p "$work"
+src="$work/llama_cpp_python-$version/vendor/llama.cpp"
+if [ ! -f "$src/CMakeLists.txt" ]; then
 log "==> llama-server $version: fetching the llama-cpp-python $version sdist (pip's cache may hold it)"
 "$python" -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$version" -d "$work/sdist" >&2 \
   || die "could not download the llama-cpp-python $version sdist: check the network or pip's index settings"
 sdist="$(find "$work/sdist" -maxdepth 1 -name 'llama_cpp_python-*.tar.gz' | head -n 1)"
 [ -n "$sdist" ] || die "pip saved no llama_cpp_python sdist into $work/sdist"
 tar -xzf "$sdist" -C "$work"
-src="$work/llama_cpp_python-$version/vendor/llama.cpp"
+fi
 [ -f "$src/CMakeLists.txt" ] || die "the sdist has no vendor/llama.cpp/CMakeLists.txt (unexpected layout at $src)"
 
 cmake_args=(
@@ -81,19 +84,24 @@ fi
 
 log "==> llama-server $version: configuring (${cmake_args[*]})"
 cmake -S "$src" -B "$work/build" "${cmake_args[@]}" >&2 || die "cmake could not configure llama.cpp $version (see above)"
-log "==> llama-server $version: building llama-server and rpc-server with -j$jobs (several minutes on two cores)"
-cmake --build "$work/build" --config Release --target llama-server rpc-server -j "$jobs" >&2 \
-  || die "building llama-server/rpc-server failed (see the compiler output above)"
+# The RPC worker's target is ggml-rpc-server in recent llama.cpp, rpc-server before.
+rpc_target="$(sed -n 's/^set(TARGET \([A-Za-z0-9_-]*\))/\1/p' "$src/tools/rpc/CMakeLists.txt" 2>/dev/null | head -n 1)"
+rpc_target="${rpc_target:-rpc-server}"
+log "==> llama-server $version: building llama-server and $rpc_target with -j$jobs (several minutes on two cores)"
+cmake --build "$work/build" --config Release --target llama-server "$rpc_target" -j "$jobs" >&2 \
+  || die "building llama-server/$rpc_target failed (see the compiler output above); run again to go on from there"
 
+rm -rf "$work/out"
 mkdir -p "$work/out/bin"
-for name in llama-server rpc-server; do
-  found="$(find "$work/build" -type f -name "$name" -perm -u+x | head -n 1)"
-  [ -n "$found" ] || die "the build produced no $name binary"
-  cp "$found" "$work/out/bin/$name"
+for pair in llama-server:llama-server "$rpc_target":rpc-server; do
+  found="$(find "$work/build" -type f -name "${pair%%:*}" -perm -u+x | head -n 1)"
+  [ -n "$found" ] || die "the build produced no ${pair%%:*} binary"
+  cp "$found" "$work/out/bin/${pair#*:}"
 done
 printf 'llama-cpp-python %s\nbuild %s\ncmake %s\n' "$version" "$LLAMA_CPP_BUILD" "${cmake_args[*]}" >"$work/out/BUILD-INFO"
 rm -rf "$dest"
 mv "$work/out" "$dest"
+rm -rf "$work"
 built || die "the binaries did not land in $bin"
 log "==> llama-server $version: built into $bin"
 printf '%s\n' "$bin"

@@ -5,10 +5,11 @@ pygls and lsprotocol are imported only when the command runs, so the core stays 
 
 from __future__ import annotations
 
-import importlib
 from typing import Optional
 
 import click
+
+from .extras import import_extra
 
 __all__ = ["lsp"]
 
@@ -23,11 +24,6 @@ def lsp(tcp: Optional[str], log_level: str) -> None:
     """Run the language server (stdio by default) for inline code completion in editors.
 
     The model and limits come from the client's initializationOptions."""
-    try:
-        server = importlib.import_module("llamalab.lsp.server")
-    except ImportError as exc:
-        raise click.ClickException(
-            f"the language server needs the lsp extra ({exc.name} is missing): pip install 'llamalab[lsp]'"
-        ) from None
+    server = import_extra("llamalab.lsp.server", "lsp", "the language server")
     argv = ["--log-level", log_level] + (["--tcp", tcp] if tcp else [])
     raise SystemExit(server.main(argv))

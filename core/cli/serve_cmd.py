@@ -7,7 +7,6 @@ and is imported only when the command runs; ``llamalab serve keys ...`` needs on
 from __future__ import annotations
 
 import datetime
-import importlib
 import logging
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Optional
 import click
 
 from ..api_keys import KeyRing
+from .extras import import_extra
 
 __all__ = ["serve"]
 
@@ -66,12 +66,7 @@ def serve(ctx: click.Context, model: str, host: str, port: int, keys_file: Optio
     team section)."""
     if ctx.invoked_subcommand is not None:
         return
-    try:
-        serving = importlib.import_module("llamalab.extension.serve")
-    except ImportError as exc:
-        raise click.ClickException(
-            f"llamalab serve needs the jupyter extra ({exc.name} is missing): pip install 'llamalab[jupyter]'"
-        ) from None
+    serving = import_extra("llamalab.extension.serve", "jupyter", "llamalab serve")
     layers: object = gpu_layers if gpu_layers in ("auto", "all") else _int(gpu_layers, "--gpu-layers")
     keys = KeyRing(keys_file)
     if not [k for k in keys.keys() if k.active]:

@@ -28,6 +28,7 @@ httpx = pytest.importorskip("httpx")
 
 from llamalab import GenerationParams, RemoteEngine  # noqa: E402
 from llamalab.suggest.service import SuggestionService, SuggestOptions, SuggestRequest  # noqa: E402
+from tests.fixtures.fim_remote import suggest_through_infill  # noqa: E402
 from tests.fixtures.greedy import first_divergence_margin  # noqa: E402
 from tests.fixtures.llama_server import LlamaServer, RpcServer, find_binary  # noqa: E402
 from tests.fixtures.waiting import wait_until  # noqa: E402
@@ -170,18 +171,8 @@ def test_fim_goes_to_infill_and_matches_local(code_llama_server):
     remote._client.event_hooks["request"].append(lambda request: routes.append(request.url.path))
     try:
         assert remote.capabilities().infill
-        assert remote.fim_tokens() == local.fim_tokens()  # ids found by tokenizing the pieces
-        service = SuggestionService(SuggestOptions(prefix_tokens=120, suffix_tokens=40, context_tokens=0))
-        request = SuggestRequest(document="", prefix="def hello(name):\n    ", suffix="\n    return name\n",
-                                 language="python", max_tokens=8)
-        plan = service.plan(remote, request, remember=False)
-        assert plan.infill and plan.tokens == service.plan(local, request, remember=False).tokens
-        routes.clear()
-        stream, _ = service.start(remote, request)
-        text = stream.collect().text
-        assert routes[-1] == "/infill" and "/completion" not in routes and "/v1/completions" not in routes
-        expected = local.complete_tokens(plan.tokens, service.params(request)).collect().text
-        margin = first_divergence_margin(local, local.gguf_path, plan.tokens, expected, text, 1.0)
+        tokens, text, expected = suggest_through_infill(remote, local, routes)
+        margin = first_divergence_margin(local, local.gguf_path, tokens, expected, text, 1.0)
         assert margin is None or margin < NEAR_TIE, (margin, expected, text)
     finally:
         remote.close()

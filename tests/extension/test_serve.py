@@ -258,8 +258,9 @@ def test_remote_engine_plans_suggestions_through_serve_as_on_the_local_model(tmp
     the suggestion service plans the same tokens as on the local model, and the answer goes
     through /infill with the local model's text."""
     pytest.importorskip("sentencepiece")
-    from llamalab import ModelStore, RemoteEngine, SuggestionService, SuggestOptions, SuggestRequest
+    from llamalab import GenerationParams, ModelStore, RemoteEngine
     from tests.core.test_fim import code_llama as make
+    from tests.fixtures.fim_remote import suggest_through_infill
     from tests.fixtures.greedy import first_divergence_margin
 
     maker = make.__wrapped__(tmp_path_factory)
@@ -276,22 +277,12 @@ def test_remote_engine_plans_suggestions_through_serve_as_on_the_local_model(tmp
     try:
         caps = remote.capabilities()
         assert caps.server == "llamalab serve" and caps.token_prompts and caps.infill and remote.context_size == 256
-        assert remote.fim_tokens() == local.fim_tokens()
-        service = SuggestionService(SuggestOptions(prefix_tokens=120, suffix_tokens=40, context_tokens=0))
-        request = SuggestRequest(document="", prefix="def hello(name):\n    ", suffix="\n    return name\n",
-                                 language="python", max_tokens=8)
-        plan = service.plan(remote, request, remember=False)
-        assert plan.infill and plan.tokens == service.plan(local, request, remember=False).tokens
-        routes.clear()
-        stream, _ = service.start(remote, request)
-        result = stream.collect()
-        assert routes[-1] == "/infill"
-        expected = local.complete_tokens(plan.tokens, service.params(request)).collect().text
-        if result.text != expected:  # two processes may part at a near-tie, nowhere else
-            margin = first_divergence_margin(local, gguf, plan.tokens, expected, result.text, 1.0)
-            assert margin is not None and margin < 0.5, (expected, result.text)
-        again = remote.complete_tokens(plan.tokens, service.params(request)).collect()
-        assert again.reused_prompt_tokens and again.reused_prompt_tokens >= len(plan.tokens) - 1  # the slot's cache
+        tokens, text, expected = suggest_through_infill(remote, local, routes)
+        if text != expected:  # two processes may part at a near-tie, nowhere else
+            margin = first_divergence_margin(local, gguf, tokens, expected, text, 1.0)
+            assert margin is not None and margin < 0.5, (expected, text)
+        again = remote.complete_tokens(tokens, GenerationParams(max_tokens=4, temperature=0)).collect()
+        assert again.reused_prompt_tokens and again.reused_prompt_tokens >= len(tokens) - 1  # the slot's cache
     finally:
         remote.close()
         assert server.stop() == 0, server.output()
