@@ -6,7 +6,7 @@ llama-cpp-python's ``python -m llama_cpp.server``, vLLM and llamalab's own Jupyt
 to describe the model. Cancelling closes the HTTP stream, which these servers take as the signal
 to stop generating (llama-server then frees the request's slot).
 
-What else a server offers is probed once per engine (``capabilities()``): llama-server answers
+What else a server offers is probed once per engine (``capabilities()``, ``remote_probe``): llama-server answers
 ``/props``, and then prompts may be token ids (its ``/completion``), ``/tokenize`` and
 ``/detokenize`` work, and a fill-in-the-middle prompt built by the suggestion service is sent to
 its ``/infill`` route when the model has FIM tokens. A server without a route gets one logged
@@ -28,48 +28,18 @@ a prompt that does not fit).
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Generator, Iterator, Optional, Sequence
 
 from ..errors import ConfigError, EngineError, ServerResponseError, ServerUnreachableError
 from ..fim import FimTokens
 from ..templates import Message, _coerce
 from .base import Engine, GenerationParams, GenerationResult, ModelDescription, TokenStream
+from .remote_probe import CHARS_PER_TOKEN, ServerCapabilities, ServerProbe
 
 __all__ = ["RemoteEngine", "ServerCapabilities"]
 
-log = logging.getLogger(__name__)
-
-CHARS_PER_TOKEN = 4  # the approximate count where a server cannot tokenize
-# Texts of the fill-in-the-middle tokens of the models llama.cpp knows (Code Llama's first);
-# llama-server does not list their ids, so they are tokenized with special parsing.
-_FIM_TEXTS = {
-    "pre": ("\u2581<PRE>", "<PRE>", "<|fim_prefix|>", "<fim_prefix>", "<fim-prefix>"),
-    "suf": ("\u2581<SUF>", "<SUF>", "<|fim_suffix|>", "<fim_suffix>", "<fim-suffix>"),
-    "mid": ("\u2581<MID>", "<MID>", "<|fim_middle|>", "<fim_middle>", "<fim-middle>"),
-    "eot": ("\u2581<EOT>", "<EOT>", "<|endoftext|>", "<|eot_id|>"),
-}
-
-
-@dataclass(frozen=True)
-class ServerCapabilities:
-    """What a server offers beyond the OpenAI routes, probed once per engine."""
-
-    server: str  # "llama-server", "llamalab serve" (the same routes) or "openai-compatible" (llama-cpp-python's, vLLM)
-    tokenize: bool  # a tokenize route (else token counts are approximate)
-    token_prompts: bool  # prompts may be token ids, and /detokenize works (llama-server)
-    infill: bool  # /infill works for the served model (llama-server, model with FIM tokens)
-    fim: FimTokens = FimTokens()  # the model's FIM ids where known
-    props: dict = field(default_factory=dict)  # llama-server's /props
-    missing: tuple[str, ...] = ()  # one line each: what is missing and the fallback
-
-    @property
-    def context_size(self) -> Optional[int]:
-        n_ctx = (self.props.get("default_generation_settings") or {}).get("n_ctx")
-        return int(n_ctx) if isinstance(n_ctx, int) else None
 
 _HINTS = {
     401: "pass the server's key as api_key",
@@ -128,10 +98,7 @@ class RemoteEngine(Engine):
         self._model = model
         self._streams: set[_Cancel] = set()
         self._lock = threading.Lock()
-        self._tokenize_route: Optional[str] = None
-        self._auto_prefix: Optional[list[int]] = None
-        self._props: Optional[dict[str, Any]] = None
-        self._caps: Optional[ServerCapabilities] = None
+        self._probe = ServerProbe(self.root_url, self._request)
 
     # -- HTTP helpers -----------------------------------------------------------------
     def _unreachable(self, exc: Exception) -> ServerUnreachableError:
@@ -326,72 +293,9 @@ class RemoteEngine(Engine):
         return TokenStream(self._stream("/v1/chat/completions", body, cancel), cancel)
 
     # -- capabilities -----------------------------------------------------------------
-    def _get_props(self) -> dict[str, Any]:
-        """llama-server's ``/props`` ({} from servers without it), fetched once."""
-        if self._props is None:
-            try:
-                data = self._request("GET", "/props")
-            except ServerResponseError as exc:
-                if exc.status_code in (401, 403):
-                    raise
-                data = {}  # no such route (404), or not JSON: not llama-server
-            ok = isinstance(data, dict) and "default_generation_settings" in data
-            self._props = data if ok else {}
-        return self._props
-
-    def _kind(self) -> str:
-        """llama-server, or llamalab's servers, which answer its routes too (``build_info``)."""
-        return "llamalab serve" if self._get_props().get("build_info") == "llamalab" else "llama-server"
-
-    def _one_token(self, text: str) -> Optional[int]:
-        """The id of ``text`` when the server reads it (special tokens parsed) as one token."""
-        ids = self._tokens("/tokenize", {"content": text, "add_special": False, "parse_special": True})
-        return ids[0] if len(ids) == 1 else None
-
-    def _probe_fim(self) -> tuple[bool, FimTokens, Optional[str]]:
-        """Whether /infill works for the served model, its FIM ids, and the note when not."""
-        try:
-            self._request("POST", "/infill", json={"input_prefix": "", "input_suffix": "", "n_predict": 1,
-                                                   "temperature": 0, "cache_prompt": False})
-        except ServerResponseError as exc:
-            reason = "the model has no fill-in-the-middle tokens" if exc.status_code == 501 else \
-                f"/infill answered HTTP {exc.status_code}"
-            return False, FimTokens(), f"{self._kind()} at {self.root_url} cannot /infill ({reason}): " \
-                                       "code completions use the prefix only"
-        ids = {kind: next((i for i in map(self._one_token, texts) if i is not None), None)
-               for kind, texts in _FIM_TEXTS.items()}
-        bos = self._tokens("/tokenize", {"content": "", "add_special": True, "parse_special": False})
-        fim = FimTokens(bos=bos[0] if len(bos) == 1 else None, **ids)
-        if not fim.supported or len({fim.pre, fim.suf, fim.mid}) != 3:
-            return False, FimTokens(), (f"{self._kind()} at {self.root_url} has /infill but its FIM token ids "
-                                        "were not recognised: code completions use the prefix only")
-        return True, fim, None
-
     def capabilities(self) -> ServerCapabilities:
-        """What the server offers beyond the OpenAI routes (probed once; missing ones are logged
-        once, one line each, with the fallback used)."""
-        if self._caps is not None:
-            return self._caps
-        props = self._get_props()
-        missing: list[str] = []
-        if props:
-            self._tokenize_route, self._auto_prefix = "/tokenize", []
-            infill, fim, note = self._probe_fim()
-            missing += [note] if note else []
-            caps = ServerCapabilities(self._kind(), True, True, infill, fim, props, tuple(missing))
-        else:
-            if self._tokenize_route is None:
-                self._find_tokenize_route()
-            missing.append(f"the server at {self.root_url} has no /infill: code completions use the prefix only")
-            if self._tokenize_route is None:
-                missing.append(f"the server at {self.root_url} has no tokenize route: token counts are "
-                               f"approximate ({CHARS_PER_TOKEN} characters a token)")
-            caps = ServerCapabilities("openai-compatible", self._tokenize_route is not None, False, False,
-                                      missing=tuple(missing))
-        for note in caps.missing:
-            log.warning(note)
-        self._caps = caps
-        return caps
+        """What the server offers beyond the OpenAI routes (probed once; see ``ServerProbe``)."""
+        return self._probe.capabilities()
 
     # -- token-level prompts (llama-server) ---------------------------------------------
     @property
@@ -444,27 +348,6 @@ class RemoteEngine(Engine):
         return content
 
     # -- the rest of the interface ----------------------------------------------------
-    def _tokens(self, route: str, payload: dict[str, Any]) -> list[int]:
-        data = self._request("POST", route, json=payload)
-        try:
-            return [int(t) for t in data["tokens"]]
-        except (KeyError, TypeError, ValueError):
-            raise ServerResponseError(f"{self.root_url}{route} answered without a token list; "
-                                      "count tokens with a local engine instead.") from None
-
-    def _find_tokenize_route(self) -> None:
-        """Try llama-server's route, then llama-cpp-python's, on the empty text; remember the
-        one that answers, and for llama-cpp-python what it adds to every text ([] or [BOS])."""
-        for route, payload in (("/tokenize", {"content": ""}), ("/extras/tokenize", {"input": ""})):
-            try:
-                prefix = self._tokens(route, payload)
-            except ServerResponseError as exc:
-                if exc.status_code in (404, 405):
-                    continue
-                raise
-            self._tokenize_route, self._auto_prefix = route, prefix
-            return
-
     def tokenize(self, text: str, *, add_bos: bool = False, special: bool = False) -> list[int]:
         """The server's token ids for ``text``.
 
@@ -472,16 +355,16 @@ class RemoteEngine(Engine):
         parses special tokens (``special`` cannot be turned off there) and adds BOS when the
         model's metadata says so; that BOS is removed unless ``add_bos`` is set (a model whose
         metadata adds none gets none, as the server never says which id BOS is)."""
-        if self._tokenize_route is None:
-            self._find_tokenize_route()
-        if self._tokenize_route is None:
+        probe = self._probe
+        if probe.tokenize_route is None:
+            probe.find_tokenize_route()
+        if probe.tokenize_route is None:
             raise EngineError(f"{self.root_url} offers no tokenize route (it is not a llama.cpp server); "
                               "count tokens with a local engine instead.")
-        if self._tokenize_route == "/tokenize":
-            return self._tokens("/tokenize", {"content": text, "add_special": add_bos,
-                                              "parse_special": special})
-        tokens = self._tokens("/extras/tokenize", {"input": text})
-        prefix = self._auto_prefix or []
+        if probe.tokenize_route == "/tokenize":
+            return probe.tokens("/tokenize", {"content": text, "add_special": add_bos, "parse_special": special})
+        tokens = probe.tokens("/extras/tokenize", {"input": text})
+        prefix = probe.auto_prefix or []
         if prefix and not add_bos and tokens[:len(prefix)] == prefix:
             tokens = tokens[len(prefix):]
         return tokens
@@ -496,12 +379,12 @@ class RemoteEngine(Engine):
         entries = self._models()
         entry = next((e for e in entries if e.get("id") == self._model), entries[0])
         meta = entry.get("meta") or {}
-        props = self._get_props()
+        props = self._probe.props()
         n_ctx = meta.get("n_ctx") or (props.get("default_generation_settings") or {}).get("n_ctx")
         return ModelDescription(
             name=str(entry.get("id", self._model or "unknown")), backend="remote", location=self.root_url,
             context_length=n_ctx, train_context_length=meta.get("n_ctx_train"),
-            n_parallel=props.get("total_slots"), notices=self._caps.missing if self._caps else (),
+            n_parallel=props.get("total_slots"), notices=self._probe.missing,
         )
 
     def cancel(self) -> None:
