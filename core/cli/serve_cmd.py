@@ -48,11 +48,14 @@ _KEYS_OPTION = click.option(
               help="The certificate's private key, if not in --certfile.")
 @click.option("--stop-grace", "stop_grace_s", default=30.0, show_default=True, type=click.FloatRange(0),
               help="Seconds a stop (Ctrl-C, SIGTERM) lets running answers finish before cancelling them.")
+@click.option("--stream-timeout", "stream_write_timeout_s", default=60.0, show_default=True,
+              type=click.FloatRange(0.1), help="Seconds a client may stop reading its stream before it is let go.")
 @click.option("--log-level", default="INFO", show_default=True, help="Logging level (stderr).")
 @click.pass_context
 def serve(ctx: click.Context, model: str, host: str, port: int, keys_file: Optional[Path], n_ctx: int,
           n_parallel: int, n_threads: Optional[int], gpu_layers: str, max_queued: int, max_tokens_limit: int,
-          certfile: Optional[Path], keyfile: Optional[Path], stop_grace_s: float, log_level: str) -> None:
+          certfile: Optional[Path], keyfile: Optional[Path], stop_grace_s: float, stream_write_timeout_s: float,
+          log_level: str) -> None:
     """Serve one model to a team: OpenAI-compatible routes behind API keys.
 
     \b
@@ -76,7 +79,8 @@ def serve(ctx: click.Context, model: str, host: str, port: int, keys_file: Optio
     config = serving.ServeConfig(model=model, host=host, port=port, keys_file=keys_file, n_ctx=n_ctx,
                                  n_parallel=n_parallel, n_threads=n_threads, n_gpu_layers=layers,
                                  max_queued=max_queued, max_tokens_limit=max_tokens_limit, certfile=certfile,
-                                 keyfile=keyfile, stop_grace_s=stop_grace_s)
+                                 keyfile=keyfile, stop_grace_s=stop_grace_s,
+                                 stream_write_timeout_s=stream_write_timeout_s)
     serving.run(config, on_ready=lambda server: click.echo(
         f"llamalab serve: {server.state.model_name} at {server.url} (keys: {keys.path}); Ctrl-C stops", err=True))
 

@@ -340,3 +340,4 @@ def test_tls_with_a_certificate(tmp_path, demo_model):
             httpx.get(f"http://127.0.0.1:{server.port}/health", timeout=10)
     finally:
         assert server.stop() == 0, server.output()
+
