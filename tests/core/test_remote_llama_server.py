@@ -251,7 +251,7 @@ def test_rpc_workers_hold_the_layers_and_answer_the_same(server, remote, demo_mo
     try:
         endpoints = ",".join(w.endpoint for w in workers)
         with LlamaServer(demo_model, tmp_path / "server.log", n_ctx=1024,
-                         extra=("--rpc", endpoints, "-ngl", "99")) as spread:
+                         extra=("--rpc", endpoints, "-ngl", "99", "-v")) as spread:  # -v: the load log
             log = spread.log_text()
             for worker in workers:
                 assert re.search(rf"RPC\d*\[{re.escape(worker.endpoint)}\].*buffer size", log), log[-3000:]
