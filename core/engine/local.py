@@ -129,7 +129,9 @@ class LocalEngine(Engine):
         self._native = NativeModel(self.info.path, n_gpu_layers=self.plan.n_gpu_layers, kv_size=self.kv_size,
                                    n_parallel=n_parallel, n_batch=min(n_batch, self.kv_size),
                                    n_threads=n_threads or decode_threads,
-                                   n_threads_batch=n_threads_batch or prompt_threads)
+                                   # as llama.cpp's -tb follows -t: a step of several sequences is a batch,
+                                   # so slots decode with n_threads_batch threads
+                                   n_threads_batch=n_threads_batch or n_threads or prompt_threads)
         self.tokenizer = _NativeTokenizer(self._native)
         try:
             self.chat_format: Optional[ChatFormat] = choose_chat_format(

@@ -251,11 +251,15 @@ class SlotScheduler:
         slot's tokens: the same conversation, the same document's next keystroke; or the whole
         prompt: a request repeated); else an empty slot (``_borrow`` then shares any common start
         with the others); else the least recently used one. Only interactive requests use the
-        slot kept for them, and only a user with nothing running the one kept for newcomers."""
+        slot kept for them, and only a user with nothing running the one kept for newcomers, when
+        no other is idle (else that user's next streams would take the others and the slot would
+        be gone for the next newcomer)."""
         prompt = request.prompt
         interactive = request.rank[0] == 0
         idle = [s for s in self._slots if s.running is None and (interactive or not s.interactive_only)
                 and (running_for_user == 0 or not s.newcomer_only)]
+        if any(not (s.interactive_only or s.newcomer_only) for s in idle):
+            idle = [s for s in idle if not s.newcomer_only]  # the newcomers' slot is the last resort
         if not idle:
             return None
 
@@ -354,7 +358,13 @@ class SlotScheduler:
         if self.share_steps:
             return ranked
         best = ranked[0].request.rank[0]
-        return [r for r in ranked if r.request.rank[0] == best]
+        chosen = [r for r in ranked if r.request.rank[0] == best]
+        # On a CPU a step costs about its token count, so a prompt that one step can finish goes
+        # alone: its first token then waits for nobody's next token (the others lose no time, they
+        # would have shared that step), and a longer prompt still shares, delaying them one chunk.
+        room = self.native.batch.capacity if self.native.batch is not None else 0
+        short = [r for r in chosen if r.prefilling and len(r.request.prompt) - r.next_prompt <= room]
+        return short or chosen
 
     def _step(self) -> None:
         batch = self.native.batch

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from llamalab import ConfigError, ContextOverflowError, EngineError, GenerationParams, LocalEngine
+from llamalab import ConfigError, ContextOverflowError, GenerationParams, LocalEngine
 from llamalab.engine.prompt_cache import PromptCache
 from llamalab.engine.slots import PRIORITIES, SlotScheduler
 from tests.fixtures.greedy import first_divergence_margin
@@ -123,18 +123,36 @@ def test_an_interactive_request_is_served_while_a_chat_streams(slots, demo_model
     assert margin is None or margin < NEAR_TIE, (margin, alone.text, rest.text)
 
 
-def test_on_a_cpu_a_step_serves_only_the_best_priority_present():
-    class Running:
-        def __init__(self, priority: str, arrival: int) -> None:
-            self.request = type("R", (), {"rank": (PRIORITIES[priority], arrival)})()
+class _Running:
+    """What ``_participants`` reads of a running request: its rank and its prompt's progress."""
 
+    def __init__(self, priority: str, arrival: int, prompt_left: int = 0) -> None:
+        self.request = type("R", (), {"rank": (PRIORITIES[priority], arrival), "prompt": [0] * prompt_left})()
+        self.next_prompt = 0
+        self.prefilling = prompt_left > 0
+
+
+def _scheduler(running: list, share_steps: bool, batch_capacity: int = 512) -> SlotScheduler:
     scheduler = SlotScheduler.__new__(SlotScheduler)
-    scheduler._running = [Running("normal", 1), Running("interactive", 2), Running("background", 0),
-                          Running("interactive", 3)]
-    scheduler.share_steps = False
-    assert [r.request.rank for r in scheduler._participants()] == [(0, 2), (0, 3)]
-    scheduler.share_steps = True  # GPU offload: every sequence shares the step
-    assert [r.request.rank[0] for r in scheduler._participants()] == [0, 0, 1, 2]
+    scheduler._running = running
+    scheduler.share_steps = share_steps
+    scheduler.native = type("N", (), {"batch": type("B", (), {"capacity": batch_capacity})()})()
+    return scheduler
+
+
+def test_on_a_cpu_a_step_serves_only_the_best_priority_present():
+    running = [_Running("normal", 1), _Running("interactive", 2), _Running("background", 0), _Running("interactive", 3)]
+    assert [r.request.rank for r in _scheduler(running, False)._participants()] == [(0, 2), (0, 3)]
+    # GPU offload: every sequence shares the step
+    assert [r.request.rank[0] for r in _scheduler(running, True)._participants()] == [0, 0, 1, 2]
+
+
+def test_on_a_cpu_a_prompt_one_step_can_finish_goes_alone():
+    """A newcomer's first token then waits for nobody's next token; a longer prompt shares."""
+    running = [_Running("normal", 1), _Running("normal", 2), _Running("normal", 3, prompt_left=40)]
+    assert [r.request.rank for r in _scheduler(running, False)._participants()] == [(1, 3)]
+    assert len(_scheduler(running, False, batch_capacity=32)._participants()) == 3  # needs two chunks
+    assert len(_scheduler(running, True)._participants()) == 3  # with a GPU every step is shared
 
 
 def test_a_restored_prompt_cache_entry_continues_like_a_fresh_evaluation(demo_model):
@@ -274,8 +292,10 @@ def test_a_prompt_larger_than_the_whole_context_is_refused_or_trimmed(slots):
         slots.complete(huge, GenerationParams(max_tokens=8, overflow="error"))
     trimmed = slots.complete(huge, GenerationParams(max_tokens=4, temperature=0)).collect()
     assert trimmed.dropped_tokens > 0 and trimmed.prompt_tokens <= slots.n_ctx
-    with pytest.raises(EngineError):
+    with pytest.raises(ConfigError, match="no tokens"):  # a client's mistake (HTTP 400), not the engine's
         slots.complete_tokens([], GREEDY)
+    with pytest.raises(ConfigError, match="vocabulary"):  # llama.cpp would abort the process on it
+        slots.complete_tokens([10 ** 9], GREEDY)
 
 
 def test_chats_with_one_system_prompt_share_its_cells(slots, demo_model):
