@@ -8,6 +8,7 @@ their own empty one (``tmp_store``) so they never touch the shared one.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -16,6 +17,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_HOME = Path(os.environ.get("LLAMALAB_TEST_HOME", REPO / ".cache" / "test-home"))
+
+
+def pytest_configure(config) -> None:
+    # A run started in the background by a non-interactive shell inherits SIGINT ignored (POSIX
+    # job control), and so would every process the tests start; the Ctrl-C tests need it delivered
+    # (a handled signal goes back to its default in an exec'd child).
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

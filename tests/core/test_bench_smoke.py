@@ -33,4 +33,5 @@ def test_conversion_benchmark_dry_run(tmp_path):
     assert "1L: checked" in result.stdout, result.stdout
     runs = json.loads(out.read_text())
     assert {r["side"] for r in runs} == {"legacy", "stage", "cli"}
-    assert all(r["returncode"] == 0 and r["output_bytes"] > 0 for r in runs)
+    assert all(r["returncode"] == 0 and r["output_bytes"] > 0 and r["flush_seconds"] >= 0 for r in runs)
+    assert "durable" in result.stdout
