@@ -204,13 +204,30 @@ def _scratch(n: int) -> np.ndarray:
     return buffer[:n]
 
 
+def _staging(n: int, dtype: np.dtype) -> np.ndarray:
+    """A per-thread buffer of ``n`` items of ``dtype`` (besides ``_scratch``), reused."""
+    buffer = getattr(_local, "staging", None)
+    if buffer is None or buffer.nbytes < n * dtype.itemsize:
+        buffer = _local.staging = np.empty(max(n * dtype.itemsize, _BLOCK_ELEMENTS * 4), dtype=np.uint8)
+    return buffer[: n * dtype.itemsize].view(dtype)
+
+
 def _convert_with_ggml(dest: np.ndarray, raw: np.ndarray, src: str, out: str) -> bool:
-    """The fast path through llama.cpp's SIMD row converters; False when it does not apply."""
+    """The fast path through llama.cpp's SIMD row converters; False when it does not apply.
+    A destination that is not contiguous (a shard's columns of a tensor merged along its second
+    axis) is converted into a contiguous buffer first, then copied into place: numpy's own
+    float-to-half cast is several times slower than the copy."""
     from .ggml_rows import converters
 
     rows = converters()
-    if rows is None or not dest.flags.c_contiguous or (src, out) not in _GGML_PAIRS:
+    if rows is None or (src, out) not in _GGML_PAIRS:
         return False
+    if not dest.flags.c_contiguous:
+        staged = _staging(dest.size, dest.dtype).reshape(dest.shape)
+        if not _convert_with_ggml(staged, raw, src, out):
+            return False
+        np.copyto(dest, staged)
+        return True
     flat_dest = dest.reshape(-1)
     flat_raw = np.ascontiguousarray(raw).reshape(-1)
     if (src, out) == ("BF16", "F32"):

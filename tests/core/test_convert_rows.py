@@ -53,3 +53,17 @@ def test_non_contiguous_source_still_converts(bf16_bits):
     dest = np.empty(transposed.shape, np.float16)
     _convert_into(dest, transposed, "BF16", "F16")
     assert np.array_equal(dest, _numpy_reference(np.ascontiguousarray(transposed), "F16"))
+
+
+@pytest.mark.parametrize("out", ["F32", "F16"])
+def test_a_shards_columns_convert_in_place_like_numpy(bf16_bits, out):
+    """A tensor merged along its second axis gets each shard's block as a column slice (not
+    contiguous): converted through a staging buffer, bit for bit numpy's cast, nothing else touched."""
+    block = bf16_bits[: 100 * 64].reshape(100, 64)
+    merged = np.full((100, 256), 7, dtype=np.float32 if out == "F32" else np.float16)
+    dest = merged[:, 64:128]
+    assert not dest.flags.c_contiguous
+    _convert_into(dest, block, "BF16", out)
+    assert np.array_equal(dest.view(np.uint8), _numpy_reference(block, out).view(np.uint8))
+    untouched = np.delete(merged, np.s_[64:128], axis=1)
+    assert (untouched == 7).all()
