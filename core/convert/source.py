@@ -208,7 +208,7 @@ def _staging(n: int, dtype: np.dtype) -> np.ndarray:
     """A per-thread buffer of ``n`` items of ``dtype`` (besides ``_scratch``), reused."""
     buffer = getattr(_local, "staging", None)
     if buffer is None or buffer.nbytes < n * dtype.itemsize:
-        buffer = _local.staging = np.empty(max(n * dtype.itemsize, _BLOCK_ELEMENTS * 4), dtype=np.uint8)
+        buffer = _local.staging = np.empty(max(n, _BLOCK_ELEMENTS) * dtype.itemsize, dtype=np.uint8)
     return buffer[: n * dtype.itemsize].view(dtype)
 
 

@@ -213,11 +213,16 @@ def _stream_tensors(sink: _DataSink, plan: Sequence[PlannedTensor], progress: Op
     at most two output tensors exist at a time, and reading/converting overlaps with writing."""
     done = 0
     report(progress, stage, 0, total)
+    # Two buffers of the largest tensor's size, taken in turn: one is filled while the other is
+    # written, and the pages are faulted in once instead of once per tensor.
+    largest = max((t.nbytes for t in plan), default=0)
+    buffers = [np.empty(largest, dtype=np.uint8), np.empty(largest, dtype=np.uint8)]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamalab-gguf-write") as io_thread:
         pending: Optional[Future] = None
         previous = 0
-        for t in plan:
-            data = np.empty(t.shape, dtype=OUT_TYPES[t.out_type])
+        for index, t in enumerate(plan):
+            dtype = np.dtype(OUT_TYPES[t.out_type])
+            data = buffers[index % 2][: t.nbytes].view(dtype).reshape(t.shape)
             t.fill(data)
             for source in t.sources:
                 source.release()

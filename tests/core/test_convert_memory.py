@@ -92,9 +92,10 @@ def test_peak_memory_is_a_few_tensors_not_the_model(tmp_path, tmp_store):
     print(f"\nmodel {model_bytes / MB:.1f} MB, largest tensor {largest / MB:.1f} MB, "
           f"traced peak {traced_peak / MB:.1f} MB" +
           (f", RSS peak over start {(rss_peak - rss_before) / 1024:.1f} MB" if can_measure_rss else ""))
-    # Two merged output tensors (one being written while the next is built), a 4 MB scratch
-    # buffer per conversion thread, the vocabulary and header (~5 MB for 16k pieces).
-    assert traced_peak < 2 * largest + conversion_threads() * 4 * MB + 8 * MB
+    # Two output buffers of the largest tensor's size (one written while the next is built), per
+    # converting thread (the pool's and the main thread's) a 4 MB scratch and a 2 MB staging
+    # buffer, the vocabulary and header (~5-10 MB for 16k pieces).
+    assert traced_peak < 2 * largest + (conversion_threads() + 1) * 6 * MB + 12 * MB
     assert traced_peak < model_bytes / 2
     if can_measure_rss and rss_before and rss_peak:
         assert (rss_peak - rss_before) * 1024 < 2 * largest + 32 * MB
