@@ -43,7 +43,7 @@ from typing import Optional
 
 import httpx
 
-from benchlib import add_common_arguments, model_path, save_report
+from benchlib import add_common_arguments, free_port, llama_server_binary, model_path, save_report
 
 OPENERS = ["Tell me about the sea.", "Write a short poem about autumn.", "Explain what a CPU does.",
            "Describe a walk in a forest.", "What makes bread rise?", "Tell a story about a cat.",
@@ -140,30 +140,6 @@ def _client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64, max_keepalive_connections=0))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _llama_server(args: argparse.Namespace) -> Optional[Path]:
-    if args.llama_server:
-        return Path(args.llama_server)
-    if os.environ.get("LLAMA_SERVER"):
-        return Path(os.environ["LLAMA_SERVER"])
-    import importlib.metadata
-
-    version = importlib.metadata.version("llama_cpp_python")
-    root = Path(os.environ.get("LLAMALAB_DEV_CACHE") or Path.home() / ".cache" / "llamalab-dev")
-    for candidate in (root / f"llama.cpp-{version}" / "bin" / "llama-server",
-                      Path(__file__).resolve().parent.parent / ".cache/llama-server-build/bin/llama-server"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def start_llamalab(model: Path, args: argparse.Namespace, folder: Path) -> tuple[Side, dict[str, str]]:
     """``llamalab serve`` on ``model`` registered in a store of its own, with keys for the users."""
     from llamalab import KeyRing, ModelStore
@@ -172,7 +148,7 @@ def start_llamalab(model: Path, args: argparse.Namespace, folder: Path) -> tuple
     store.register("bench", model, source=f"file:{model}")
     ring = KeyRing(folder / "keys.json")
     keys = {user: ring.add(user, max_concurrent=64, max_tokens=4096) for user in ("bench", "a", "b")}
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "llamalab", "serve", "-m", "bench", "--port", str(port), "--keys-file",
             str(folder / "keys.json"), "--parallel", str(args.parallel), "--n-ctx", str(args.n_ctx),
             "--threads", str(args.threads), "--max-queued", "128", "--log-level", "WARNING"]
@@ -182,7 +158,7 @@ def start_llamalab(model: Path, args: argparse.Namespace, folder: Path) -> tuple
 
 
 def start_llama_server(binary: Path, model: Path, args: argparse.Namespace) -> Side:
-    port = _free_port()
+    port = free_port()
     argv = [str(binary), "-m", str(model), "-c", str(args.n_ctx), "-np", str(args.parallel), "--kv-unified",
             "-t", str(args.threads), "-tb", str(args.threads), "--host", "127.0.0.1", "--port", str(port),
             "--no-webui", "--threads-http", str(max(args.clients) + 4)]  # one HTTP thread per open stream
@@ -325,7 +301,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if "llamalab" in args.sides:
             side, keys = start_llamalab(model, args, Path(folder))
             sides.append(side)
-        binary = _llama_server(args)
+        binary = llama_server_binary(args.llama_server)
         if "llama-server" in args.sides:
             if binary is None:
                 print("llama-server not found (scripts/build-llama-server.sh builds it): its side is skipped")

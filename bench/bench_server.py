@@ -94,7 +94,6 @@ import os
 import platform
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -105,7 +104,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from benchlib import add_common_arguments, model_path, save_report
+from benchlib import add_common_arguments, free_port, model_path, save_report
 
 THROUGHPUT_TARGET = 0.95  # server-side decode tok/s at least this fraction of direct
 TTFT_TARGET_MS = 20.0  # the server adds at most this much to the first token
@@ -297,7 +296,7 @@ class Server:
 
     def __init__(self, model: Path, args: argparse.Namespace) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="llamalab-bench-server-"))
-        self.port = _free_port()
+        self.port = free_port()
         self.token = secrets.token_hex(24)
         self.root = f"http://127.0.0.1:{self.port}"
         self.headers = {"Authorization": f"token {self.token}"}
@@ -366,12 +365,6 @@ class Server:
                 self.proc.wait()
         self._log.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class WebSocketSide:

@@ -37,12 +37,8 @@ Sides, one after another, each loading the model itself (the targets are the slo
     ``--cache-ram`` default): its 4 slots share N_CTX KV cells as ours share ``kv_size`` (= n_ctx),
     each may fill a window. Chats by ``/v1/chat/completions`` with ``stream: true``, completions by
     ``/v1/completions`` (httpx), once ``/health`` answers 200. No priorities there. The binary is
-    ``$LLAMA_SERVER`` or ``.cache/llama-server-build/bin/llama-server``, else the side is skipped;
-    to build it from the llama.cpp that llama-cpp-python vendors::
-
-        pip download --no-binary :all: --no-deps llama-cpp-python==<installed version>
-        tar xzf llama_cpp_python-*.tar.gz && cd llama_cpp_python-*/vendor/llama.cpp
-        cmake -B build -DLLAMA_CURL=OFF && cmake --build build --target llama-server
+    ``$LLAMA_SERVER`` or what ``scripts/build-llama-server.sh`` built (``benchlib.llama_server_binary``),
+    else the side is skipped.
 
 Timing is the client's (``perf_counter``): a first token from just before the request to the
 first non-empty piece, a completion from the request to its whole answer. Untimed warm-ups go
@@ -73,8 +69,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from bench_server import PROMPT, Server, WebSocketSide, _free_port, _print_rows
-from benchlib import add_common_arguments, model_path, save_report
+from bench_server import PROMPT, Server, WebSocketSide, _print_rows
+from benchlib import add_common_arguments, free_port, llama_server_binary, model_path, save_report
 
 ALL_SIDES = ("engine/queue", "engine/slots", "jupyter/queue", "jupyter/slots", "llama-server")
 QUEUE = {"n_parallel": 1, "prompt_cache_mb": 0}  # the old queue; the slots sides keep the defaults
@@ -98,7 +94,6 @@ PERSONAS = ("a lighthouse keeper on a windy northern island", "a botanist who ca
 STORY = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
 FULL = {"s1_chat": 400, "completion": 16, "s2_system": 1100, "s2_answer": 24, "s4_tokens": 128, "s5_tokens": 128}
 QUICK = {"s1_chat": 96, "completion": 16, "s2_system": 300, "s2_answer": 8, "s4_tokens": 24, "s5_tokens": 32}
-LLAMA_SERVER = Path(__file__).resolve().parent.parent / ".cache/llama-server-build/bin/llama-server"
 
 
 @dataclass
@@ -263,37 +258,13 @@ class JupyterSide:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _dev_cache_llama_server() -> Optional[Path]:
-    """Where scripts/build-llama-server.sh caches llama-server for the installed llama-cpp-python."""
-    import importlib.metadata
-
-    try:
-        version = importlib.metadata.version("llama_cpp_python")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    root = os.environ.get("LLAMALAB_DEV_CACHE") or str(Path.home() / ".cache" / "llamalab-dev")
-    return Path(root) / f"llama.cpp-{version}" / "bin" / "llama-server"
-
-
-def _llama_server_binary() -> Optional[Path]:
-    """$LLAMA_SERVER, else the build script's cache, else the older in-repository build."""
-    override = os.environ.get("LLAMA_SERVER")
-    candidates = [Path(override)] if override else [_dev_cache_llama_server(), Path(LLAMA_SERVER)]
-    for path in candidates:
-        if path is not None and path.is_dir():
-            path = path / "llama-server"
-        if path is not None and path.is_file() and os.access(path, os.X_OK):
-            return path
-    return None
-
-
 class LlamaServerSide:
     """llama.cpp's server over its OpenAI-compatible HTTP API."""
 
     name = "llama-server"
 
     def __init__(self, binary: Path, model: Path, args: argparse.Namespace) -> None:
-        self.root = f"http://127.0.0.1:{_free_port()}"
+        self.root = f"http://127.0.0.1:{free_port()}"
         self.log = tempfile.NamedTemporaryFile("w", prefix="llamalab-bench-llama-server-", suffix=".log", delete=False)
         self.argv = [str(binary), "-m", str(model), "-c", str(args.n_ctx), "-np", "4", "--kv-unified",
                      "-t", str(args.threads), "-tb", str(args.threads), "--host", "127.0.0.1",
@@ -353,7 +324,7 @@ def _open_side(name: str, model: Path, args: argparse.Namespace) -> Any:
         return EngineSide(name, model, args, **config)
     if name.startswith("jupyter/"):
         return JupyterSide(name, model, args, **config)
-    return LlamaServerSide(_llama_server_binary(), model, args)  # type: ignore[arg-type]
+    return LlamaServerSide(llama_server_binary(), model, args)  # type: ignore[arg-type]
 
 
 async def s1_completion_under_chat(side: Any, args: argparse.Namespace, out: dict[str, list[float]]) -> None:
@@ -541,11 +512,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     from llamalab.engine.local import default_threads
 
     args, notes = _parse_args(argv), []
-    if "llama-server" in args.sides and _llama_server_binary() is None:
+    if "llama-server" in args.sides and llama_server_binary() is None:
         args.sides.remove("llama-server")
-        notes.append(f"llama-server skipped: no binary at $LLAMA_SERVER or {LLAMA_SERVER}. To build it: pip download "
-                     "--no-binary :all: --no-deps llama-cpp-python==<installed version>, unpack it, and in its "
-                     "vendor/llama.cpp: cmake -B build -DLLAMA_CURL=OFF && cmake --build build --target llama-server")
+        notes.append("llama-server skipped: none at $LLAMA_SERVER or in the build cache; "
+                     "`bash scripts/build-llama-server.sh` builds it (about 10 minutes on two cores).")
     if any(s.startswith("jupyter/") for s in args.sides) and args.threads != default_threads()[1]:
         notes.append(f"the Jupyter servers evaluate prompts with {default_threads()[1]} thread(s) (the extension "
                      "has no n_threads_batch setting), the other sides with --threads")

@@ -1,5 +1,6 @@
 """What the benchmark scripts share: their common options, finding the model a run measures,
-and writing its raw numbers.
+llama.cpp's ``llama-server`` binary and free ports for the servers they start, and writing
+their raw numbers.
 
 The scripts run as ``python bench/bench_X.py``, so this folder is on ``sys.path`` and they
 import this module by its plain name.
@@ -9,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def model_path(args: argparse.Namespace) -> Path:
@@ -40,3 +45,35 @@ def save_report(path: str, report: dict[str, Any]) -> None:
     """Write a run's raw numbers as JSON and say where."""
     Path(path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"raw numbers written to {path}")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def llama_server_binary(explicit: Optional[str] = None) -> Optional[Path]:
+    """llama.cpp's ``llama-server``: ``explicit``, else ``$LLAMA_SERVER`` (the binary or its
+    folder), else where ``scripts/build-llama-server.sh`` caches it for the installed
+    llama-cpp-python, else an older in-repository build; None when none is there."""
+    import importlib.metadata
+
+    given = explicit or os.environ.get("LLAMA_SERVER")
+    if given:
+        candidates = [Path(given)]
+    else:
+        cache = Path(os.environ.get("LLAMALAB_DEV_CACHE") or Path.home() / ".cache" / "llamalab-dev")
+        try:
+            version = importlib.metadata.version("llama_cpp_python")
+            candidates = [cache / f"llama.cpp-{version}" / "bin"]
+        except importlib.metadata.PackageNotFoundError:
+            candidates = []
+        candidates.append(REPO / ".cache" / "llama-server-build" / "bin")
+    for path in candidates:
+        if path.is_dir():
+            path = path / "llama-server"
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    return None

@@ -46,7 +46,7 @@ from .kernel_access import KernelKeyIdentity
 from .manager import Generation
 from .messages import ErrorMessage
 
-__all__ = ["ChatCompletionRequest", "CompletionRequest", "OpenAIRoutes", "handlers"]
+__all__ = ["ChatCompletionRequest", "CompletionRequest", "OpenAIRoutes", "ROUTES", "handlers", "route_handler"]
 
 
 class _Request(BaseModel):
@@ -398,70 +398,36 @@ def _openai_error(error: ErrorMessage) -> dict[str, Any]:
     return {"error": {"message": error.message, "type": kind, "code": error.code}}
 
 
-class ModelsV1Handler(OpenAIHandler):
-    @web.authenticated
-    @authorized
-    async def get(self) -> None:
-        await self.list_models()
+# The routes both servers answer, relative to their root: (path, HTTP method, the ``OpenAIRoutes``
+# method doing the work, the label ``llamalab serve`` counts it under in its metrics).
+ROUTES: tuple[tuple[str, str, str, str], ...] = (
+    ("v1/models", "get", "list_models", "models"),
+    ("v1/completions", "post", "completions", "completions"),
+    ("v1/chat/completions", "post", "chat_completions", "chat.completions"),
+    ("tokenize", "post", "tokenize", "tokenize"),
+    ("detokenize", "post", "detokenize", "detokenize"),
+    ("infill", "post", "infill", "infill"),
+    ("completion", "post", "native_completion", "completion"),
+    ("props", "get", "props", "props"),
+)
 
 
-class CompletionsHandler(OpenAIHandler):
-    @web.authenticated
-    @authorized("execute")
-    async def post(self) -> None:
-        await self.completions()
+def route_handler(base: type, method: str, work: str, guard: Callable[[Any], Any] = lambda f: f,
+                  **attributes: Any) -> type:
+    """A handler class on ``base`` whose ``method`` awaits ``self.<work>()``, wrapped by ``guard``
+    (Jupyter's authentication and authorization; ``llamalab serve`` checks keys in ``prepare``)."""
+    async def handle(self: Any) -> None:
+        await getattr(self, work)()
+
+    name = "".join(part.title() for part in work.split("_")) + base.__name__
+    return type(name, (base,), {method: guard(handle), "__module__": base.__module__, **attributes})
 
 
-class ChatCompletionsHandler(OpenAIHandler):
-    @web.authenticated
-    @authorized("execute")
-    async def post(self) -> None:
-        await self.chat_completions()
-
-
-class TokenizeHandler(OpenAIHandler):
-    @web.authenticated
-    @authorized("execute")
-    async def post(self) -> None:
-        await self.tokenize()
-
-
-class DetokenizeHandler(OpenAIHandler):
-    @web.authenticated
-    @authorized("execute")
-    async def post(self) -> None:
-        await self.detokenize()
-
-
-class InfillHandler(OpenAIHandler):
-    @web.authenticated
-    @authorized("execute")
-    async def post(self) -> None:
-        await self.infill()
-
-
-class NativeCompletionHandler(OpenAIHandler):
-    @web.authenticated
-    @authorized("execute")
-    async def post(self) -> None:
-        await self.native_completion()
-
-
-class PropsHandler(OpenAIHandler):
-    @web.authenticated
-    @authorized
-    async def get(self) -> None:
-        await self.props()
+def _jupyter_guard(method: str) -> Callable[[Any], Any]:
+    action = authorized if method == "get" else authorized("execute")  # reading the model list, or running it
+    return lambda handle: web.authenticated(action(handle))
 
 
 def handlers() -> list[tuple[str, type]]:
-    return [
-        (r"/llamalab/v1/models", ModelsV1Handler),
-        (r"/llamalab/v1/completions", CompletionsHandler),
-        (r"/llamalab/v1/chat/completions", ChatCompletionsHandler),
-        (r"/llamalab/tokenize", TokenizeHandler),
-        (r"/llamalab/detokenize", DetokenizeHandler),
-        (r"/llamalab/infill", InfillHandler),
-        (r"/llamalab/completion", NativeCompletionHandler),
-        (r"/llamalab/props", PropsHandler),
-    ]
+    return [(rf"/llamalab/{path}", route_handler(OpenAIHandler, method, work, _jupyter_guard(method)))
+            for path, method, work, _ in ROUTES]

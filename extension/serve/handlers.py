@@ -30,7 +30,7 @@ from llamalab import ApiKey, GenerationResult
 from ..handlers import BadRequest
 from ..kernel_access import bearer
 from ..messages import ErrorMessage
-from ..openai import OpenAIRoutes
+from ..openai import ROUTES, OpenAIRoutes, route_handler
 from .metrics import ServeMetrics
 from .state import ServeState
 
@@ -142,62 +142,6 @@ class MetricsHandler(ServeHandler):
         self.finish(self.metrics.render())
 
 
-class ModelsHandler(ServeHandler):
-    route = "models"
-
-    async def get(self) -> None:
-        await self.list_models()
-
-
-class CompletionsHandler(ServeHandler):
-    route = "completions"
-
-    async def post(self) -> None:
-        await self.completions()
-
-
-class ChatCompletionsHandler(ServeHandler):
-    route = "chat.completions"
-
-    async def post(self) -> None:
-        await self.chat_completions()
-
-
-class TokenizeHandler(ServeHandler):
-    route = "tokenize"
-
-    async def post(self) -> None:
-        await self.tokenize()
-
-
-class DetokenizeHandler(ServeHandler):
-    route = "detokenize"
-
-    async def post(self) -> None:
-        await self.detokenize()
-
-
-class InfillHandler(ServeHandler):
-    route = "infill"
-
-    async def post(self) -> None:
-        await self.infill()
-
-
-class NativeCompletionHandler(ServeHandler):
-    route = "completion"
-
-    async def post(self) -> None:
-        await self.native_completion()
-
-
-class PropsHandler(ServeHandler):
-    route = "props"
-
-    async def get(self) -> None:
-        await self.props()
-
-
 class NotFoundHandler(ServeHandler):
     needs_key = False
 
@@ -207,16 +151,5 @@ class NotFoundHandler(ServeHandler):
 
 
 def routes() -> list[tuple[str, type]]:
-    return [
-        (r"/health", HealthHandler),
-        (r"/metrics", MetricsHandler),
-        (r"/v1/models", ModelsHandler),
-        (r"/v1/completions", CompletionsHandler),
-        (r"/v1/chat/completions", ChatCompletionsHandler),
-        (r"/tokenize", TokenizeHandler),
-        (r"/detokenize", DetokenizeHandler),
-        (r"/infill", InfillHandler),
-        (r"/completion", NativeCompletionHandler),
-        (r"/props", PropsHandler),
-    ]
-
+    return [(r"/health", HealthHandler), (r"/metrics", MetricsHandler)] + [
+        (rf"/{path}", route_handler(ServeHandler, method, work, route=label)) for path, method, work, label in ROUTES]
