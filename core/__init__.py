@@ -39,7 +39,7 @@ from .progress import Progress, ProgressCallback
 from .license import license_notice, require_license
 from .pulls import default_model_name, locate, pull, pull_license
 from .quantize import QUANT_TYPES, normalize_quant_type
-from .store import ModelStore, StoredModel
+from .store import ModelStore, StoredModel, atomic_write_text
 from .templates import Message
 
 __version__ = "0.1.0"
@@ -128,6 +128,7 @@ __all__ = [
     "TokenStream",
     "UnsupportedModelError",
     "__version__",
+    "atomic_write_text",
     "build_fim_prompt",
     "checkpoint_license",
     "convert_and_register",

@@ -9,7 +9,8 @@ first characters to recognise it by, its name and its limits:
                              "revoked": null}]}
 
 The name is the user the server's scheduler treats fairly and the label in its metrics. The
-file (default ``$LLAMALAB_HOME/serve-keys.json``) is written atomically with mode 0600; a
+file (default ``$LLAMALAB_HOME/serve-keys.json``) is written atomically with mode 0600
+(``atomic_write_text``); a
 running server notices changes (a key added or revoked) on the next request.
 """
 
@@ -29,6 +30,7 @@ from typing import Any, Optional, Union
 
 from .errors import ConfigError
 from .paths import store_root
+from .store import atomic_write_text
 
 __all__ = ["ApiKey", "KeyRing", "default_keys_file"]
 
@@ -149,19 +151,7 @@ class KeyRing:
         return revoked
 
     def _write(self, keys: list[ApiKey]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        part = self.path.with_name(self.path.name + ".part")
-        data = json.dumps({"version": _VERSION, "keys": [asdict(k) for k in keys]}, indent=1)
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(part, self.path)
-        except BaseException:
-            part.unlink(missing_ok=True)
-            raise
+        atomic_write_text(self.path, json.dumps({"version": _VERSION, "keys": [asdict(k) for k in keys]}, indent=1))
         self._seen = None  # read it again next time
 
 

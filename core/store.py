@@ -68,7 +68,9 @@ def sha256_file(path: Path, progress: Optional[ProgressCallback] = None, stage: 
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so readers see the old or the new file, never half of one."""
+    """Write ``text`` to ``path`` so readers see the old or the new file, never half of one, and a
+    crash right after leaves the new one: a ``*.part`` file (mode 0600) in the same folder,
+    fsynced, renamed over ``path``, the folder fsynced too."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
@@ -81,6 +83,12 @@ def atomic_write_text(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    with contextlib.suppress(OSError):  # the rename itself, on filesystems that allow a folder fsync
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 class ModelStore:

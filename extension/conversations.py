@@ -7,7 +7,7 @@ extension's ``conversations_dir`` setting moves it): ``<id>.json`` holds a ``Sto
 conversation's history from here and appends each finished turn, so every tab and browser of the
 user sees the same conversations and nothing lives only in a page or a connection.
 
-- Writes are atomic: a ``*.part`` file in the same folder, fsynced, then ``os.replace``.
+- Writes are atomic (``llamalab.atomic_write_text``: a ``*.part`` file in the same folder, fsynced, renamed).
 - Writes to one conversation are serialized by a lock; a replace or patch naming an older
   ``revision`` than the file's gets ``ConflictError`` (HTTP 409): the client reads it again.
 - Ids are letters, digits, ``_`` and ``-`` (``ID_RE``): never a path.
@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 from pydantic import ValidationError
 
-from llamalab import LlamalabError
+from llamalab import LlamalabError, atomic_write_text
 
 from .messages import (CONVERSATION_VERSION, ChatTurn, ConversationChangedMessage, ConversationCreate,
                        ConversationEntry, ConversationImport, ConversationList, ConversationPatch,
@@ -219,19 +219,7 @@ class ConversationStore:
             raise ConversationTooLargeError(
                 f"conversation '{conversation.id}' has {len(conversation.entries)} messages, over this server's "
                 f"limit of {self.limits.max_entries}; start a new conversation.")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        target = self.path(conversation.id)
-        part = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
-        try:
-            with open(part, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(part, target)
-        finally:
-            if part.exists():
-                part.unlink()
-        _fsync_dir(self.folder)
+        atomic_write_text(self.path(conversation.id), data.decode())
         self._emit(conversation.id, conversation.revision)
         return conversation
 
