@@ -7,13 +7,14 @@ and a ``fill`` function that writes the tensor's values into an array it is hand
 1. checks the output folder is writable and has room (``fetch.ensure_free_space``);
 2. declares every tensor to ``gguf.GGUFWriter`` (``add_tensor_info``), which writes the
    header, key-values and tensor infos into ``NAME.part``;
-3. builds one tensor at a time while a second thread writes the previous one and feeds the
-   same bytes to sha256, releasing source pages as it goes, so peak memory is two merged
-   tensors plus small conversion blocks whatever the size of the model, and the file's sha256
-   (for the model store) costs no second read;
+3. builds one tensor at a time in a ``blockio.TensorStream`` buffer while two threads write the
+   previous one to disk (with direct I/O where the file system has it) and feed the same bytes
+   to sha256, releasing source pages as it goes, so peak memory is two merged tensors plus
+   small conversion blocks whatever the size of the model, and the file's sha256 (for the
+   model store) costs no second read;
 4. checks the file without reading it again in full (``_verify``): the header and tensor table
    parse and match the plan (names, shapes, types, order); the file is exactly as long as the
-   table says; and for every tensor the first and last ``_SAMPLE`` bytes read back equal the
+   table says; and for every tensor the first and last ``SAMPLE_BYTES`` (64) bytes read back equal the
    bytes written there. That proves each tensor's data sits at the offset llama.cpp will read
    it from and nothing was lost at either end; a corrupted byte in the middle of a tensor would
    not be seen (the sha256 covers what was handed to the OS, not what the disk returns);
@@ -27,10 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -41,12 +40,12 @@ from ..errors import ConversionError, InsufficientDiskSpaceError
 from ..fetch import ensure_free_space, part_path
 from ..gguf_info import _read_header, read_gguf_info
 from ..progress import ProgressCallback, report
+from .blockio import TensorStream
 from .source import OUT_TYPES, SourceTensor
 
 __all__ = ["PlannedTensor", "ConversionPlan", "WrittenGGUF", "write_gguf", "ggml_type"]
 
 _HEADER_ALLOWANCE = 16 * 1024 * 1024  # key-values and tensor infos, generously
-_SAMPLE = 64  # bytes read back at each end of every tensor
 
 
 @dataclass(frozen=True)
@@ -106,47 +105,7 @@ class WrittenGGUF:
     sha256: str
 
 
-class _DataSink:
-    """Appends tensor data (aligned as GGUF wants) to the file and to a sha256, and keeps the
-    first and last bytes of every tensor for ``_verify``."""
-
-    def __init__(self, part: Path, alignment: int) -> None:
-        self.alignment = alignment
-        with open(part, "rb") as handle:  # the header GGUFWriter wrote (KBs to a few MB): hash it
-            header = handle.read()
-        self.digest = hashlib.sha256(header)
-        self.handle = open(part, "ab", buffering=0)
-        self.offset = len(header)
-        self.samples: list[tuple[int, bytes, int, bytes]] = []  # (start, head, end, tail) of each tensor
-        self._pad()
-
-    def write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            written = self.handle.write(view)
-            view = view[written:]
-        self.digest.update(data)
-
-    def _pad(self) -> None:
-        pad = -self.offset % self.alignment
-        if pad:
-            self.write(bytes(pad))
-            self.offset += pad
-
-    def tensor(self, data: np.ndarray) -> None:
-        view = memoryview(data).cast("B")
-        start = self.offset
-        self.write(view)
-        self.offset += len(view)
-        self.samples.append((start, bytes(view[:_SAMPLE]), self.offset, bytes(view[-_SAMPLE:])))
-        self._pad()
-
-    def finish(self) -> None:
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-
-
-def _verify(part: Path, out: Path, plan: Sequence[PlannedTensor], sink: _DataSink) -> None:
+def _verify(part: Path, out: Path, plan: Sequence[PlannedTensor], sink: TensorStream) -> None:
     info = read_gguf_info(part)
     expected = [(t.name, tuple(reversed(t.shape)), t.out_type) for t in plan]
     found = [(t.name, tuple(t.shape), t.ggml_type) for t in info.tensors]
@@ -171,8 +130,10 @@ def _verify(part: Path, out: Path, plan: Sequence[PlannedTensor], sink: _DataSin
 
 
 def write_gguf(out: Path, plan: Sequence[PlannedTensor], header: Callable[[Any], None], *,
-               progress: Optional[ProgressCallback] = None, stage: str = "converting") -> WrittenGGUF:
-    """Write ``plan`` as a ``llama`` GGUF at ``out``; ``header(writer)`` adds the key-values."""
+               progress: Optional[ProgressCallback] = None, stage: str = "converting",
+               direct_io: bool = True) -> WrittenGGUF:
+    """Write ``plan`` as a ``llama`` GGUF at ``out``; ``header(writer)`` adds the key-values.
+    ``direct_io=False`` writes through the page cache even where direct I/O is available."""
     import gguf
 
     out = Path(out).expanduser().absolute()
@@ -180,7 +141,7 @@ def write_gguf(out: Path, plan: Sequence[PlannedTensor], header: Callable[[Any],
     _check_output(out, total + _HEADER_ALLOWANCE)
     part = part_path(out)
     writer = gguf.GGUFWriter(part, "llama")
-    sink: Optional[_DataSink] = None
+    sink: Optional[TensorStream] = None
     started = time.perf_counter()
     try:
         header(writer)
@@ -190,8 +151,9 @@ def write_gguf(out: Path, plan: Sequence[PlannedTensor], header: Callable[[Any],
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
-            writer.close()  # GGUFWriter wrote the header; the data goes through the sink
-            sink = _DataSink(part, writer.data_alignment)
+            writer.close()  # GGUFWriter wrote the header; the data goes through the stream
+            sink = TensorStream(part, writer.data_alignment, max((t.nbytes for t in plan), default=0),
+                                direct=direct_io)
             _stream_tensors(sink, plan, progress, stage, total)
             sink.finish()
         _verify(part, out, plan, sink)
@@ -200,41 +162,28 @@ def write_gguf(out: Path, plan: Sequence[PlannedTensor], header: Callable[[Any],
     except BaseException:
         if sink is not None:
             with contextlib.suppress(OSError):
-                sink.handle.close()
+                sink.close()
         _discard(writer, part)
         raise
     report(progress, stage, total, total, message=f"{time.perf_counter() - started:.1f} s")
     return WrittenGGUF(out, sink.offset, sink.digest.hexdigest())
 
 
-def _stream_tensors(sink: _DataSink, plan: Sequence[PlannedTensor], progress: Optional[ProgressCallback],
+def _stream_tensors(sink: TensorStream, plan: Sequence[PlannedTensor], progress: Optional[ProgressCallback],
                     stage: str, total: int) -> None:
-    """Build each tensor while the previous one is being written (and hashed) by a second thread:
-    at most two output tensors exist at a time, and reading/converting overlaps with writing."""
+    """Build each tensor in the stream's buffer while the previous one is written and hashed by
+    its threads: at most two output tensors exist at a time, and converting overlaps writing."""
     done = 0
     report(progress, stage, 0, total)
-    # Two buffers of the largest tensor's size, taken in turn: one is filled while the other is
-    # written, and the pages are faulted in once instead of once per tensor.
-    largest = max((t.nbytes for t in plan), default=0)
-    buffers = [np.empty(largest, dtype=np.uint8), np.empty(largest, dtype=np.uint8)]
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamalab-gguf-write") as io_thread:
-        pending: Optional[Future] = None
-        previous = 0
-        for index, t in enumerate(plan):
-            dtype = np.dtype(OUT_TYPES[t.out_type])
-            data = buffers[index % 2][: t.nbytes].view(dtype).reshape(t.shape)
-            t.fill(data)
-            for source in t.sources:
-                source.release()
-            if pending is not None:
-                pending.result()  # the sink takes tensors in order, one at a time
-                done += previous
-                report(progress, stage, done, total)
-            pending, previous = io_thread.submit(sink.tensor, data), t.nbytes
-            del data
-        if pending is not None:
-            pending.result()
-            report(progress, stage, done + previous, total)
+    for t in plan:
+        data = sink.slot(t.nbytes).view(OUT_TYPES[t.out_type]).reshape(t.shape)
+        t.fill(data)
+        del data
+        for source in t.sources:
+            source.release()
+        sink.commit(t.nbytes)
+        done += t.nbytes
+        report(progress, stage, done, total)
 
 
 def _discard(writer: Any, part: Path) -> None:

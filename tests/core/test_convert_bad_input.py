@@ -226,20 +226,19 @@ def test_full_disk_is_found_before_writing(ckpt, out_dir, tmp_store, monkeypatch
 
 def test_disk_filling_up_midway_leaves_nothing(ckpt, out_dir, tmp_store, monkeypatch):
     """The disk fills while tensor data is being written: part of a write lands, then ENOSPC."""
-    from llamalab.convert import writer
+    from llamalab.convert.blockio import BLOCK, TensorStream
 
-    original = writer._DataSink.write
+    original = TensorStream._write_at
     written = []
 
-    def filling(self, data):
-        view = memoryview(data).cast("B")
-        if sum(written) + len(view) > 100_000:
-            original(self, view[: len(view) // 2])
+    def filling(self, data, at):
+        if sum(written) + data.size > 100_000:
+            original(self, data[: data.size // 2 // BLOCK * BLOCK], at)
             raise OSError(errno.ENOSPC, "No space left on device")
-        written.append(len(view))
-        return original(self, data)
+        written.append(data.size)
+        return original(self, data, at)
 
-    monkeypatch.setattr(writer._DataSink, "write", filling)
+    monkeypatch.setattr(TensorStream, "_write_at", filling)
     with pytest.raises(InsufficientDiskSpaceError) as info:
         run_convert(ckpt, out_dir)
     assert_clean(info, "the disk filled up while writing model.gguf", out_dir, tmp_store)

@@ -83,20 +83,20 @@ def test_quantize_hashes_its_output_once_and_says_how_it_checked(ckpt, tmp_path,
 # -- the bounded read-back ------------------------------------------------------------------------
 def test_data_that_reads_back_differently_is_caught(ckpt, tmp_path, tmp_store, monkeypatch):
     """A byte at the end of one tensor changes between the write and the read-back."""
-    from llamalab.convert import writer
+    from llamalab.convert.blockio import TensorStream
 
-    original = writer._DataSink.finish
+    original = TensorStream.finish
 
     def corrupt(self):
         start, _, end, _ = self.samples[3]
         original(self)
-        with open(self.handle.name, "r+b") as handle:
+        with open(self.path, "r+b") as handle:
             handle.seek(end - 1)
             byte = handle.read(1)
             handle.seek(end - 1)
             handle.write(bytes([byte[0] ^ 0xFF]))
 
-    monkeypatch.setattr(writer._DataSink, "finish", corrupt)
+    monkeypatch.setattr(TensorStream, "finish", corrupt)
     out = tmp_path / "out" / "m.gguf"
     out.parent.mkdir()
     with pytest.raises(ConversionError, match="m.gguf reads back different data for blk.0"):
