@@ -36,6 +36,14 @@ __all__ = ["TensorStream", "BLOCK", "SAMPLE_BYTES"]
 BLOCK = 4096  # covers every disk's logical block size, and the page size O_DIRECT buffers need
 SAMPLE_BYTES = 64  # bytes kept from each end of every tensor, for the writer's read-back
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
+_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+
+
+def _pwrite(fd: int, data: memoryview, at: int) -> int:
+    if hasattr(os, "pwrite"):
+        return os.pwrite(fd, data, at)
+    os.lseek(fd, at, os.SEEK_SET)  # Windows; one writer thread, so seek-then-write is safe
+    return os.write(fd, data)
 
 
 def _aligned_buffer(nbytes: int) -> np.ndarray:
@@ -54,14 +62,14 @@ class TensorStream:
         self.path = path
         self.alignment = alignment
         self.direct = bool(direct and _O_DIRECT)
-        flags = os.O_WRONLY | (_O_DIRECT if self.direct else 0)
+        flags = os.O_WRONLY | _O_BINARY | (_O_DIRECT if self.direct else 0)
         try:
             self._fd = os.open(path, flags)
         except OSError as exc:
             if not self.direct or exc.errno != errno.EINVAL:
                 raise
             self.direct = False  # the file system has no direct I/O
-            self._fd = os.open(path, os.O_WRONLY)
+            self._fd = os.open(path, os.O_WRONLY | _O_BINARY)
         self.offset = len(header)  # where the next byte of the file goes
         self._written = len(header) // BLOCK * BLOCK  # bytes on their way to disk, in whole blocks
         self._carry = bytearray(header[self._written:])  # the file's bytes from _written to offset
@@ -119,7 +127,7 @@ class TensorStream:
         view = memoryview(data).cast("B")
         while view:
             try:
-                written = os.pwrite(self._fd, view, at)
+                written = _pwrite(self._fd, view, at)
             except OSError as exc:
                 if exc.errno != errno.EINVAL or not self.direct:
                     raise
