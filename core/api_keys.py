@@ -6,9 +6,12 @@ first characters to recognise it by, its name and its limits:
 
     {"version": 1, "keys": [{"name": "alice", "sha256": "...", "shown": "llk-AbCd",
                              "created": 1765000000.0, "max_concurrent": 4, "max_tokens": 2048,
-                             "revoked": null}]}
+                             "role": "user", "revoked": null}]}
 
 The name is the user the server's scheduler treats fairly and the label in its metrics. The
+role says what the key opens (``ROLES``): ``user`` the model's routes, ``metrics`` only
+``/metrics`` (which shows every user's usage: a key for Prometheus, not for a person),
+``admin`` both; a key written before roles existed is a ``user`` key. The
 file (default ``$LLAMALAB_HOME/serve-keys.json``) is written atomically with mode 0600
 (``atomic_write_text``); a
 running server notices changes (a key added or revoked) on the next request.
@@ -32,11 +35,12 @@ from .errors import ConfigError
 from .paths import store_root
 from .store import atomic_write_text
 
-__all__ = ["ApiKey", "KeyRing", "default_keys_file"]
+__all__ = ["ApiKey", "KeyRing", "default_keys_file", "ROLES"]
 
 _VERSION = 1
 _PREFIX = "llk-"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+ROLES = ("user", "metrics", "admin")
 
 
 def default_keys_file() -> Path:
@@ -54,10 +58,21 @@ class ApiKey:
     max_concurrent: int = 4
     max_tokens: int = 2048
     revoked: Optional[float] = None
+    role: str = "user"
 
     @property
     def active(self) -> bool:
         return self.revoked is None
+
+    @property
+    def may_generate(self) -> bool:
+        """Whether the key opens the model's routes (completions, chat, tokenize, ...)."""
+        return self.role in ("user", "admin")
+
+    @property
+    def may_read_metrics(self) -> bool:
+        """Whether the key opens ``/metrics``, which shows every user's usage."""
+        return self.role in ("metrics", "admin")
 
 
 def _digest(key: str) -> str:
@@ -118,8 +133,10 @@ class KeyRing:
         return found if found is not None and found.active else None
 
     # -- changing ---------------------------------------------------------------------
-    def add(self, name: str, *, max_concurrent: int = 4, max_tokens: int = 2048) -> str:
+    def add(self, name: str, *, max_concurrent: int = 4, max_tokens: int = 2048, role: str = "user") -> str:
         """A new key named ``name``; returns the key itself (shown once, never stored)."""
+        if role not in ROLES:
+            raise ConfigError(f"unknown key role '{role}'; choose one of: {', '.join(ROLES)}.")
         if not _NAME.match(name):
             raise ConfigError(f"'{name}' is not a usable key name: use 1-64 letters, digits and . _ @ - "
                               "(a user name, say), starting with a letter or digit.")
@@ -135,7 +152,7 @@ class KeyRing:
                                   f"(`llamalab serve keys revoke {name}`) or choose another name.")
             keys = [k for k in keys if k.name != name]  # a revoked key of that name is replaced
             keys.append(ApiKey(name=name, sha256=_digest(key), shown=key[:8], created=time.time(),
-                               max_concurrent=max_concurrent, max_tokens=max_tokens))
+                               max_concurrent=max_concurrent, max_tokens=max_tokens, role=role))
             self._write(keys)
         return key
 
@@ -161,7 +178,10 @@ def _key_from(entry: Any) -> ApiKey:
     key = ApiKey(name=str(entry["name"]), sha256=str(entry["sha256"]), shown=str(entry.get("shown", "")),
                  created=float(entry.get("created", 0)), max_concurrent=int(entry.get("max_concurrent", 4)),
                  max_tokens=int(entry.get("max_tokens", 2048)),
-                 revoked=None if entry.get("revoked") is None else float(entry["revoked"]))
+                 revoked=None if entry.get("revoked") is None else float(entry["revoked"]),
+                 role=str(entry.get("role", "user")))
     if not re.fullmatch(r"[0-9a-f]{64}", key.sha256):
         raise ValueError(f"the key '{key.name}' has no valid sha256")
+    if key.role not in ROLES:
+        raise ValueError(f"the key '{key.name}' has an unknown role '{key.role}'")
     return key

@@ -14,7 +14,7 @@ from typing import Optional
 
 import click
 
-from ..api_keys import KeyRing
+from ..api_keys import ROLES, KeyRing
 from .extras import import_extra
 
 __all__ = ["serve"]
@@ -103,31 +103,41 @@ def keys() -> None:
               help="Requests this key may have running at once; more get 429.")
 @click.option("--max-tokens", default=2048, show_default=True, type=click.IntRange(1, 1_000_000),
               help="The most tokens one request of this key may ask for.")
+@click.option("--role", type=click.Choice(ROLES), default="user", show_default=True,
+              help="user: the model's routes; metrics: /metrics only (for Prometheus: it shows every "
+                   "user's usage); admin: both.")
 @_KEYS_OPTION
-def keys_add(name: str, max_concurrent: int, max_tokens: int, keys_file: Optional[Path]) -> None:
-    """Make a key for NAME (a user; the name shows in metrics) and print it, once, on stdout."""
+def keys_add(name: str, max_concurrent: int, max_tokens: int, role: str, keys_file: Optional[Path]) -> None:
+    """Make a key for NAME (a user; the name shows in metrics) and print it, once, on stdout.
+
+    \b
+      llamalab serve keys add alice                       a person's key
+      llamalab serve keys add prometheus --role metrics   the scraper's key for /metrics"""
     ring = KeyRing(keys_file)
-    key = ring.add(name, max_concurrent=max_concurrent, max_tokens=max_tokens)
+    key = ring.add(name, max_concurrent=max_concurrent, max_tokens=max_tokens, role=role)
     click.echo(key)
-    click.echo(f"key for {name} added to {ring.path}; it is shown only now: give it to {name} "
-               "(e.g. as LLAMALAB_REMOTE_API_KEY).", err=True)
+    use = "as LLAMALAB_REMOTE_API_KEY" if role == "user" else "as Prometheus' bearer token" \
+        if role == "metrics" else "as an administrator's bearer token"
+    click.echo(f"{role} key for {name} added to {ring.path}; it is shown only now: give it to {name} "
+               f"(e.g. {use}).", err=True)
 
 
 @keys.command("list")
 @_KEYS_OPTION
 def keys_list(keys_file: Optional[Path]) -> None:
-    """The keys: name, how they begin, limits, when made, whether revoked."""
+    """The keys: name, how they begin, role, limits, when made, whether revoked."""
     ring = KeyRing(keys_file)
     entries = ring.keys()
     if not entries:
         click.echo(f"no keys in {ring.path}; make one with `llamalab serve keys add NAME`.")
         return
-    click.echo(f"{'NAME':<20} {'KEY':<12} {'CONCURRENT':>10} {'MAX TOKENS':>10}  {'CREATED':<16} STATUS")
+    click.echo(f"{'NAME':<20} {'KEY':<12} {'ROLE':<8} {'CONCURRENT':>10} {'MAX TOKENS':>10}  {'CREATED':<16} STATUS")
     for k in entries:
         created = datetime.datetime.fromtimestamp(k.created).strftime("%Y-%m-%d %H:%M")
         status = "active" if k.active else "revoked " + datetime.datetime.fromtimestamp(k.revoked or 0) \
             .strftime("%Y-%m-%d %H:%M")
-        click.echo(f"{k.name:<20} {k.shown + '...':<12} {k.max_concurrent:>10} {k.max_tokens:>10}  {created:<16} {status}")
+        click.echo(f"{k.name:<20} {k.shown + '...':<12} {k.role:<8} {k.max_concurrent:>10} {k.max_tokens:>10}  "
+                   f"{created:<16} {status}")
 
 
 @keys.command("revoke")

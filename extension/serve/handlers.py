@@ -13,7 +13,8 @@
     GET  /props                  llama-server's properties (context per request, slots)
 
 Every route but ``/health`` needs ``Authorization: Bearer <key>`` (``llamalab serve keys add``);
-a key in the URL is refused (URLs end up in logs). Each key has its own limits on requests
+a key in the URL is refused (URLs end up in logs). ``/metrics`` (every user's usage) opens only
+to keys of role ``metrics`` or ``admin``, the model's routes only to ``user`` and ``admin`` keys. Each key has its own limits on requests
 running at once (more get 429) and on ``max_tokens`` (more get 400), and its name is the user the
 scheduler serves in turn with the others.
 """
@@ -83,6 +84,10 @@ class ServeHandler(OpenAIRoutes, web.RequestHandler):
             self.fail(ErrorMessage(code="forbidden", message="this API key is not valid (unknown or revoked); ask "
                                    "the server's administrator for a new one."), status=401)
             return
+        refusal = self.refusal(key)
+        if refusal:
+            self.fail(ErrorMessage(code="forbidden", message=refusal), status=403)
+            return
         self.key, self.user, self.max_tokens_cap = key, key.name, key.max_tokens
         self.stream_write_timeout_s = self.state.config.stream_write_timeout_s
         if self.state.running_for(key.name) >= key.max_concurrent:
@@ -91,6 +96,13 @@ class ServeHandler(OpenAIRoutes, web.RequestHandler):
                 "finish, or ask the administrator for a higher max_concurrent.")))
         self.state.started(key.name)
         self._counted = True
+
+    def refusal(self, key: ApiKey) -> Optional[str]:
+        """Why ``key`` may not use this route, or None."""
+        if key.may_generate:
+            return None
+        return (f"the key '{key.name}' is a {key.role} key: it reads /metrics only; use a user key for the "
+                "model (`llamalab serve keys add NAME`).")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         if status_code == 401:  # tornado cleared the headers before calling this
@@ -136,6 +148,12 @@ class HealthHandler(ServeHandler):
 
 class MetricsHandler(ServeHandler):
     route = "metrics"
+
+    def refusal(self, key: ApiKey) -> Optional[str]:
+        if key.may_read_metrics:
+            return None
+        return (f"the key '{key.name}' may not read /metrics, which shows every user's usage; the administrator "
+                "makes a key for Prometheus with `llamalab serve keys add NAME --role metrics`.")
 
     def get(self) -> None:
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")

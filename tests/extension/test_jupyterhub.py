@@ -33,7 +33,8 @@ def team(tmp_path_factory, demo_model):
     keys_file = root / "serve-keys.json"
     keys = {user: add_key(keys_file, user) for user in USERS}
     serve = ServeProcess(TEST_HOME, keys_file, free_port(), ("--parallel", "2", "--n-ctx", "1024"))
-    hub = Hub(root, keys, serve.url, (free_port(), free_port(), free_port()))
+    hub = Hub(root, dict(keys), serve.url, (free_port(), free_port(), free_port()))
+    keys["prometheus"] = add_key(keys_file, "prometheus", "--role", "metrics")  # not a Hub user
     try:
         serve.start()
         hub.start()
@@ -60,7 +61,10 @@ def _complete(hub: Hub, user: str, server: str) -> httpx.Response:
 
 
 def _metrics(serve: ServeProcess, key: str) -> dict[str, float]:
-    text = httpx.get(serve.url + "/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=60).text
+    """/metrics, read with ``key`` (of role metrics, as Prometheus' would be)."""
+    reply = httpx.get(serve.url + "/metrics", headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    assert reply.status_code == 200, reply.text
+    text = reply.text
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
             if line and not line.startswith("#")}
 
@@ -75,7 +79,7 @@ def _refused(reply: httpx.Response) -> bool:
 # -- both users at once, through llamalab serve -------------------------------------------
 def test_alice_and_bob_chat_and_complete_at_the_same_time_through_llamalab_serve(team):
     serve, hub, keys = team
-    before = _metrics(serve, keys["alice"])
+    before = _metrics(serve, keys["prometheus"])
     calls = [(kind, user) for user in USERS for kind in ("chat", "complete")]
     replies: dict[tuple[str, str], object] = {}
     together = threading.Barrier(len(calls))
@@ -102,7 +106,7 @@ def test_alice_and_bob_chat_and_complete_at_the_same_time_through_llamalab_serve
         assert complete.json()["text"].strip(), complete.text
 
     # each server went through llamalab serve with its own user's key: the key names are the users
-    after = _metrics(serve, keys["alice"])
+    after = _metrics(serve, keys["prometheus"])
 
     def more(user: str, *routes: str) -> float:
         names = [f'llamalab_requests_total{{route="{route}",status="200",user="{user}"}}' for route in routes]

@@ -25,7 +25,9 @@ def served(tmp_path_factory, demo_model):
     names = {"alice": add_key(keys, "alice", "--max-concurrent", "8", "--max-tokens", "256"),
              "bob": add_key(keys, "bob"),
              "carol": add_key(keys, "carol", "--max-concurrent", "1"),
-             "dave": add_key(keys, "dave")}
+             "dave": add_key(keys, "dave"),
+             "prometheus": add_key(keys, "prometheus", "--role", "metrics"),
+             "ops": add_key(keys, "ops", "--role", "admin")}
     server = ServeProcess(TEST_HOME, keys, free_port(), ("--parallel", "2", "--n-ctx", "1024")).start()
     yield server, names
     assert server.stop() == 0, server.output()
@@ -155,10 +157,26 @@ def test_one_users_many_streams_do_not_keep_another_waiting(served):
 
 
 # -- metrics ----------------------------------------------------------------------------
+def test_metrics_open_only_to_metrics_and_admin_keys_and_a_metrics_key_opens_nothing_else(served):
+    """/metrics shows every user's usage: a person's key may not read it; Prometheus' key may read
+    only it; an admin key both."""
+    server, keys = served
+    refused = httpx.get(server.url + "/metrics", headers=_auth(keys["bob"]))
+    assert refused.status_code == 403 and "--role metrics" in refused.json()["error"]["message"]
+    assert "user=" not in refused.text
+    assert "llamalab_requests_total" in httpx.get(server.url + "/metrics", headers=_auth(keys["prometheus"])).text
+    for route in ("/v1/models", "/props"):
+        reply = httpx.get(server.url + route, headers=_auth(keys["prometheus"]))
+        assert reply.status_code == 403 and "reads /metrics only" in reply.json()["error"]["message"], reply.text
+    assert _chat(server.url, keys["prometheus"]).status_code == 403
+    assert httpx.get(server.url + "/metrics", headers=_auth(keys["ops"])).status_code == 200
+    assert _chat(server.url, keys["ops"]).status_code == 200
+
+
 def test_metrics_count_requests_tokens_and_the_scheduler(served):
     server, keys = served
     assert _chat(server.url, keys["bob"], max_tokens=5).status_code == 200
-    text = httpx.get(server.url + "/metrics", headers=_auth(keys["bob"])).text
+    text = httpx.get(server.url + "/metrics", headers=_auth(keys["prometheus"])).text
     values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
               if line and not line.startswith("#")}
     assert values['llamalab_requests_total{route="chat.completions",status="200",user="bob"}'] >= 1
@@ -203,7 +221,7 @@ def test_a_thousand_dropped_connections_leave_the_server_serving(served):
             if i % 2:
                 sock.sendall(request)  # half a body, then gone
     assert _chat(server.url, keys["alice"]).status_code == 200
-    text = httpx.get(server.url + "/metrics", headers=_auth(keys["bob"])).text
+    text = httpx.get(server.url + "/metrics", headers=_auth(keys["ops"])).text
     assert "llamalab_requests_active 0.0" in text
 
 
