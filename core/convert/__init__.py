@@ -19,7 +19,8 @@ The modules, each owning one concept:
     metadata   the GGUF key-values (gguf.Keys) and Meta's chat template
     meta       Meta's shards merged along each tensor's split axis
     hf         Hugging Face safetensors with the Q/K permutation undone
-    writer     streaming GGUF writing into NAME.part, hashed as written, checked, renamed
+    writer     streaming GGUF writing into NAME.part, checked, renamed
+    blockio    the data written in whole blocks (O_DIRECT where possible), hashed on its own thread
     runcheck   llama.cpp loads the result and runs one prompt, or loads it structurally
     pipeline   convert [+ quantize] + check + register
 
