@@ -61,6 +61,8 @@ class TensorStream:
             header = handle.read()
         self.path = path
         self.alignment = alignment
+        headroom = -(-(BLOCK + alignment) // BLOCK) * BLOCK  # the carried bytes before a tensor
+        self._buffers = [_aligned_buffer(headroom + largest) for _ in range(2)]  # before the file is opened
         self.direct = bool(direct and _O_DIRECT)
         flags = os.O_WRONLY | _O_BINARY | (_O_DIRECT if self.direct else 0)
         try:
@@ -74,8 +76,6 @@ class TensorStream:
         self._written = len(header) // BLOCK * BLOCK  # bytes on their way to disk, in whole blocks
         self._carry = bytearray(header[self._written:])  # the file's bytes from _written to offset
         self.digest = hashlib.sha256(header[: self._written])
-        headroom = -(-(BLOCK + alignment) // BLOCK) * BLOCK
-        self._buffers = [_aligned_buffer(headroom + largest) for _ in range(2)]
         self._busy: list[list[Future]] = [[], []]
         self._turn = 0
         self._tensor_start = 0
