@@ -6,8 +6,9 @@ Every handler is a jupyter_server ``APIHandler``: ``@web.authenticated`` and
 the base class. Replies and errors are the pydantic models of ``messages``; a body that
 is not JSON or does not validate gets a 400 ``ErrorMessage`` naming the field.
 
-    GET   /llamalab/models                  ModelsReply (store, catalog, the loaded model)
-    POST  /llamalab/models/load             LoadRequest -> LoadedModel
+    GET   /llamalab/models                  ModelsReply (store, catalog, the loaded model; with remote_url,
+                                            the remote server's models, listed at most every 15 s)
+    POST  /llamalab/models/load             LoadRequest -> LoadedModel (remote: use one of its models)
     POST  /llamalab/models/unload           -> UnloadReply
     GET   /llamalab/pulls                   JobList
     POST  /llamalab/pulls                   PullRequest -> PullJob (202)
@@ -140,6 +141,7 @@ class ModelsHandler(LlamalabHandler):
     @authorized
     async def get(self) -> None:
         manager = self.manager
+        remote = await manager.remote_server()  # None without remote_url; its error is a field, not a failure
         loaded = manager.loaded
         stored = await asyncio.to_thread(manager.store.list)
         self.reply(ModelsReply(
@@ -155,6 +157,7 @@ class ModelsHandler(LlamalabHandler):
                                       quantizations=list(e.quantizations), default_quant=e.default_quant,
                                       requires_license_acceptance=e.requires_license_acceptance)
                      for e in CATALOG],
+            remote=remote,
         ))
 
 

@@ -29,7 +29,10 @@ interactive completions first). ``max_queued`` bounds how many run or wait at on
 their sum) before anything is tokenized (``PromptTooLongError``).
 
 With ``remote_url`` set the manager loads nothing: it hands requests to a ``RemoteEngine``
-per model name, and the server becomes a front for a shared inference server.
+per model name, and the server becomes a front for a shared inference server. ``remote_server()``
+describes that server and its models (``remote_models.RemoteModels``: listed off the event loop,
+with short timeouts, cached briefly); ``load(id)`` of an id it lists makes that model the one
+requests without a model go to (``default_model()``), and refuses an id it does not list.
 """
 
 from __future__ import annotations
@@ -41,11 +44,13 @@ import re
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, TypeVar, Union
 
-from llamalab import (CATALOG, AsyncTokenStream, ConfigError, Engine, GenerationParams, GenerationResult, LocalOptions,
-                      ModelNotFoundError, ModelStore, SchedulerStats, TokenStream, build_fim_prompt, default_model_name, open_engine, resolve)
+from llamalab import (CATALOG, AsyncTokenStream, ConfigError, Engine, GenerationParams, GenerationResult,
+                      LocalOptions, ModelNotFoundError, ModelStore, RemoteEngine, SchedulerStats, TokenStream,
+                      build_fim_prompt, default_model_name, open_engine, resolve)
 
 from .errors import BusyError, ModelNotAllowedError, NoInfillError, PromptTooLongError
-from .messages import LoadedModel, ModelChangedMessage, SamplingParams
+from .messages import LoadedModel, ModelChangedMessage, RemoteModelInfo, RemoteServerInfo, SamplingParams
+from .remote_models import RemoteModels
 
 __all__ = ["EngineManager", "Generation", "ManagerConfig"]
 
@@ -54,7 +59,6 @@ log = logging.getLogger(__name__)
 Listener = Callable[[ModelChangedMessage], None]
 T = TypeVar("T")
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9._+-]{1,128}(:[A-Za-z0-9._+-]{1,32})?$")  # a store name or catalog reference
-
 
 @dataclasses.dataclass
 class ManagerConfig:
@@ -131,6 +135,8 @@ class EngineManager:
         self._described: Optional[LoadedModel] = None
         self._remote: dict[str, Engine] = {}
         self._remote_names: dict[str, str] = {}  # requested name -> the name the server reports
+        self._remote_choice: Optional[str] = None  # the remote model chosen with load(id)
+        self._remote_models = RemoteModels()
         self._active: set[Generation] = set()
         self._starting: dict[int, int] = {}  # id(engine) -> requests formatting their prompt on it
         self._ended = asyncio.Event()  # set whenever a generation or a start ends (a switch waits on it)
@@ -144,6 +150,8 @@ class EngineManager:
 
     def default_model(self) -> str:
         """The reference a request without a model gets."""
+        if self.remote and self._remote_choice:
+            return self._remote_choice
         if self.config.default_model:
             return self.config.default_model
         if self.config.allowed_models:
@@ -318,12 +326,20 @@ class EngineManager:
 
     async def load(self, model: Optional[str] = None) -> LoadedModel:
         """Load ``model`` now (a store name, catalog reference or path; switching, once the
-        loaded model's generations end, if another is loaded) and describe it."""
+        loaded model's generations end, if another is loaded) and describe it. Remote, ``model``
+        must be an id the server lists; it becomes the one requests without a model go to."""
         name = self.canonical(model, paths=True)
+        chosen = self.remote and bool((model or "").strip())
+        if chosen:
+            await self._remote_models.check_listed(self.config.remote_url or "", self.config.remote_api_key, name)
         async with self._lock:
             engine = await self._ensure(name)
             if self.remote:
-                return await asyncio.to_thread(_describe, engine)
+                described = await asyncio.to_thread(_describe, engine)
+                if chosen:
+                    self._remote_choice, self._described = name, described
+                    self._notify()
+                return described
             assert self._described is not None
             return self._described
 
@@ -335,6 +351,20 @@ class EngineManager:
         """Unload the model now: generations still running on it end ``cancelled``."""
         async with self._lock:
             return await self._unload_locked()
+
+    # -- the remote server's models ----------------------------------------------------
+    async def remote_server(self) -> Optional[RemoteServerInfo]:
+        """The remote server, its models and the one in use (None without ``remote_url``)."""
+        if not self.remote:
+            return None
+        listing = await self._remote_models.listing(self.config.remote_url or "", self.config.remote_api_key)
+        wanted = self.default_model()
+        in_use = next((n for n in (wanted, self._remote_names.get(wanted)) if n in listing.ids),
+                      listing.ids[0] if listing.ids else None)  # a nameless request gets the server's first
+        return RemoteServerInfo(url=RemoteEngine.redact_url(self.config.remote_url or ""), kind=listing.kind,
+                                error=listing.error, models=[RemoteModelInfo(id=i, in_use=i == in_use,
+                                                                             allowed=self.is_allowed(i))
+                                                             for i in listing.ids])
 
     # -- generating -------------------------------------------------------------------
     def params(self, sampling: Optional[SamplingParams] = None, **overrides: object) -> GenerationParams:
@@ -486,10 +516,13 @@ class EngineManager:
         reload = any(k in changes and changes[k] != getattr(self.config, k)
                      for k in ("default_model", "n_ctx", "n_gpu_layers", "n_parallel", "kv_size", "prompt_cache_mb"))
         reconnect = any(k in changes and changes[k] != getattr(self.config, k) for k in ("remote_url", "remote_api_key"))
+        if reconnect or ("default_model" in changes and changes["default_model"] != self.config.default_model):
+            self._remote_choice = None  # the newly configured default (or server) decides
         self.config = dataclasses.replace(self.config, **changes)  # type: ignore[arg-type]
         if reconnect:
             async with self._lock:
                 engines, self._remote, self._remote_names = list(self._remote.values()), {}, {}
+            await self._remote_models.close()
             for engine in engines:
                 await asyncio.to_thread(engine.close)
         if reload and self._engine is not None:
@@ -503,6 +536,7 @@ class EngineManager:
         async with self._lock:
             await self._unload_locked()
             engines, self._remote, self._described = list(self._remote.values()), {}, None
+        await self._remote_models.close()
         for engine in engines:
             await asyncio.to_thread(engine.close)
 

@@ -274,12 +274,31 @@ class CatalogModelInfo(_Wire):
     requires_license_acceptance: bool
 
 
+class RemoteModelInfo(_Wire):
+    """One model the team server lists at ``/v1/models``."""
+
+    id: str
+    in_use: bool = Field(False, description="the one requests that name no model go to")
+    allowed: bool = Field(True, description="False: this server's allowed_models does not list it")
+
+
+class RemoteServerInfo(_Wire):
+    """The team server this Jupyter server fronts (``remote_url``)."""
+
+    url: str = Field(description="without credentials or query string")
+    kind: Optional[str] = Field(None, description="'llamalab serve', 'llama-server' or 'openai-compatible'; "
+                                                  "None: unknown (not reached)")
+    models: list[RemoteModelInfo] = Field(default_factory=list, description="at most 100, in the server's order")
+    error: Optional[str] = Field(None, description="one line: why the server could not be listed and what to do")
+
+
 class ModelsReply(_Wire):
     type: Literal["models"] = "models"
     default_model: str
     loaded: Optional[LoadedModel] = None
     stored: list[StoredModelInfo]
     catalog: list[CatalogModelInfo]
+    remote: Optional[RemoteServerInfo] = Field(None, description="the team server; None: no remote_url is set")
 
 
 class LoadRequest(_Wire):

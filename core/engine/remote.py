@@ -3,8 +3,10 @@
 Works with llama.cpp's ``llama-server`` (alone or spreading layers over ``rpc-server`` workers),
 llama-cpp-python's ``python -m llama_cpp.server``, vLLM and llamalab's own Jupyter extension:
 ``/v1/completions`` and ``/v1/chat/completions`` streamed as server-sent events, ``/v1/models``
-to describe the model. Cancelling closes the HTTP stream, which these servers take as the signal
-to stop generating (llama-server then frees the request's slot).
+to describe the model and to list the served ones (``list_models``, bounded against a hostile
+server). Messages name the server by ``shown_url``, its URL without credentials or query.
+Cancelling closes the HTTP stream, which these servers take as the signal to stop generating
+(llama-server then frees the request's slot).
 
 What else a server offers is probed once per engine (``capabilities()``, ``remote_probe``): llama-server answers
 ``/props``, and then prompts may be token ids (its ``/completion``), ``/tokenize`` and
@@ -31,6 +33,7 @@ import json
 import threading
 import time
 from typing import Any, Generator, Iterator, Optional, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConfigError, EngineError, ServerResponseError, ServerUnreachableError
 from ..fim import FimTokens
@@ -38,7 +41,11 @@ from ..templates import Message, _coerce
 from .base import Engine, GenerationParams, GenerationResult, ModelDescription, TokenStream
 from .remote_probe import CHARS_PER_TOKEN, ServerCapabilities, ServerProbe
 
-__all__ = ["RemoteEngine", "ServerCapabilities"]
+__all__ = ["MAX_LISTED_MODELS", "MAX_MODEL_ID_CHARS", "RemoteEngine", "ServerCapabilities"]
+
+MAX_LISTED_MODELS = 100  # the most ids ``list_models`` keeps
+MAX_MODEL_ID_CHARS = 200  # a longer id is skipped
+MAX_LISTING_BYTES = 16 << 20  # the most of a /v1/models answer that is read
 
 
 _HINTS = {
@@ -92,19 +99,27 @@ class RemoteEngine(Engine):
                               "e.g. http://127.0.0.1:8000/v1.")
         self.base_url = url if url.endswith("/v1") else url + "/v1"
         self.root_url = self.base_url[: -len("/v1")]
+        self.shown_url = self.redact_url(self.root_url)  # what messages and descriptions name
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(headers=headers,
                                     timeout=httpx.Timeout(timeout, connect=connect_timeout))
         self._model = model
         self._streams: set[_Cancel] = set()
         self._lock = threading.Lock()
-        self._probe = ServerProbe(self.root_url, self._request)
+        self._probe = ServerProbe(self.shown_url, self._request)  # it names the server in messages only
+
+    @staticmethod
+    def redact_url(url: str) -> str:
+        """``url`` without ``user:password@``, query string or fragment (safe to show or log)."""
+        parts = urlsplit(url.strip())
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit((parts.scheme, host, parts.path, "", "")).rstrip("/")
 
     # -- HTTP helpers -----------------------------------------------------------------
     def _unreachable(self, exc: Exception) -> ServerUnreachableError:
         detail = " ".join(str(exc).split()) or "no details"
         return ServerUnreachableError(
-            f"cannot reach the model server at {self.root_url} ({type(exc).__name__}: {detail}); "
+            f"cannot reach the model server at {self.shown_url} ({type(exc).__name__}: {detail}); "
             "check that it is running and the URL is right."
         )
 
@@ -124,7 +139,7 @@ class RemoteEngine(Engine):
             response.read()
             hint = _HINTS.get(response.status_code)
             raise ServerResponseError(
-                f"{self.root_url}{route} answered HTTP {response.status_code}: "
+                f"{self.shown_url}{route} answered HTTP {response.status_code}: "
                 f"{self._error_text(response.text)}" + (f"; {hint}." if hint else ""),
                 status_code=response.status_code)
 
@@ -141,7 +156,7 @@ class RemoteEngine(Engine):
             return response.json()
         except ValueError:
             raise ServerResponseError(
-                f"{self.root_url}{route} answered something that is not JSON; "
+                f"{self.shown_url}{route} answered something that is not JSON; "
                 "check that the URL points at an OpenAI-compatible server.",
                 status_code=response.status_code) from None
 
@@ -149,9 +164,56 @@ class RemoteEngine(Engine):
         data = self._request("GET", "/v1/models")
         entries = data.get("data") if isinstance(data, dict) else None
         if not entries:
-            raise ServerResponseError(f"{self.root_url} serves no model (/v1/models is empty); "
+            raise ServerResponseError(f"{self.shown_url} serves no model (/v1/models is empty); "
                                       "load a model on the server.")
         return [e for e in entries if isinstance(e, dict)]
+
+    def list_models(self) -> list[str]:
+        """The model ids the server lists at ``/v1/models``, in its order, bounded against a
+        hostile server: the answer is read up to ``MAX_LISTING_BYTES``, at most
+        ``MAX_LISTED_MODELS`` ids are kept, each once; an id that is not a string, is empty,
+        longer than ``MAX_MODEL_ID_CHARS`` or holds control characters is skipped. The engine's
+        timeouts bound each step (a lister wants short ones). An empty listing is ``[]``."""
+        import httpx
+
+        route = "/v1/models"
+        try:
+            with self._client.stream("GET", self.root_url + route) as response:
+                self._raise_for_status(response, route)
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_LISTING_BYTES:
+                        raise ServerResponseError(
+                            f"{self.shown_url}{route} answered more than {MAX_LISTING_BYTES >> 20} MiB; "
+                            "check that the URL points at an OpenAI-compatible server.")
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            raise self._unreachable(exc) from None
+        except httpx.HTTPError as exc:  # e.g. a body that does not decode
+            raise ServerResponseError(f"{self.shown_url}{route} answered something unreadable ({type(exc).__name__}); "
+                                      "check that the URL points at an OpenAI-compatible server.") from None
+        try:
+            data = json.loads(bytes(body))
+        except ValueError:
+            data = None
+        entries = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(entries, list):
+            raise ServerResponseError(f"{self.shown_url}{route} answered without a model list; "
+                                      "check that the URL points at an OpenAI-compatible server.")
+        ids: list[str] = []
+        for entry in entries:
+            model_id = entry.get("id") if isinstance(entry, dict) else None
+            if (isinstance(model_id, str) and 0 < len(model_id) <= MAX_MODEL_ID_CHARS
+                    and model_id.isprintable() and model_id not in ids):
+                ids.append(model_id)
+                if len(ids) == MAX_LISTED_MODELS:
+                    break
+        return ids
+
+    def server_kind(self) -> str:
+        """``"llamalab serve"``, ``"llama-server"`` or ``"openai-compatible"`` (any other server),
+        from ``/props`` alone (fetched once per engine, shared with ``capabilities()``)."""
+        return self._probe.kind() if self._probe.props() else "openai-compatible"
 
     def model_name(self) -> str:
         if self._model is None:
@@ -183,10 +245,10 @@ class RemoteEngine(Engine):
             try:
                 event = json.loads(data)
             except ValueError:
-                raise ServerResponseError(f"{self.root_url} sent an event that is not JSON "
+                raise ServerResponseError(f"{self.shown_url} sent an event that is not JSON "
                                           f"({data[:80]!r}); is it an OpenAI-compatible server?") from None
             if isinstance(event, dict) and "error" in event:
-                raise ServerResponseError(f"{self.root_url} reported: {self._error_text(data)}")
+                raise ServerResponseError(f"{self.shown_url} reported: {self._error_text(data)}")
             if isinstance(event, dict):
                 progress.events += 1
                 yield event
@@ -228,7 +290,7 @@ class RemoteEngine(Engine):
             plain = {k: v for k, v in body.items() if k != "stream_options"}
             self._request("POST", route, json={**plain, "stream": False, "max_tokens": 1})
         return ServerResponseError(
-            f"{self.root_url}{route} ended the stream without finishing it "
+            f"{self.shown_url}{route} ended the stream without finishing it "
             f"(after {len(progress.parts)} pieces); see the server's log.")
 
     def _stream(self, route: str, body: dict[str, Any],
@@ -329,7 +391,7 @@ class RemoteEngine(Engine):
         (which lays it out again from its prefix and suffix ids), any other to ``/completion``."""
         caps = self.capabilities()
         if not caps.token_prompts:
-            raise NotImplementedError(f"the server at {self.root_url} takes prompts as text only")
+            raise NotImplementedError(f"the server at {self.shown_url} takes prompts as text only")
         body = self._native_body(params or GenerationParams())
         parts = self._split_fim(tokens, caps.fim) if caps.infill else None
         cancel = _Cancel()
@@ -344,7 +406,7 @@ class RemoteEngine(Engine):
         data = self._request("POST", "/detokenize", json={"tokens": [int(t) for t in tokens]})
         content = data.get("content") if isinstance(data, dict) else None
         if not isinstance(content, str):
-            raise ServerResponseError(f"{self.root_url}/detokenize answered without text; is it llama-server?")
+            raise ServerResponseError(f"{self.shown_url}/detokenize answered without text; is it llama-server?")
         return content
 
     # -- the rest of the interface ----------------------------------------------------
@@ -359,7 +421,7 @@ class RemoteEngine(Engine):
         if probe.tokenize_route is None:
             probe.find_tokenize_route()
         if probe.tokenize_route is None:
-            raise EngineError(f"{self.root_url} offers no tokenize route (it is not a llama.cpp server); "
+            raise EngineError(f"{self.shown_url} offers no tokenize route (it is not a llama.cpp server); "
                               "count tokens with a local engine instead.")
         if probe.tokenize_route == "/tokenize":
             return probe.tokens("/tokenize", {"content": text, "add_special": add_bos, "parse_special": special})
@@ -382,7 +444,7 @@ class RemoteEngine(Engine):
         props = self._probe.props()
         n_ctx = meta.get("n_ctx") or (props.get("default_generation_settings") or {}).get("n_ctx")
         return ModelDescription(
-            name=str(entry.get("id", self._model or "unknown")), backend="remote", location=self.root_url,
+            name=str(entry.get("id", self._model or "unknown")), backend="remote", location=self.shown_url,
             context_length=n_ctx, train_context_length=meta.get("n_ctx_train"),
             n_parallel=props.get("total_slots"), notices=self._probe.missing,
         )

@@ -65,6 +65,8 @@ export interface LlamalabWire {
   NotebookCell?: NotebookCell;
   PullRequest?: PullRequest;
   QuantizeRequest?: QuantizeRequest;
+  RemoteModelInfo?: RemoteModelInfo;
+  RemoteServerInfo?: RemoteServerInfo;
   ResetRequest?: ResetRequest;
   SamplingParams?: SamplingParams;
   ServerMessage?: ServerMessage;
@@ -834,6 +836,10 @@ export interface ModelsReply {
   loaded: LoadedModel | null;
   stored: StoredModelInfo[];
   catalog: CatalogModelInfo[];
+  /**
+   * the team server; None: no remote_url is set
+   */
+  remote: RemoteServerInfo | null;
 }
 /**
  * This interface was referenced by `LlamalabWire`'s JSON-Schema
@@ -849,6 +855,47 @@ export interface StoredModelInfo {
   license: string | null;
   source: string;
   loaded: boolean;
+  allowed: boolean;
+}
+/**
+ * The team server this Jupyter server fronts (``remote_url``).
+ *
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "RemoteServerInfo".
+ */
+export interface RemoteServerInfo {
+  /**
+   * without credentials or query string
+   */
+  url: string;
+  /**
+   * 'llamalab serve', 'llama-server' or 'openai-compatible'; None: unknown (not reached)
+   */
+  kind: string | null;
+  /**
+   * at most 100, in the server's order
+   */
+  models: RemoteModelInfo[];
+  /**
+   * one line: why the server could not be listed and what to do
+   */
+  error: string | null;
+}
+/**
+ * One model the team server lists at ``/v1/models``.
+ *
+ * This interface was referenced by `LlamalabWire`'s JSON-Schema
+ * via the `definition` "RemoteModelInfo".
+ */
+export interface RemoteModelInfo {
+  id: string;
+  /**
+   * the one requests that name no model go to
+   */
+  in_use: boolean;
+  /**
+   * False: this server's allowed_models does not list it
+   */
   allowed: boolean;
 }
 /**

@@ -20,6 +20,7 @@ function setup(api: Partial<ModelsApi> = {}) {
   const models: ModelsApi = {
     list: async () => ({
       type: 'models',
+      remote: null,
       default_model: 'demo',
       loaded: null,
       catalog: [],
@@ -285,7 +286,7 @@ describe('ChatModel', () => {
     const { model, socket } = setup({
       list: async () => {
         listings++;
-        return { type: 'models', default_model: 'demo', loaded: null, catalog: [], stored: names.map(stored) };
+        return { type: 'models', default_model: 'demo', loaded: null, catalog: [], remote: null, stored: names.map(stored) };
       }
     });
     await flush();
@@ -319,6 +320,7 @@ describe('ChatModel', () => {
           replies.push(names =>
             resolve({
               type: 'models',
+              remote: null,
               default_model: 'demo',
               loaded: null,
               catalog: [],

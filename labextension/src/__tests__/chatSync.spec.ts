@@ -122,7 +122,7 @@ const flush = async () => {
 };
 
 const models: ModelsApi = {
-  list: async () => ({ type: 'models', default_model: 'demo', loaded: null, catalog: [], stored: [] }),
+  list: async () => ({ type: 'models', default_model: 'demo', loaded: null, catalog: [], remote: null, stored: [] }),
   load: async name => loaded(name ?? 'demo')
 };
 

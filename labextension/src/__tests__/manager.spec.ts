@@ -10,9 +10,12 @@ import {
   ManagerModel,
   mergeJob,
   pullReference,
+  remoteKindLabel,
+  teamServer,
+  teamServerSummary,
   toShownError
 } from '../manager/logic';
-import type { HardwareReply, Job, JobProgressMessage, ModelFitInfo, ModelsReply } from '../wire';
+import type { HardwareReply, Job, JobProgressMessage, ModelFitInfo, ModelsReply, RemoteServerInfo } from '../wire';
 
 function job(id: string, fields: Partial<Job> = {}): Job {
   return {
@@ -35,7 +38,16 @@ function job(id: string, fields: Partial<Job> = {}): Job {
   };
 }
 
-const MODELS: ModelsReply = { type: 'models', default_model: 'a', loaded: null, stored: [], catalog: [] };
+const MODELS: ModelsReply = { type: 'models', default_model: 'a', loaded: null, stored: [], catalog: [], remote: null };
+const TEAM: RemoteServerInfo = {
+  url: 'http://team.example:8080',
+  kind: 'llama-server',
+  models: [
+    { id: 'llama-2-7b-chat', in_use: true, allowed: true },
+    { id: 'codellama-7b', in_use: false, allowed: true }
+  ],
+  error: null
+};
 const HARDWARE = { type: 'hardware', gpus: [], models: [], notices: [], text: '' } as unknown as HardwareReply;
 
 class ApiError extends Error {
@@ -349,5 +361,57 @@ describe('ManagerModel', () => {
     expect(polls).toBe(2);
     expect(model.state.jobs[0].state).toBe('failed');
     model.dispose();
+  });
+});
+
+describe('the team server', () => {
+  it('is there only when the reply has one', () => {
+    expect(teamServer(null)).toBeNull();
+    expect(teamServer(MODELS)).toBeNull();
+    expect(teamServer({ ...MODELS, remote: TEAM })).toBe(TEAM);
+  });
+
+  it('names its kind and what it serves, or that it could not be listed', () => {
+    expect(remoteKindLabel('llama-server')).toBe("llama.cpp's llama-server");
+    expect(remoteKindLabel('llamalab serve')).toBe('llamalab serve');
+    expect(remoteKindLabel('openai-compatible')).toBe('an OpenAI-compatible server');
+    expect(remoteKindLabel(null)).toBe('');
+    expect(teamServerSummary(TEAM)).toBe('In use: llama-2-7b-chat.');
+    expect(teamServerSummary({ ...TEAM, models: TEAM.models.map(m => ({ ...m, in_use: false })) })).toBe('Choose a model to use.');
+    expect(teamServerSummary({ ...TEAM, models: [] })).toMatch(/lists no model/);
+    expect(teamServerSummary({ ...TEAM, models: [], kind: null, error: 'cannot reach the model server at http://x' })).toBe(
+      'Its models could not be listed.'
+    );
+  });
+
+  it('uses a model it lists through the load route, then shows the new one in use', async () => {
+    const after = { ...TEAM, models: TEAM.models.map(m => ({ ...m, in_use: m.id === 'codellama-7b' })) };
+    const { api, calls } = fakeApi({
+      'POST models/load': () => ({ name: 'codellama-7b', backend: 'remote' }),
+      'GET models': () => ({ ...MODELS, remote: after })
+    });
+    const model = new ManagerModel(api);
+    const busy: boolean[] = [];
+    model.subscribe(s => busy.push(s.busy.has('load')));
+    await model.useRemote('codellama-7b');
+    expect(calls).toEqual(['POST models/load {"model":"codellama-7b"}', 'GET models']);
+    expect(model.state.models?.remote?.models.find(m => m.in_use)?.id).toBe('codellama-7b');
+    expect(busy[0]).toBe(true);
+    expect(model.state.busy.has('load')).toBe(false);
+    expect(model.state.error).toBeNull();
+  });
+
+  it("shows the server's refusal of an id it does not list as the error line", async () => {
+    const { api } = fakeApi({
+      'POST models/load': () => {
+        throw new ApiError("the model server at http://team.example:8080 does not list 'gone'; choose one it lists: a, b.", 'model_not_found');
+      }
+    });
+    const model = new ManagerModel(api);
+    await model.useRemote('gone');
+    expect(model.state.error?.message).toBe(
+      "Could not use gone: the model server at http://team.example:8080 does not list 'gone'; choose one it lists: a, b."
+    );
+    expect(model.state.busy.size).toBe(0);
   });
 });

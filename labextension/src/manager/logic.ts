@@ -1,10 +1,11 @@
 /**
  * The model manager's state and actions, without JupyterLab or React: what the store, the
- * catalog, the jobs and the hardware look like now, the error to show, the licence to accept.
+ * catalog, the team server (with `remote_url`), the jobs and the hardware look like now, the
+ * error to show, the licence to accept.
  * The REST and SSE calls come in through `ManagerApi`, so jest drives this module with fakes;
  * the React view (`widget.tsx`) only renders snapshots and calls the actions.
  */
-import type { HardwareReply, Job, JobList, JobProgressMessage, ModelFitInfo, ModelsReply } from '../wire';
+import type { HardwareReply, Job, JobList, JobProgressMessage, ModelFitInfo, ModelsReply, RemoteServerInfo } from '../wire';
 
 /** The calls the manager makes (api.ts's requestAPI/sendJSON/readEvents in the plugin). */
 export interface ManagerApi {
@@ -92,6 +93,40 @@ export function fitLabel(fit: ModelFitInfo, hasGpu = true): string {
     return 'runs on the CPU (no layers fit the GPU)';
   }
   return `${fit.n_gpu_layers} of ${fit.total_layers} layers on the GPU`;
+}
+
+/** The team server's kind in words ('' when unknown). */
+export function remoteKindLabel(kind: string | null | undefined): string {
+  switch (kind) {
+    case 'llamalab serve':
+      return 'llamalab serve';
+    case 'llama-server':
+      return "llama.cpp's llama-server";
+    case 'openai-compatible':
+      return 'an OpenAI-compatible server';
+    default:
+      return kind ? kind : '';
+  }
+}
+
+/**
+ * The team server when this Jupyter server fronts one (`remote_url`), else null. Then it loads no
+ * model itself: its own store, pulls and conversions have no use, and the view hides them.
+ */
+export function teamServer(models: ModelsReply | null): RemoteServerInfo | null {
+  return models?.remote ?? null;
+}
+
+/** The line under the team server's heading: what it serves, or what went wrong listing it. */
+export function teamServerSummary(remote: RemoteServerInfo): string {
+  if (remote.error) {
+    return 'Its models could not be listed.';
+  }
+  const inUse = remote.models.find(m => m.in_use);
+  if (remote.models.length === 0) {
+    return 'It lists no model: ask its administrator to load one.';
+  }
+  return inUse ? `In use: ${inUse.id}.` : 'Choose a model to use.';
 }
 
 /** Whether llama.cpp's quantizer can take a stored model (it needs F32, F16 or BF16 weights). */
@@ -252,6 +287,14 @@ export class ManagerModel {
   load(model: string): Promise<void> {
     return this._action('load', `Could not load ${model}`, async () => {
       await this.api.post('models/load', { model });
+      await this.refreshModels();
+    });
+  }
+
+  /** Makes a model the team server lists the one chats and completions use. */
+  useRemote(id: string): Promise<void> {
+    return this._action('load', `Could not use ${id}`, async () => {
+      await this.api.post('models/load', { model: id });
       await this.refreshModels();
     });
   }

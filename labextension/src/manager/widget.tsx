@@ -2,7 +2,8 @@
  * The model manager's view: a main-area ReactWidget rendering `ManagerModel` snapshots. This
  * module owns only the composition (the header with Refresh, the error line, the licence panel,
  * then one component per section, each in its own module: stored.tsx, jobs.tsx, catalog.tsx,
- * convert.tsx, hardware.tsx) and the widget's life in the shell (re-reading the store when the
+ * convert.tsx, hardware.tsx; with a team server, remote.tsx instead of the local store, pulls,
+ * jobs and conversion, which have no use there) and the widget's life in the shell (re-reading the store when the
  * tab is shown again, disposing the model with it). Every row and control carries the
  * data-testid the browser tests look for.
  */
@@ -16,7 +17,8 @@ import { ErrorLine } from './errors';
 import { LicenseGateBox } from './gate';
 import { HardwareSection } from './hardware';
 import { JobsSection } from './jobs';
-import { ManagerModel, ManagerState } from './logic';
+import { ManagerModel, ManagerState, teamServer } from './logic';
+import { TeamServerSection } from './remote';
 import { StoredSection } from './stored';
 
 export const MANAGER_ID = 'llamalab-model-manager';
@@ -29,6 +31,7 @@ function useManagerState(model: ManagerModel): ManagerState {
 
 export function ManagerView({ model }: { model: ManagerModel }): JSX.Element {
   const state = useManagerState(model);
+  const remote = teamServer(state.models);
   return (
     <div className="llamalab-Manager-body">
       <header className="llamalab-Manager-header">
@@ -39,10 +42,16 @@ export function ManagerView({ model }: { model: ManagerModel }): JSX.Element {
       </header>
       {state.error && <ErrorLine error={state.error} onDismiss={() => model.dismissError()} />}
       <LicenseGateBox model={model} state={state} />
-      <StoredSection model={model} state={state} />
-      <JobsSection model={model} state={state} />
-      <PullSection model={model} state={state} />
-      <ConvertSection model={model} state={state} />
+      {remote ? (
+        <TeamServerSection remote={remote} model={model} state={state} />
+      ) : (
+        <>
+          <StoredSection model={model} state={state} />
+          <JobsSection model={model} state={state} />
+          <PullSection model={model} state={state} />
+          <ConvertSection model={model} state={state} />
+        </>
+      )}
       <HardwareSection state={state} />
     </div>
   );

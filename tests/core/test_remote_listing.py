@@ -1,0 +1,114 @@
+"""``RemoteEngine.list_models`` against a hostile ``/v1/models``: a small HTTP server started in the
+test (``http.server`` on a free port, in a thread) answers whatever body the test sets."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from llamalab import RemoteEngine, ServerResponseError, ServerUnreachableError
+from llamalab.engine.remote import MAX_LISTED_MODELS, MAX_MODEL_ID_CHARS
+from tests.conftest import free_port
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        server = self.server
+        server.paths.append(self.path)  # type: ignore[attr-defined]
+        body = server.body  # type: ignore[attr-defined]
+        self.send_response(server.status)  # type: ignore[attr-defined]
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # the client hanging up on an answer over the size cap is expected
+
+
+@pytest.fixture
+def hostile():
+    """A server whose every GET answers ``server.body`` with ``server.status``."""
+    server = _Server(("127.0.0.1", free_port()), _Handler)
+    server.body, server.status, server.paths = b"{}", 200, []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def _engine(server) -> RemoteEngine:
+    return RemoteEngine(f"http://127.0.0.1:{server.server_address[1]}", timeout=10, connect_timeout=5)
+
+
+def _serve(server, entries: object) -> None:
+    server.body = json.dumps({"object": "list", "data": entries}).encode()
+
+
+def test_at_most_the_first_hundred_ids_are_kept(hostile):
+    _serve(hostile, [{"id": f"model-{i}"} for i in range(10_000)])
+    with _engine(hostile) as remote:
+        ids = remote.list_models()
+    assert ids == [f"model-{i}" for i in range(MAX_LISTED_MODELS)]
+    assert hostile.paths == ["/v1/models"]
+
+
+def test_ids_that_are_not_short_strings_are_skipped(hostile):
+    huge = "x" * 1_000_000
+    _serve(hostile, [{"id": huge}, {"id": 7}, {"id": None}, {"id": ["a"]}, {"id": {"a": 1}}, "not-an-object", 12,
+                     {"no-id": "a"}, {"id": ""}, {"id": "bad\nline"}, {"id": "x" * (MAX_MODEL_ID_CHARS + 1)},
+                     {"id": "y" * MAX_MODEL_ID_CHARS}, {"id": "good"}, {"id": "good"}, {"id": "other"}])
+    with _engine(hostile) as remote:
+        assert remote.list_models() == ["y" * MAX_MODEL_ID_CHARS, "good", "other"]
+
+
+def test_an_answer_without_a_model_list_is_a_response_error(hostile):
+    with _engine(hostile) as remote:
+        for body in (b"[1, 2]", b"not json", b'{"data": "everything"}', b'{"data": {"id": "a"}}'):
+            hostile.body = body
+            with pytest.raises(ServerResponseError, match="without a model list"):
+                remote.list_models()
+        _serve(hostile, [])
+        assert remote.list_models() == []  # an empty listing is not an error here
+
+
+def test_an_error_status_names_the_route_and_the_hint(hostile):
+    hostile.status, hostile.body = 401, b'{"error": {"message": "bad key"}}'
+    with _engine(hostile) as remote:
+        with pytest.raises(ServerResponseError, match=r"/v1/models answered HTTP 401: bad key; pass the server's key"):
+            remote.list_models()
+
+
+def test_an_answer_over_the_size_cap_is_refused_without_reading_it_all(hostile):
+    hostile.body = b'{"data": [' + b'{"id": "a"},' * (2 << 20) + b'{"id": "b"}]}'  # ~24 MiB
+    with _engine(hostile) as remote:
+        with pytest.raises(ServerResponseError, match="answered more than 16 MiB"):
+            remote.list_models()
+
+
+def test_nobody_listening_is_unreachable_and_messages_hide_credentials():
+    url = f"http://someone:hunter2@127.0.0.1:{free_port()}/v1?api_key=hunter2"
+    with RemoteEngine(url, timeout=5, connect_timeout=5) as remote:
+        assert "hunter2" not in remote.shown_url and remote.shown_url.startswith("http://127.0.0.1:")
+        with pytest.raises(ServerUnreachableError) as caught:
+            remote.list_models()
+    assert "cannot reach" in str(caught.value) and "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("http://user:secret@team.example:8000/v1?key=k#frag", "http://team.example:8000/v1"),
+    ("https://[::1]:9000/", "https://[::1]:9000"),
+    ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+])
+def test_redact_url(url, shown):
+    assert RemoteEngine.redact_url(url) == shown

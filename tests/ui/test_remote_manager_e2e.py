@@ -1,0 +1,77 @@
+"""The model manager in a real JupyterLab pointed at a team server (``remote_url``): the "Team server"
+section lists its models with the one in use marked, Use makes another one the one in use, and the
+local store, pulls and conversion are hidden. A loopback HTTP server that lists two models at
+``/v1/models`` (and knows no other route) stands in for the team server."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
+
+import pytest
+
+from tests.conftest import free_port
+from tests.ui.conftest import Lab
+
+TEAM_MODELS = ["team-chat", "team-code"]
+
+
+class _TeamServer(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.path.rstrip("/") != "/v1/models":
+            self.send_error(404)
+            return
+        body = json.dumps({"object": "list", "data": [{"id": i, "object": "model"} for i in TEAM_MODELS]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def team_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _TeamServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def lab_options(team_url: str) -> dict[str, Any]:
+    return {"llamalab": {"remote_url": team_url, "preload": False}}
+
+
+def test_the_team_servers_models_and_choosing_one(lab: Lab, team_url: str) -> None:
+    lab.command("llamalab:open-model-manager")
+    manager = lab.page.locator("#llamalab-model-manager")
+    section = manager.get_by_test_id("llamalab-remote")
+    section.wait_for(state="visible", timeout=30_000)
+    assert section.get_by_test_id("llamalab-remote-url").inner_text() == team_url
+    assert "OpenAI-compatible" in section.get_by_test_id("llamalab-remote-kind").inner_text()
+    rows = section.get_by_test_id("llamalab-remote-model")
+    rows.nth(len(TEAM_MODELS) - 1).wait_for(state="visible", timeout=30_000)
+    assert [r.get_attribute("data-model") for r in rows.all()] == TEAM_MODELS
+    assert [r.get_attribute("data-in-use") for r in rows.all()] == ["true", "false"]
+    assert section.locator('[data-model="team-chat"]').get_by_test_id("llamalab-remote-use").count() == 0
+    # nothing to load, pull or convert on this server
+    for hidden in ("llamalab-stored-model", "llamalab-pull-input", "llamalab-convert-source"):
+        assert manager.get_by_test_id(hidden).count() == 0, hidden
+    lab.shot("team-server", manager)
+
+    section.get_by_role("button", name="Use team-code").click()
+    section.locator('[data-testid="llamalab-remote-model"][data-model="team-code"][data-in-use="true"]').wait_for(
+        timeout=30_000)
+    assert section.locator('[data-model="team-chat"]').get_attribute("data-in-use") == "false"
+    reply = lab.server.api("llamalab/models")
+    assert reply["default_model"] == "team-code" and reply["loaded"]["name"] == "team-code"
+    error = manager.get_by_test_id("llamalab-manager-error")
+    assert error.count() == 0, error.all_inner_texts()
