@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import pytest
 
 from tests.conftest import free_port
-from tests.ui.conftest import Lab
+from tests.ui.conftest import Chat, Lab
 
 TEAM_MODELS = ["team-chat", "team-code"]
 
@@ -75,3 +75,18 @@ def test_the_team_servers_models_and_choosing_one(lab: Lab, team_url: str) -> No
     assert reply["default_model"] == "team-code" and reply["loaded"]["name"] == "team-code"
     error = manager.get_by_test_id("llamalab-manager-error")
     assert error.count() == 0, error.all_inner_texts()
+
+
+def test_the_chat_picker_offers_the_team_servers_models(lab: Lab) -> None:
+    """With a team server the store is never loaded, so the chat panel's picker lists the team
+    server's models (the one in use marked) and none of the store's."""
+    Chat(lab).open()
+    picker = lab.page.get_by_test_id("llamalab-model-picker")
+    for model in TEAM_MODELS:
+        picker.locator(f'option[value="{model}"]').wait_for(state="attached", timeout=30_000)
+    values = picker.locator("option").evaluate_all("(options) => options.map(o => [o.value, o.textContent])")
+    offered = [value for value, _ in values if value]
+    assert offered == TEAM_MODELS, values  # not the store's demo model
+    assert any(value == "" and text.startswith("Team server default") for value, text in values), values
+    in_use = [value for value, text in values if value and "in use" in text]
+    assert len(in_use) == 1, values

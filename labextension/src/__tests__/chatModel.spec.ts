@@ -2,6 +2,7 @@ import { ChatClient } from '../chat/client';
 import { ConversationStore } from '../chat/conversations';
 import { ChatModel, KERNEL_CONTEXT_LABEL, ModelsApi } from '../chat/model';
 import { FakeSocket, ManualTimers, done, loaded } from './chatFakes';
+import type { ModelsReply } from '../wire';
 
 function setup(api: Partial<ModelsApi> = {}) {
   const sockets: FakeSocket[] = [];
@@ -310,6 +311,31 @@ describe('ChatModel', () => {
     socket().receive({ type: 'model_changed', model: loaded('new') });
     await flush();
     expect(listings).toBe(3);
+  });
+
+  it("offers the team server's models, not the store's, when there is a team server", async () => {
+    const storedModel = { name: 'local', path: '/m/local.gguf', size_bytes: 1, architecture: 'llama', quantization: 'Q8_0', context_length: 2048, license: null, source: 'x', loaded: false, allowed: true };
+    let remote: ModelsReply['remote'] = {
+      url: 'http://gpu-box:8080',
+      kind: 'llamalab serve',
+      error: null,
+      models: [
+        { id: 'team-chat', in_use: true, allowed: true },
+        { id: 'team-code', in_use: false, allowed: false }
+      ]
+    };
+    const { model } = setup({
+      list: async () => ({ type: 'models', default_model: 'team-chat', loaded: null, catalog: [], remote, stored: [storedModel] })
+    });
+    await flush();
+    expect(model.pickerChoices()).toEqual([
+      { name: 'team-chat', allowed: true, note: ' · in use' },
+      { name: 'team-code', allowed: false, note: '' }
+    ]);
+    remote = null; // remote_url removed: the store again
+    await model.refreshModels();
+    expect(model.remoteModels).toBeNull();
+    expect(model.pickerChoices()).toEqual([{ name: 'local', allowed: true, note: ' · Q8_0' }]);
   });
 
   it('keeps the newest listing when an older one answers last', async () => {

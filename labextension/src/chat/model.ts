@@ -9,7 +9,7 @@
  * turns shown here as `history`, which the server uses only when its copy has none (a file set
  * aside as unreadable, a server that lost its data folder).
  */
-import type { KernelRef, LoadedModel, ModelsReply, SamplingParams, StoredModelInfo } from '../wire';
+import type { KernelRef, LoadedModel, ModelsReply, RemoteModelInfo, SamplingParams, StoredModelInfo } from '../wire';
 import { ChatClient, ChatError, ConnectionState } from './client';
 import { ChatEntry, ConversationStore, newId } from './conversations';
 import { ContextBlock, fitContext, historyOf, turnsOf } from './prompts';
@@ -61,10 +61,19 @@ export function toChatError(err: unknown, fallback: string): ChatError {
   };
 }
 
+/** One choice of the model picker: a model of the store, or (with a team server) one it lists. */
+export interface PickerChoice {
+  name: string;
+  allowed: boolean;
+  note: string;
+}
+
 export class ChatModel {
   settings: ChatSettings = { ...DEFAULT_SETTINGS };
   /** The stored models (GET /llamalab/models), null until listed. */
   models: StoredModelInfo[] | null = null;
+  /** With a team server (`remote_url`): the models it lists, which the picker offers instead. */
+  remoteModels: RemoteModelInfo[] | null = null;
   defaultModel = '';
   /** A model being loaded through the picker. */
   loading: string | null = null;
@@ -309,6 +318,20 @@ export class ChatModel {
     this._appendError(conversationId, error);
   }
 
+  /** The picker's choices: the team server's models when there is one (the store is not loaded
+   * then), else the store's, with what to show after each name. */
+  pickerChoices(): PickerChoice[] {
+    if (this.remoteModels) {
+      return this.remoteModels.map(m => ({ name: m.id, allowed: m.allowed, note: m.in_use ? ' · in use' : '' }));
+    }
+    const loadedName = this.loaded?.name;
+    return (this.models ?? []).map(m => ({
+      name: m.name,
+      allowed: m.allowed,
+      note: (m.quantization ? ` · ${m.quantization}` : '') + (m.name === loadedName ? ' · loaded' : '')
+    }));
+  }
+
   /** Lists the stored models for the picker; when listings overlap, the newest one's answer counts. */
   async refreshModels(): Promise<void> {
     const listing = ++this._listings;
@@ -318,6 +341,7 @@ export class ChatModel {
         return; // a later listing (after a job or a model change) is under way
       }
       this.models = reply.stored;
+      this.remoteModels = reply.remote ? reply.remote.models : null;
       this.defaultModel = reply.default_model;
     } catch (err) {
       if (listing !== this._listings) {

@@ -106,9 +106,8 @@ function Status({ model }: { model: ChatModel }) {
 
 function ModelPicker({ model }: { model: ChatModel }) {
   const picked = model.store.model;
-  const stored = model.models ?? [];
-  const names = stored.map(m => m.name);
-  const loadedName = model.loaded?.name;
+  const choices = model.pickerChoices();
+  const names = choices.map(c => c.name);
   return (
     <label className="llamalab-chat-field llamalab-model-field">
       <span className="llamalab-field-label">Model</span>
@@ -120,13 +119,15 @@ function ModelPicker({ model }: { model: ChatModel }) {
         disabled={!!model.loading}
         onChange={e => void model.pickModel(e.currentTarget.value)}
       >
-        <option value="">Server default{model.defaultModel ? ` (${model.defaultModel})` : ''}</option>
-        {stored.map(m => (
-          <option key={m.name} value={m.name} disabled={!m.allowed}>
-            {m.name}
-            {m.quantization ? ` · ${m.quantization}` : ''}
-            {m.name === loadedName ? ' · loaded' : ''}
-            {m.allowed ? '' : ' · not allowed'}
+        <option value="">
+          {model.remoteModels ? 'Team server default' : 'Server default'}
+          {model.defaultModel ? ` (${model.defaultModel})` : ''}
+        </option>
+        {choices.map(c => (
+          <option key={c.name} value={c.name} disabled={!c.allowed}>
+            {c.name}
+            {c.note}
+            {c.allowed ? '' : ' · not allowed'}
           </option>
         ))}
         {picked && !names.includes(picked) && <option value={picked}>{picked}</option>}
