@@ -49,8 +49,10 @@ MAX_LISTING_BYTES = 16 << 20  # the most of a /v1/models answer that is read
 
 
 _HINTS = {
-    401: "pass the server's key as api_key",
-    403: "pass the server's key as api_key",
+    401: ("the server wants a valid key: set LLAMALAB_REMOTE_API_KEY (in Jupyter also the remote_api_key "
+          "setting; in Python api_key=...)"),
+    403: ("the server refuses this key for that route: ask its administrator for a key that opens it "
+          "(LLAMALAB_REMOTE_API_KEY / remote_api_key)"),
     404: "check the base URL (it should point at the server's root or its /v1)",
 }
 

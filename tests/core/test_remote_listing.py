@@ -85,7 +85,7 @@ def test_an_answer_without_a_model_list_is_a_response_error(hostile):
 def test_an_error_status_names_the_route_and_the_hint(hostile):
     hostile.status, hostile.body = 401, b'{"error": {"message": "bad key"}}'
     with _engine(hostile) as remote:
-        with pytest.raises(ServerResponseError, match=r"/v1/models answered HTTP 401: bad key; pass the server's key"):
+        with pytest.raises(ServerResponseError, match=r"/v1/models answered HTTP 401: bad key; the server wants a valid key: set LLAMALAB_REMOTE_API_KEY"):
             remote.list_models()
 
 
