@@ -105,17 +105,17 @@ def probe_remote(url: str, api_key: Optional[str] = None) -> RemoteServer:
     try:
         engine = RemoteEngine(url, api_key=api_key, timeout=30)
     except LlamalabError as exc:
-        return RemoteServer(url=url, problem=str(exc))
+        return RemoteServer(url=RemoteEngine.redact_url(url), problem=str(exc))
     try:
         models = [str(m.get("id")) for m in engine._models()]
         caps = engine.capabilities()
         description = engine.describe()
-        return RemoteServer(url=engine.root_url, server=caps.server, models=models,
+        return RemoteServer(url=engine.shown_url, server=caps.server, models=models,
                             context_length=description.context_length, slots=description.n_parallel,
                             token_prompts=caps.token_prompts, infill=caps.infill, tokenize=caps.tokenize,
                             notes=list(caps.missing))
     except LlamalabError as exc:
-        return RemoteServer(url=engine.root_url, problem=str(exc))
+        return RemoteServer(url=engine.shown_url, problem=str(exc))
     finally:
         engine.close()
 

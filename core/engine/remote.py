@@ -57,6 +57,15 @@ _HINTS = {
 }
 
 
+def _html_text(page: str) -> str:
+    """The text of an HTML error page (its head and tags dropped): what a proxy or a plain web
+    server answers for a route it does not have."""
+    import re
+
+    page = re.sub(r"(?is)<(head|script|style)\b.*?</\1\s*>", " ", page[:20_000])
+    return re.sub(r"<[^>]*>", " ", page)
+
+
 class _Cancel:
     """A cancel flag that also closes the HTTP response it guards, to unblock a read."""
 
@@ -127,10 +136,11 @@ class RemoteEngine(Engine):
 
     @staticmethod
     def _error_text(body: str) -> str:
+        """The message of an error answer: its JSON ``error``, or an HTML page's text, shortened."""
         try:
             data = json.loads(body)
         except ValueError:
-            data = body
+            data = _html_text(body) if body.lstrip()[:1] == "<" else body
         error = data.get("error", data) if isinstance(data, dict) else data
         if isinstance(error, dict):
             error = error.get("message") or error.get("detail") or error

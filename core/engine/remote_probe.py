@@ -147,7 +147,7 @@ class ServerProbe:
             try:
                 prefix = self.tokens(route, payload)
             except ServerResponseError as exc:
-                if exc.status_code in (404, 405):
+                if exc.status_code in (404, 405, 501):  # no such route (501: not implemented)
                     continue
                 raise
             self.tokenize_route, self.auto_prefix = route, prefix

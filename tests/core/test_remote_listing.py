@@ -112,3 +112,31 @@ def test_nobody_listening_is_unreachable_and_messages_hide_credentials():
 ])
 def test_redact_url(url, shown):
     assert RemoteEngine.redact_url(url) == shown
+
+
+def test_an_html_error_page_is_reported_as_its_text(hostile):
+    """A proxy or plain web server answers errors as HTML pages: the message keeps their text, not the markup."""
+    hostile.status = 502
+    hostile.body = (b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title><style>body{color:red}</style></head>"
+                    b"<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>")
+    with _engine(hostile) as remote:
+        with pytest.raises(ServerResponseError) as info:
+            remote.list_models()
+    message = str(info.value)
+    assert "answered HTTP 502: 502 Bad Gateway nginx" in message
+    assert "<" not in message and "color" not in message
+
+
+def test_a_server_that_does_not_implement_post_has_no_tokenize_and_doctor_says_so(hostile):
+    """Python's http.server answers an unknown method with 501 and an HTML page: the tokenize route is
+    missing (the fallback is named), not a failure of the whole probe; doctor shows the URL without
+    its credentials."""
+    from llamalab.doctor import probe_remote, remote_lines
+
+    _serve(hostile, [{"id": "team-model"}])
+    server = probe_remote(f"http://alice:secret@127.0.0.1:{hostile.server_address[1]}/?token=abc")
+    assert server.problem is None, server.problem
+    assert server.models == ["team-model"] and server.tokenize is False
+    shown = "\n".join(remote_lines(server))
+    assert "secret" not in shown and "token=abc" not in shown and "alice" not in shown
+    assert "no tokenize route: token counts are approximate" in shown
