@@ -62,6 +62,7 @@ class DoctorReport:
     models: list[ModelFit] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     kv_size: Optional[int] = None  # KV cells shared by all slots (None: n_ctx)
+    remote: list[str] = field(default_factory=list)  # the notices about the remote server (also in notices)
 
 
 def _llama_cpp_build() -> tuple[Optional[str], str]:
@@ -137,11 +138,11 @@ def build_report(*, n_ctx: int = 4096, kv_size: Optional[int] = None, store: Opt
         notices.append("llama.cpp can offload to a GPU but no NVIDIA GPU was found (nvidia-smi/NVML).")
     fits = [_fit_stored(m.name, m.path, n_ctx, found, supported, kv_size) for m in store.list()]
     url = remote_url or os.environ.get("LLAMALAB_REMOTE_URL")
-    if url:
-        notices += remote_lines(probe_remote(url, remote_api_key or os.environ.get("LLAMALAB_REMOTE_API_KEY")))
+    remote = remote_lines(probe_remote(url, remote_api_key or os.environ.get("LLAMALAB_REMOTE_API_KEY"))) if url else []
     return DoctorReport(llamalab_version=__version__, llama_cpp_version=version,
                         gpu_offload_supported=supported, system_info=system_info, gpus=found,
-                        n_ctx=n_ctx, store_root=str(store.root), models=fits, notices=notices, kv_size=kv_size)
+                        n_ctx=n_ctx, store_root=str(store.root), models=fits, notices=notices + remote,
+                        kv_size=kv_size, remote=remote)
 
 
 def _gb(n: int) -> str:

@@ -484,6 +484,8 @@ class HardwareReply(_Wire):
     models: list[ModelFitInfo]
     notices: list[str]
     kv_size: Optional[int] = None  # KV cache cells shared by the slots; None: n_ctx
+    remote: list[str] = Field(default_factory=list,
+                              description="the notices about the remote server (remote_url), also in notices")
     text: str
 
 

@@ -667,6 +667,10 @@ export interface HardwareReply {
   models: ModelFitInfo[];
   notices: string[];
   kv_size: number | null;
+  /**
+   * the notices about the remote server (remote_url), also in notices
+   */
+  remote: string[];
   text: string;
 }
 /**

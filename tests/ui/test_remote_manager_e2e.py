@@ -65,6 +65,13 @@ def test_the_team_servers_models_and_choosing_one(lab: Lab, team_url: str) -> No
     # nothing to load, pull or convert on this server
     for hidden in ("llamalab-stored-model", "llamalab-pull-input", "llamalab-convert-source"):
         assert manager.get_by_test_id(hidden).count() == 0, hidden
+    # the hardware that matters is the team server's: not this machine's GPUs nor what would fit here
+    hardware = manager.get_by_test_id("llamalab-hardware")
+    hardware.get_by_test_id("llamalab-hardware-remote").wait_for(state="visible", timeout=60_000)
+    assert hardware.get_by_test_id("llamalab-fit").count() == 0
+    notes = hardware.locator(".llamalab-Manager-note").all_inner_texts()
+    assert notes and all(team_url in n or "the server at" in n for n in notes), notes
+    assert not any("llama.cpp build" in n for n in notes), notes
     lab.shot("team-server", manager)
 
     section.get_by_role("button", name="Use team-code").click()

@@ -6,18 +6,24 @@
 import * as React from 'react';
 
 import { DisclosureLink, Section, Table } from './layout';
-import { fitLabel, formatBytes, ManagerState } from './logic';
+import { fitLabel, formatBytes, ManagerState, teamServer } from './logic';
 
 export function HardwareSection({ state }: { state: ManagerState }): JSX.Element {
   const hw = state.hardware;
   const [open, setOpen] = React.useState(false);
+  // With a team server this machine runs no model: its GPUs and what would fit here do not matter.
+  const remote = teamServer(state.models) !== null;
   return (
     <Section id="llamalab-manager-hardware" title="Hardware" testId="llamalab-hardware">
       {!hw ? (
         <p className="llamalab-Manager-empty">Reading the hardware report…</p>
       ) : (
         <>
-          {hw.gpus.length === 0 ? (
+          {remote ? (
+            <p data-testid="llamalab-hardware-remote">
+              The models run on the team server&apos;s hardware; what it offers:
+            </p>
+          ) : hw.gpus.length === 0 ? (
             <p>
               No NVIDIA GPU found: models run on the CPU.
               {!hw.gpu_offload_supported && ' (This llama.cpp build has no GPU offload.)'}
@@ -36,7 +42,7 @@ export function HardwareSection({ state }: { state: ManagerState }): JSX.Element
               ))}
             </ul>
           )}
-          {hw.models.length > 0 && (
+          {!remote && hw.models.length > 0 && (
             <Table columns={['Model', 'Quantization', 'Needs', `On a context of ${hw.n_ctx.toLocaleString()} tokens`]}>
               {hw.models.map(fit => (
                 <tr key={fit.name} data-testid="llamalab-fit" data-model={fit.name} data-fits={fit.fits_fully ? 'true' : 'false'}>
@@ -48,7 +54,7 @@ export function HardwareSection({ state }: { state: ManagerState }): JSX.Element
               ))}
             </Table>
           )}
-          {hw.notices.map(notice => (
+          {(remote ? hw.remote : hw.notices).map(notice => (
             <p key={notice} className="llamalab-Manager-note">
               {notice}
             </p>
