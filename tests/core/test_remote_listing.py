@@ -4,47 +4,20 @@ test (``http.server`` on a free port, in a thread) answers whatever body the tes
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from llamalab import RemoteEngine, ServerResponseError, ServerUnreachableError
 from llamalab.engine.remote import MAX_LISTED_MODELS, MAX_MODEL_ID_CHARS
 from tests.conftest import free_port
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        server = self.server
-        server.paths.append(self.path)  # type: ignore[attr-defined]
-        body = server.body  # type: ignore[attr-defined]
-        self.send_response(server.status)  # type: ignore[attr-defined]
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # the client hanging up on an answer over the size cap is expected
+from tests.fixtures.models_server import running_models_server
 
 
 @pytest.fixture
 def hostile():
     """A server whose every GET answers ``server.body`` with ``server.status``."""
-    server = _Server(("127.0.0.1", free_port()), _Handler)
-    server.body, server.status, server.paths = b"{}", 200, []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    with running_models_server() as server:
+        yield server
 
 
 def _engine(server) -> RemoteEngine:
@@ -52,7 +25,7 @@ def _engine(server) -> RemoteEngine:
 
 
 def _serve(server, entries: object) -> None:
-    server.body = json.dumps({"object": "list", "data": entries}).encode()
+    server.body = json.dumps({"object": "list", "data": entries}).encode()  # entries as given, objects or not
 
 
 def test_at_most_the_first_hundred_ids_are_kept(hostile):

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from tests.conftest import TEST_HOME, free_port
 from tests.extension import test_remote_mode as remote_mode
+from tests.fixtures.models_server import running_models_server
 from tests.fixtures.serve_process import ServeProcess, add_key
 
 KEY = remote_mode.KEY
@@ -96,37 +95,17 @@ async def test_a_llamalab_serve_team_server(fetch_json, extension, team_serve):
     assert key not in json.dumps(reply)
 
 
-class _Counting(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        self.server.paths.append(self.path)  # type: ignore[attr-defined]
-        body = json.dumps({"object": "list", "data": [{"id": "a"}, {"id": "b"}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def counting_server():
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Counting)
-    server.paths = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    with running_models_server(["a", "b"]) as server:
+        yield server
 
 
 async def test_listings_are_reused_and_the_first_model_is_in_use(fetch_json, extension, counting_server, monkeypatch):
     from llamalab.extension import remote_models as manager_module
 
     monkeypatch.setattr(manager_module, "REMOTE_LIST_TTL_S", 1e6)  # no expiry during the test
-    await extension.manager.update(remote_url=f"http://127.0.0.1:{counting_server.server_address[1]}")
+    await extension.manager.update(remote_url=counting_server.url)
     first, second = await asyncio.gather(_models(fetch_json), _models(fetch_json))
     third = await _models(fetch_json)
     assert first["remote"] == second["remote"] == third["remote"]

@@ -1,48 +1,24 @@
 """The model manager in a real JupyterLab pointed at a team server (``remote_url``): the "Team server"
 section lists its models with the one in use marked, Use makes another one the one in use, and the
 local store, pulls and conversion are hidden. A loopback HTTP server that lists two models at
-``/v1/models`` (and knows no other route) stands in for the team server."""
+``/v1/models`` (``tests/fixtures/models_server.py``) stands in for the team server."""
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 
 import pytest
 
-from tests.conftest import free_port
+from tests.fixtures.models_server import running_models_server
 from tests.ui.conftest import Chat, Lab
 
 TEAM_MODELS = ["team-chat", "team-code"]
 
 
-class _TeamServer(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        if self.path.rstrip("/") != "/v1/models":
-            self.send_error(404)
-            return
-        body = json.dumps({"object": "list", "data": [{"id": i, "object": "model"} for i in TEAM_MODELS]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def team_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _TeamServer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    with running_models_server(TEAM_MODELS) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
