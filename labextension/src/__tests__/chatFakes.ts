@@ -1,4 +1,5 @@
 /** Test doubles for the chat's pure modules: a scripted WebSocket, manual timers, a Map storage. */
+import { ChatClient } from '../chat/client';
 import type { SocketLike, Timers } from '../chat/client';
 import type { KeyValueStorage } from '../chat/conversations';
 
@@ -130,4 +131,20 @@ export class MapStorage implements KeyValueStorage {
     this.writes += 1;
     this.data.set(key, value);
   }
+}
+
+/** A ChatClient on fake sockets (every socket it opened, newest last) and manual timers. */
+export function fakeClient(timers: Timers = new ManualTimers()): { client: ChatClient; sockets: FakeSocket[] } {
+  const sockets: FakeSocket[] = [];
+  const client = new ChatClient({
+    url: 'ws://x/llamalab/chat',
+    createSocket: url => {
+      const s = new FakeSocket(url);
+      sockets.push(s);
+      return s;
+    },
+    timers,
+    random: () => 0.5
+  });
+  return { client, sockets };
 }

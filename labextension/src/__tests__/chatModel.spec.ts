@@ -1,22 +1,11 @@
-import { ChatClient } from '../chat/client';
 import { ConversationStore } from '../chat/conversations';
 import { ChatModel, KERNEL_CONTEXT_LABEL, ModelsApi } from '../chat/model';
-import { FakeSocket, ManualTimers, done, loaded } from './chatFakes';
+import { ManualTimers, done, fakeClient, loaded } from './chatFakes';
 import type { ModelsReply } from '../wire';
 
 function setup(api: Partial<ModelsApi> = {}) {
-  const sockets: FakeSocket[] = [];
   const timers = new ManualTimers();
-  const client = new ChatClient({
-    url: 'ws://x/llamalab/chat',
-    createSocket: url => {
-      const s = new FakeSocket(url);
-      sockets.push(s);
-      return s;
-    },
-    timers,
-    random: () => 0.5
-  });
+  const { client, sockets } = fakeClient(timers);
   const loads: (string | null)[] = [];
   const models: ModelsApi = {
     list: async () => ({

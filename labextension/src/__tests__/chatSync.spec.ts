@@ -1,9 +1,8 @@
-import { ChatClient } from '../chat/client';
 import { ConversationStore, PREFS_KEY, STORAGE_KEY } from '../chat/conversations';
 import { ChatModel, ModelsApi } from '../chat/model';
 import { ConversationSync, ConversationsApi, MOVED_KEY } from '../chat/sync';
 import type { ConversationCreate, ConversationEntryInput, StoredConversation } from '../wire';
-import { FakeSocket, ManualTimers, MapStorage, done, loaded } from './chatFakes';
+import { MapStorage, done, fakeClient, loaded } from './chatFakes';
 
 /** The server's conversation routes in memory: revisions, 404, 409 and import's skipping, as the real ones. */
 class FakeServer implements ConversationsApi {
@@ -127,17 +126,7 @@ const models: ModelsApi = {
 };
 
 function tab(server: FakeServer, storage = new MapStorage()) {
-  const sockets: FakeSocket[] = [];
-  const client = new ChatClient({
-    url: 'ws://x/llamalab/chat',
-    createSocket: url => {
-      const s = new FakeSocket(url);
-      sockets.push(s);
-      return s;
-    },
-    timers: new ManualTimers(),
-    random: () => 0.5
-  });
+  const { client, sockets } = fakeClient();
   const store = new ConversationStore(storage, undefined, { server: true });
   const errors: string[] = [];
   const sync = new ConversationSync(store, server, storage, (_err, what) => errors.push(what));
